@@ -1,0 +1,7 @@
+"""Lightning callbacks of lipschitz_dd. They work on any LightningModule: they import only lipschitz_dd.bounds."""
+
+from callbacks.lipschitz import LipschitzCallback
+from callbacks.records import RunRecord
+from callbacks.stopping import GradNormStopping
+
+__all__ = ["LipschitzCallback", "GradNormStopping", "RunRecord"]

@@ -1,0 +1,126 @@
+"""Where the callback's measurement points come from: batches of any user's loader, or explicit tensors.
+
+A `PointSource` yields `(x, y)` batches (y may be None) on a device, one batch in memory at a time, always the
+same samples in the same order (a seeded subset), and under DDP only this rank's share of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Iterator, Optional, Union
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset, Subset
+
+Key = Union[str, int]
+BatchFn = Callable[[Any], Tensor]
+
+INPUT_KEYS = ("x", "input", "inputs", "image", "images")
+LABEL_KEYS = ("y", "label", "labels", "target", "targets")
+
+
+def batch_input(batch: Any, key: Optional[Key] = None, fn: Optional[BatchFn] = None) -> Tensor:
+    """The model input of a batch: `fn(batch)` if given; a tensor batch itself; `batch[key]` (default: element 0
+    of a tuple/list, the first of "x", "input", "inputs", "image", "images" in a dict)."""
+    if fn is not None:
+        x = fn(batch)
+    elif isinstance(batch, Tensor):
+        x = batch
+    elif isinstance(batch, Mapping):
+        name = key if key is not None else next((k for k in INPUT_KEYS if k in batch), None)
+        if name is None or name not in batch:
+            raise ValueError(
+                f"LipschitzCallback: cannot find the input in a dict batch with keys {sorted(batch)}; "
+                f"set input_key=... or get_input=..."
+            )
+        x = batch[name]
+    elif isinstance(batch, Sequence) and len(batch) > 0:
+        x = batch[0 if key is None else key]
+    else:
+        raise ValueError(f"LipschitzCallback: unsupported batch type {type(batch).__name__}; set get_input=...")
+    if not isinstance(x, Tensor):
+        raise ValueError(f"LipschitzCallback: the batch input is a {type(x).__name__}, expected a Tensor")
+    return x
+
+
+def batch_label(batch: Any, key: Optional[Key] = None, fn: Optional[BatchFn] = None) -> Optional[Tensor]:
+    """The labels of a batch, or None if it has none: `fn(batch)`; `batch[key]` (default: element 1 of a
+    tuple/list, the first of "y", "label", "labels", "target", "targets" in a dict)."""
+    if fn is not None:
+        return fn(batch)
+    if isinstance(batch, Mapping):
+        name = key if key is not None else next((k for k in LABEL_KEYS if k in batch), None)
+        return batch.get(name) if name is not None else None
+    if isinstance(batch, Sequence) and not isinstance(batch, Tensor):
+        index = 1 if key is None else key
+        return batch[index] if isinstance(index, int) and -len(batch) <= index < len(batch) else None
+    return None
+
+
+def seeded_subset(n: int, max_samples: Optional[int], seed: int) -> Tensor:
+    """Indices of a fixed random subset of `range(n)` of size min(n, max_samples) (all of them if None), in a
+    random order drawn from `torch.Generator().manual_seed(seed)`: the same subset for the same (n, seed)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order if max_samples is None else order[:max_samples]
+
+
+class PointSource:
+    """Batches `(x, y)` of the points one rank measures. Build it with `from_tensors` or `from_loader`."""
+
+    def __init__(self, batches: Callable[[], Iterator[tuple[Tensor, Optional[Tensor]]]], num_points: Optional[int]):
+        self._batches = batches
+        self.num_points = num_points  # this rank's number of points, None if unknown (a stream)
+
+    def batches(self, device: torch.device) -> Iterator[tuple[Tensor, Optional[Tensor]]]:
+        """This rank's points, one batch at a time, moved to `device`."""
+        for x, y in self._batches():
+            yield x.to(device), (y.to(device) if isinstance(y, Tensor) else None)
+
+    @classmethod
+    def from_tensors(cls, x: Tensor, y: Optional[Tensor], *, max_samples: Optional[int], seed: int,
+                     batch_size: int, rank: int = 0, world_size: int = 1) -> "PointSource":
+        """The seeded subset of the rows of `x` (and `y`), split across ranks (rank r takes every world_size-th)."""
+        if y is not None and len(y) != len(x):
+            raise ValueError(f"LipschitzCallback: {len(x)} points but {len(y)} labels")
+        indices = seeded_subset(len(x), max_samples, seed)[rank::world_size]
+
+        def batches() -> Iterator[tuple[Tensor, Optional[Tensor]]]:
+            for chunk in indices.split(batch_size):
+                yield x[chunk], (y[chunk] if y is not None else None)
+
+        return cls(batches, len(indices))
+
+    @classmethod
+    def from_loader(cls, loader: DataLoader, *, max_samples: Optional[int], seed: int, batch_size: int,
+                    input_key: Optional[Key] = None, label_key: Optional[Key] = None,
+                    get_input: Optional[BatchFn] = None, get_label: Optional[BatchFn] = None,
+                    rank: int = 0, world_size: int = 1) -> "PointSource":
+        """Points of a DataLoader's dataset. A map-style dataset is re-read through a new loader (no shuffling,
+        no workers, the loader's collate_fn) over the seeded subset of its indices, this rank's share of them.
+        Otherwise (an IterableDataset, a dataset without len) the loader itself is iterated, up to max_samples
+        samples; under DDP each rank then measures whatever its loader yields."""
+
+        def split(batch: Any) -> tuple[Tensor, Optional[Tensor]]:
+            return batch_input(batch, input_key, get_input), batch_label(batch, label_key, get_label)
+
+        dataset = loader.dataset
+        if not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__"):
+            indices = seeded_subset(len(dataset), max_samples, seed)[rank::world_size].tolist()
+            subset_loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
+                                       collate_fn=loader.collate_fn, num_workers=0)
+            return cls(lambda: (split(b) for b in subset_loader), len(indices))
+
+        def stream() -> Iterator[tuple[Tensor, Optional[Tensor]]]:
+            remaining = max_samples
+            for batch in loader:
+                x, y = split(batch)
+                if remaining is not None:
+                    x, y = x[:remaining], (y[:remaining] if y is not None else None)
+                    remaining -= len(x)
+                if len(x):
+                    yield x, y
+                if remaining is not None and remaining <= 0:
+                    return
+
+        return cls(stream, None)

@@ -1,0 +1,139 @@
+"""`RunRecord`: writes the run's `results.json` at the end of fit, and also on failure or interruption."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import time
+from importlib import metadata
+from typing import Any, Optional
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+
+STATUSES = ("finished", "stopped_converged", "diverged", "failed", "interrupted")
+_VERSIONED_PACKAGES = ("torch", "lightning", "torchmetrics", "numpy", "wandb", "lipschitz_dd")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
+    """Write JSON to a temporary file beside `path`, then rename it over `path` (atomic on POSIX)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True, default=str, allow_nan=True)
+    os.replace(tmp, path)
+
+
+def read_metric_rows(metrics_csv: str) -> list[dict[str, float]]:
+    """Rows of a Lightning metrics.csv as {metric: float}, rows with the same `step` merged, sorted by step."""
+    if not os.path.exists(metrics_csv):
+        return []
+    by_step: dict[int, dict[str, float]] = {}
+    with open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            values = {k: float(v) for k, v in row.items() if k and v not in ("", None)}
+            step = int(values.get("step", len(by_step)))
+            by_step.setdefault(step, {}).update(values)
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def summarise(rows: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """(last value, maximum over finite values) of every metric over the rows."""
+    final: dict[str, float] = {}
+    maximum: dict[str, float] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key in ("step", "epoch"):
+                continue
+            final[key] = value
+            if math.isfinite(value) and (key not in maximum or value > maximum[key]):
+                maximum[key] = value
+    return final, maximum
+
+
+class RunRecord(Callback):
+    """Writes `<run dir>/results.json` (schema in design.md) when fit ends, fails or is interrupted.
+
+    The run directory is `trainer.log_dir` unless `run_dir` is given. The metric history is read back from the
+    run's `metrics.csv` (written by a CSVLogger), so it holds whatever every module and callback logged.
+    Status: "diverged" if the module or a callback set `diverged = True`, "stopped_converged" if a callback
+    set `converged = True`, "interrupted" on KeyboardInterrupt, "failed" on any other exception, else "finished".
+    """
+
+    def __init__(self, run_dir: Optional[str] = None, config: Optional[dict[str, Any]] = None) -> None:
+        self.run_dir = run_dir
+        self.config = dict(config or {})
+        self._start = time.time()
+        self._written = False
+        self.error: Optional[str] = None
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = time.time()
+        self._written = False
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.write(trainer, pl_module, self._status(trainer, pl_module))
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+        self.error = f"{type(exception).__name__}: {exception}"
+        self.write(trainer, pl_module, status)
+
+    @staticmethod
+    def _status(trainer: Trainer, pl_module: LightningModule) -> str:
+        objects = [pl_module, *trainer.callbacks]
+        if any(getattr(o, "diverged", False) for o in objects):
+            return "diverged"
+        if any(getattr(o, "converged", False) for o in objects):
+            return "stopped_converged"
+        if trainer.interrupted:
+            return "interrupted"
+        return "finished"
+
+    def _metrics_csv(self, trainer: Trainer) -> Optional[str]:
+        for lg in trainer.loggers:
+            if hasattr(lg, "flush"):
+                lg.flush()
+            elif hasattr(lg, "save"):
+                lg.save()
+            path = getattr(getattr(lg, "experiment", None), "metrics_file_path", None)
+            if isinstance(path, str):
+                return path
+        return None
+
+    @rank_zero_only
+    def write(self, trainer: Trainer, pl_module: LightningModule, status: str) -> None:
+        run_dir = self.run_dir or trainer.log_dir
+        if run_dir is None:
+            rank_zero_warn("RunRecord: no run directory (no logger and no run_dir); results.json not written")
+            return
+        os.makedirs(run_dir, exist_ok=True)
+        metrics_csv = self._metrics_csv(trainer)
+        rows = read_metric_rows(metrics_csv) if metrics_csv else []
+        final, maximum = summarise(rows)
+        record = {
+            "status": status,
+            "config": self.config,
+            "final": final,
+            "max": maximum,
+            "epochs": int(trainer.current_epoch),
+            "global_step": int(trainer.global_step),
+            "seconds": round(time.time() - self._start, 3),
+            "versions": package_versions(),
+        }
+        if self.error:
+            record["error"] = self.error
+        write_json_atomic(os.path.join(run_dir, "results.json"), record)
+        self._written = True

@@ -1,0 +1,131 @@
+"""The paper's stopping rule: stop when the full-batch gradient norm of the training loss is small."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, (list, tuple)):
+        return _batch_size(batch[0])
+    if isinstance(batch, dict):
+        return _batch_size(next(iter(batch.values())))
+    raise TypeError(f"cannot tell the size of a batch of type {type(batch).__name__}")
+
+
+def full_batch_gradient_norm(
+    module: torch.nn.Module, batches: Iterable[Any], batch_loss: Callable[[Any], torch.Tensor]
+) -> tuple[float, float]:
+    """(||grad_theta L(theta)||_2, L(theta)) for the mean loss L over all samples of `batches`. Exact.
+
+    L = sum_b n_b * batch_loss(b) / sum_b n_b, so batches of unequal size are weighted correctly. The gradient
+    is accumulated with `torch.autograd.grad`, leaving every parameter's `.grad` untouched.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    grads = [torch.zeros_like(p) for p in params]
+    total_loss, count = 0.0, 0
+    with torch.enable_grad():
+        for batch in batches:
+            n = _batch_size(batch)
+            loss = batch_loss(batch)
+            parts = torch.autograd.grad(loss * n, params, allow_unused=True)
+            for g, part in zip(grads, parts):
+                if part is not None:
+                    g.add_(part)
+            total_loss += float(loss.detach()) * n
+            count += n
+    if count == 0:
+        raise ValueError("full_batch_gradient_norm: the training data is empty")
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) / count
+    return float(norm), total_loss / count
+
+
+class GradNormStopping(Callback):
+    """Logs `train/grad_norm`, the norm of the gradient of the mean training loss over the whole training set,
+    and stops training once it is <= `target` (after `min_epochs` epochs). Maximum epochs: `Trainer(max_epochs)`.
+
+    The module must offer `batch_loss(batch) -> mean loss of the batch` (our models do). The gradient is taken
+    with the model in eval mode (BatchNorm running statistics, no dropout) over the datamodule's
+    `train_eval_dataloader()` if it has one, else its `val_dataloader()[1]` (our datamodules: the training set),
+    else `trainer.train_dataloader`. Set `converged` when it stops, for the run record.
+    """
+
+    def __init__(
+        self,
+        target: Optional[float] = 0.01,
+        min_epochs: int = 0,
+        every_n_epochs: int = 1,
+        enabled: bool = True,
+    ) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"GradNormStopping: every_n_epochs must be >= 1, got {every_n_epochs}")
+        if target is not None and target < 0:
+            raise ValueError(f"GradNormStopping: target must be >= 0, got {target}")
+        self.target = target
+        self.min_epochs = min_epochs
+        self.every_n_epochs = every_n_epochs
+        self.enabled = enabled
+        self.converged = False
+        self.last_grad_norm: Optional[float] = None
+
+    def _training_batches(self, trainer: Trainer) -> Iterable[Any]:
+        dm = trainer.datamodule
+        if dm is not None and hasattr(dm, "train_eval_dataloader"):
+            return dm.train_eval_dataloader()
+        if dm is not None and hasattr(dm, "val_dataloader"):
+            loaders = dm.val_dataloader()
+            if isinstance(loaders, (list, tuple)) and len(loaders) > 1:
+                return loaders[1]
+        return trainer.train_dataloader
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.enabled or trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every_n_epochs != 0:
+            return
+        if not hasattr(pl_module, "batch_loss"):
+            raise AttributeError(
+                "GradNormStopping needs the LightningModule to define batch_loss(batch) -> mean loss"
+            )
+        was_training = pl_module.training
+        pl_module.eval()
+        device = pl_module.device
+        batches = (_to_device(b, device) for b in self._training_batches(trainer))
+        grad_norm, _ = full_batch_gradient_norm(pl_module, batches, pl_module.batch_loss)
+        pl_module.train(was_training)
+        self.last_grad_norm = grad_norm
+        pl_module.log("train/grad_norm", grad_norm, on_epoch=True, sync_dist=True)
+        if (
+            self.target is not None
+            and math.isfinite(grad_norm)
+            and grad_norm <= self.target
+            and epoch >= self.min_epochs
+        ):
+            self.converged = True
+            trainer.should_stop = True
+            rank_zero_info(f"GradNormStopping: gradient norm {grad_norm:.3g} <= {self.target} at epoch {epoch}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"converged": self.converged, "last_grad_norm": self.last_grad_norm}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.converged = state_dict.get("converged", False)
+        self.last_grad_norm = state_dict.get("last_grad_norm")
