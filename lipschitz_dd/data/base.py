@@ -1,0 +1,111 @@
+"""ArrayDataModule: the shared LightningDataModule for data sets that fit in memory as tensors."""
+
+from typing import Optional
+
+import torch
+from lightning.pytorch import LightningDataModule
+
+from lipschitz_dd.data.loader import TensorBatchLoader
+from lipschitz_dd.data.selection import NoiseMode, check_label_noise, corrupt_labels, nested_subset_indices
+
+Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class ArrayDataModule(LightningDataModule):
+    """A data set held in memory: subset, label noise and batching shared by every source.
+
+    Subclasses set `num_classes` (and `input_shape` where the arguments fix it) in `__init__`, and implement
+    `load_arrays()`, which returns the full (train_x, train_y, test_x, test_y). `setup()` then
+      1. keeps a fixed training subset of `train_subset` samples chosen by `data_seed` (nested in the size),
+      2. corrupts a fraction `label_noise` of the training labels (`noise_mode`, see `corrupt_labels`),
+    and exposes train_x (float32, exactly what the model receives), train_y (the labels trained on),
+    train_y_clean, test_x, test_y (always clean), noisy_mask (bool per training sample: chosen for corruption;
+    `train_y != train_y_clean` gives the labels that actually changed), num_classes and input_shape (per sample).
+    Both the subset and the noise depend only on `data_seed`, never on the training seed.
+
+    Loaders: train_dataloader() yields (x, y) batches of `batch_size` in stored order (or reshuffled each epoch
+    from `data_seed + epoch` when `shuffle`); val_dataloader() returns [test, full training set] in batches of
+    `eval_batch_size`; test_dataloader() returns the test loader. Batches stay on the CPU; Lightning moves them.
+    The loaders do not shard data across processes: with DDP every process sees every batch.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 100,
+        eval_batch_size: int = 4096,
+        train_subset: Optional[int] = None,
+        data_seed: int = 0,
+        label_noise: float = 0.0,
+        noise_mode: NoiseMode = "shuffle",
+        shuffle: bool = False,
+    ):
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise ValueError(f"{name}={value} is invalid: it must be a positive integer")
+        if train_subset is not None and train_subset < 1:
+            raise ValueError(f"train_subset={train_subset} is invalid: give a positive number of samples or None")
+        check_label_noise(label_noise, noise_mode)
+        self.save_hyperparameters()
+        self.data_dir = str(data_dir)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.train_subset = train_subset
+        self.data_seed = data_seed
+        self.label_noise = float(label_noise)
+        self.noise_mode = noise_mode
+        self.shuffle = shuffle
+        self.num_classes: Optional[int] = None
+        self.input_shape: Optional[tuple[int, ...]] = None
+        self.train_x: Optional[torch.Tensor] = None
+        self.train_y: Optional[torch.Tensor] = None
+        self.train_y_clean: Optional[torch.Tensor] = None
+        self.test_x: Optional[torch.Tensor] = None
+        self.test_y: Optional[torch.Tensor] = None
+        self.noisy_mask: Optional[torch.Tensor] = None
+
+    def load_arrays(self) -> Arrays:
+        """Return the full (train_x, train_y, test_x, test_y) of this source, before subset and noise."""
+        raise NotImplementedError(f"{type(self).__name__} must implement load_arrays()")
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Load the arrays once, then apply the training subset and the label noise (idempotent)."""
+        if self.train_x is not None:
+            return
+        train_x, train_y, test_x, test_y = (torch.as_tensor(a) for a in self.load_arrays())
+        train_x, test_x = train_x.float(), test_x.float()
+        train_y, test_y = train_y.long(), test_y.long()
+        if self.num_classes is None:
+            self.num_classes = int(max(train_y.max(), test_y.max())) + 1
+        for name, labels in (("training", train_y), ("test", test_y)):
+            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+                raise ValueError(f"{type(self).__name__}: {name} labels fall outside 0..{self.num_classes - 1}")
+        if self.train_subset is not None:
+            keep = nested_subset_indices(len(train_x), self.train_subset, self.data_seed)
+            train_x, train_y = train_x[keep], train_y[keep]
+        self.train_x, self.train_y_clean = train_x, train_y
+        self.train_y, self.noisy_mask = corrupt_labels(
+            train_y, self.label_noise, self.num_classes, self.noise_mode, seed=self.data_seed
+        )
+        self.test_x, self.test_y = test_x, test_y
+        self.input_shape = tuple(train_x.shape[1:])
+
+    def _require_setup(self) -> None:
+        if self.train_x is None:
+            raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a dataloader")
+
+    def train_dataloader(self) -> TensorBatchLoader:
+        """Training batches of `batch_size` with the (possibly noisy) labels trained on."""
+        self._require_setup()
+        return TensorBatchLoader(self.train_x, self.train_y, self.batch_size, self.shuffle, self.data_seed)
+
+    def val_dataloader(self) -> list[TensorBatchLoader]:
+        """[test loader, full-training-set loader with the noisy labels], batches of `eval_batch_size`."""
+        self._require_setup()
+        return [self.test_dataloader(), TensorBatchLoader(self.train_x, self.train_y, self.eval_batch_size)]
+
+    def test_dataloader(self) -> TensorBatchLoader:
+        """Test-set batches of `eval_batch_size` (clean labels)."""
+        self._require_setup()
+        return TensorBatchLoader(self.test_x, self.test_y, self.eval_batch_size)

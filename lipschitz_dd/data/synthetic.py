@@ -1,0 +1,106 @@
+"""Generated data sets: random inputs of any shape (for tests) and the 2-D toy of three Gaussian classes."""
+
+import math
+from typing import Optional
+
+import torch
+
+from lipschitz_dd.data.base import ArrayDataModule, Arrays
+from lipschitz_dd.data.selection import NoiseMode, seeded_generator
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{name}={value} is invalid: it must be a positive integer")
+
+
+class SyntheticDataModule(ArrayDataModule):
+    """Standard-normal inputs of shape `input_shape` labelled by a fixed random linear teacher.
+
+    x ~ N(0, I) of shape (n, *input_shape); y = argmax(W flatten(x)) with W ~ N(0, 1) of shape (num_classes, d),
+    so the task is learnable. Everything is drawn from a torch.Generator seeded with `seed`: train and test
+    come from the same distribution, and the same `seed` gives the same data. Nothing is read from disk.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...] = (40,),
+        num_classes: int = 10,
+        num_train: int = 256,
+        num_test: int = 128,
+        seed: int = 0,
+        data_dir: str = "data",
+        batch_size: int = 100,
+        eval_batch_size: int = 4096,
+        train_subset: Optional[int] = None,
+        data_seed: int = 0,
+        label_noise: float = 0.0,
+        noise_mode: NoiseMode = "shuffle",
+        shuffle: bool = False,
+    ):
+        super().__init__(
+            data_dir, batch_size, eval_batch_size, train_subset, data_seed, label_noise, noise_mode, shuffle
+        )
+        _check_sizes(num_classes=num_classes, num_train=num_train, num_test=num_test)
+        if len(input_shape) == 0 or min(input_shape) < 1:
+            raise ValueError(f"input_shape={tuple(input_shape)} is invalid: give one or more positive sizes")
+        self.num_classes = num_classes
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.num_train, self.num_test, self.seed = num_train, num_test, seed
+
+    def load_arrays(self) -> Arrays:
+        generator = seeded_generator(self.seed, "synthetic")
+        dim = math.prod(self.input_shape)
+        teacher = torch.randn(self.num_classes, dim, generator=generator)
+        x = torch.randn(self.num_train + self.num_test, *self.input_shape, generator=generator)
+        y = (x.flatten(1) @ teacher.T).argmax(dim=1)
+        return x[: self.num_train], y[: self.num_train], x[self.num_train :], y[self.num_train :]
+
+
+class Toy2DDataModule(ArrayDataModule):
+    """Three Gaussian classes in the plane, the paper's 2-D toy.
+
+    Class k has mean radius * (cos(2 pi k / 3), sin(2 pi k / 3)) and covariance std^2 I; classes are balanced
+    (sample i has class i mod 3). Drawn from a torch.Generator seeded with `seed`. The default batch size is
+    the whole training set (full-batch gradient descent, as in the paper).
+    """
+
+    def __init__(
+        self,
+        num_train: int = 300,
+        num_test: int = 300,
+        std: float = 0.5,
+        radius: float = 1.0,
+        seed: int = 0,
+        data_dir: str = "data",
+        batch_size: int = 300,
+        eval_batch_size: int = 4096,
+        train_subset: Optional[int] = None,
+        data_seed: int = 0,
+        label_noise: float = 0.0,
+        noise_mode: NoiseMode = "shuffle",
+        shuffle: bool = False,
+    ):
+        super().__init__(
+            data_dir, batch_size, eval_batch_size, train_subset, data_seed, label_noise, noise_mode, shuffle
+        )
+        _check_sizes(num_train=num_train, num_test=num_test)
+        if not std > 0:
+            raise ValueError(f"std={std} is invalid: the class standard deviation must be positive")
+        self.num_classes = 3
+        self.input_shape = (2,)
+        self.num_train, self.num_test = num_train, num_test
+        self.std, self.radius, self.seed = std, radius, seed
+
+    def class_means(self) -> torch.Tensor:
+        """The three class means, shape (3, 2)."""
+        angles = 2 * math.pi * torch.arange(3) / 3
+        return self.radius * torch.stack([angles.cos(), angles.sin()], dim=1)
+
+    def load_arrays(self) -> Arrays:
+        generator = seeded_generator(self.seed, "toy2d")
+        n = self.num_train + self.num_test
+        y = torch.arange(n) % 3
+        x = self.class_means()[y] + self.std * torch.randn(n, 2, generator=generator)
+        return x[: self.num_train], y[: self.num_train], x[self.num_train :], y[self.num_train :]

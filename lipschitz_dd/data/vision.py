@@ -1,0 +1,251 @@
+"""MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 read from local folders in torchvision's layout.
+
+Expected files (torchvision layout under `data_dir`):
+    MNIST          data_dir/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]
+    Fashion-MNIST  data_dir/FashionMNIST/raw/ (same four file names)
+    CIFAR-10       data_dir/cifar-10-batches-py/{data_batch_1..5,test_batch}
+    CIFAR-100      data_dir/cifar-100-python/{train,test}
+The four idx files may also sit directly in `data_dir`, plain or gzipped: Debian's package
+`dataset-fashion-mnist` installs Fashion-MNIST as /usr/share/datasets/fashion-mnist/*-ubyte.gz, so
+`--data.data_dir /usr/share/datasets/fashion-mnist` reads it as installed.
+The files are parsed here (idx and pickled batches) rather than through torchvision's dataset classes, which
+need uncompressed idx files and check MD5 sums; torchvision is used only for `download=True`.
+Each set becomes one float32 tensor in [0, 1] of shape (N, C, H, W), optionally normalised per channel
+with the mean and standard deviation of the full training set.
+"""
+
+import gzip
+import pickle
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from lipschitz_dd.data.base import ArrayDataModule, Arrays
+from lipschitz_dd.data.selection import NoiseMode
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+# Fine -> coarse class of CIFAR-100 (the 20 superclasses), the table behind the `coarse_labels` of the
+# python version's train/test files; used only when a file lacks `coarse_labels`.
+CIFAR100_COARSE_OF_FINE = (
+    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
+    6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
+    5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
+    10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
+    16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13,
+)  # fmt: skip
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file of unsigned bytes (the MNIST format), plain or gzipped, as a uint8 array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an idx file of unsigned bytes")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(bytearray(raw), dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _idx_file(folder: Path, name: str) -> Optional[Path]:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as handle:
+        return pickle.load(handle, encoding="latin1")
+
+
+class VisionDataModule(ArrayDataModule):
+    """Shared part of the image sets: find the folder, optionally download, scale to [0, 1], normalise."""
+
+    title = ""  # name in messages
+    folder_name = ""  # folder under data_dir
+    torchvision_name = ""  # class in torchvision.datasets used for download
+    num_channels, image_size, default_num_classes = 1, 28, 10
+
+    def __init__(
+        self,
+        normalize: bool = False,
+        download: bool = False,
+        data_dir: str = "data",
+        batch_size: int = 100,
+        eval_batch_size: int = 4096,
+        train_subset: Optional[int] = None,
+        data_seed: int = 0,
+        label_noise: float = 0.0,
+        noise_mode: NoiseMode = "shuffle",
+        shuffle: bool = False,
+    ):
+        super().__init__(
+            data_dir, batch_size, eval_batch_size, train_subset, data_seed, label_noise, noise_mode, shuffle
+        )
+        self.normalize, self.download = normalize, download
+        self.num_classes = self.default_num_classes
+        self.input_shape = (self.num_channels, self.image_size, self.image_size)
+
+    def find_files(self) -> Optional[object]:
+        """Locate the files; None when they are missing."""
+        raise NotImplementedError
+
+    def read_uint8(self, found) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Read (train images uint8 (N, C, H, W), train labels, test images, test labels) from `found`."""
+        raise NotImplementedError
+
+    def fetch(self) -> None:
+        """Download with torchvision into data_dir (needs internet)."""
+        raise NotImplementedError
+
+    def missing_message(self) -> str:
+        """One line saying where the files must go."""
+        raise NotImplementedError
+
+    def prepare_data(self) -> None:
+        """Download with torchvision when `download` is set and the files are missing; otherwise nothing."""
+        if self.download and self.find_files() is None:
+            self.fetch()
+
+    def load_arrays(self) -> Arrays:
+        found = self.find_files()
+        if found is None:
+            raise FileNotFoundError(self.missing_message())
+        train_x, train_y, test_x, test_y = self.read_uint8(found)
+        train_x = torch.from_numpy(np.ascontiguousarray(train_x)).float().div_(255.0)
+        test_x = torch.from_numpy(np.ascontiguousarray(test_x)).float().div_(255.0)
+        if self.normalize:
+            mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
+            std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8)
+            train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+        return train_x, torch.as_tensor(train_y), test_x, torch.as_tensor(test_y)
+
+
+class MNISTDataModule(VisionDataModule):
+    """MNIST: 28x28 grey digits, 60,000 train / 10,000 test, inputs (1, 28, 28)."""
+
+    title, folder_name, torchvision_name = "MNIST", "MNIST", "MNIST"
+
+    def find_files(self) -> Optional[list[Path]]:
+        """The four idx files in data_dir/<folder_name>/raw, else directly in data_dir."""
+        for folder in (Path(self.data_dir) / self.folder_name / "raw", Path(self.data_dir)):
+            files = [_idx_file(folder, name) for name in IDX_FILES]
+            if all(files):
+                return files
+        return None
+
+    def read_uint8(self, found):
+        """Read the four idx files; images get a channel axis, (N, 1, 28, 28)."""
+        train_x, train_y, test_x, test_y = (read_idx(path) for path in found)
+        return train_x[:, None], train_y, test_x[:, None], test_y
+
+    def fetch(self) -> None:
+        import torchvision.datasets
+
+        dataset_class = getattr(torchvision.datasets, self.torchvision_name)
+        dataset_class(self.data_dir, train=True, download=True)
+        dataset_class(self.data_dir, train=False, download=True)
+
+    def missing_message(self) -> str:
+        return (
+            f"{self.title} not found in {Path(self.data_dir) / self.folder_name / 'raw'}; put "
+            f"{', '.join(IDX_FILES)} (plain or .gz) there (torchvision layout) or directly in {self.data_dir}, "
+            "or pass --data.download true on a machine with internet"
+        )
+
+
+class FashionMNISTDataModule(MNISTDataModule):
+    """Fashion-MNIST: 28x28 grey clothing images, 60,000 train / 10,000 test, inputs (1, 28, 28).
+
+    Debian's `dataset-fashion-mnist` package installs the gzipped idx files in /usr/share/datasets/fashion-mnist;
+    pass that folder as data_dir (or link it to data_dir/FashionMNIST/raw).
+    """
+
+    title, folder_name, torchvision_name = "Fashion-MNIST", "FashionMNIST", "FashionMNIST"
+
+    def missing_message(self) -> str:
+        return (
+            super().missing_message()
+            + " (Debian: apt-get install dataset-fashion-mnist, then --data.data_dir /usr/share/datasets/fashion-mnist)"
+        )
+
+
+class CIFAR10DataModule(VisionDataModule):
+    """CIFAR-10: 32x32 colour images of 10 classes, 50,000 train / 10,000 test, inputs (3, 32, 32)."""
+
+    title, folder_name, torchvision_name = "CIFAR-10", "cifar-10-batches-py", "CIFAR10"
+    num_channels, image_size = 3, 32
+    train_files = tuple(f"data_batch_{i}" for i in range(1, 6))
+    test_files = ("test_batch",)
+
+    def find_files(self) -> Optional[Path]:
+        folder = Path(self.data_dir) / self.folder_name
+        names = self.train_files + self.test_files
+        return folder if all((folder / name).is_file() for name in names) else None
+
+    def labels(self, batch: dict) -> np.ndarray:
+        """The class labels of one unpickled batch."""
+        return np.asarray(batch["labels"])
+
+    def read_uint8(self, folder: Path):
+        """Concatenate the pickled batches; rows of 3072 bytes (R, G, B planes) become (N, 3, 32, 32)."""
+
+        def read(names):
+            batches = [_unpickle(folder / name) for name in names]
+            images = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
+            labels = np.concatenate([self.labels(b) for b in batches]).astype(np.int64)
+            return images.reshape(-1, 3, 32, 32), labels
+
+        return (*read(self.train_files), *read(self.test_files))
+
+    def fetch(self) -> None:
+        import torchvision.datasets
+
+        getattr(torchvision.datasets, self.torchvision_name)(self.data_dir, download=True)
+
+    def missing_message(self) -> str:
+        return (
+            f"{self.title} not found in {Path(self.data_dir) / self.folder_name}; put the python version of "
+            f"{self.title} there (torchvision layout) or pass --data.download true on a machine with internet"
+        )
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    """CIFAR-100: 32x32 colour images, 100 fine classes or, with `coarse=True`, the 20 superclasses."""
+
+    title, folder_name, torchvision_name = "CIFAR-100", "cifar-100-python", "CIFAR100"
+    train_files, test_files = ("train",), ("test",)
+
+    def __init__(
+        self,
+        coarse: bool = False,
+        normalize: bool = False,
+        download: bool = False,
+        data_dir: str = "data",
+        batch_size: int = 100,
+        eval_batch_size: int = 4096,
+        train_subset: Optional[int] = None,
+        data_seed: int = 0,
+        label_noise: float = 0.0,
+        noise_mode: NoiseMode = "shuffle",
+        shuffle: bool = False,
+    ):
+        super().__init__(
+            normalize, download, data_dir, batch_size, eval_batch_size, train_subset, data_seed, label_noise,
+            noise_mode, shuffle,
+        )  # fmt: skip
+        self.coarse = coarse
+        self.num_classes = 20 if coarse else 100
+
+    def labels(self, batch: dict) -> np.ndarray:
+        """Fine labels, or coarse ones (the file's `coarse_labels`, else the standard table) if `coarse`."""
+        fine = np.asarray(batch["fine_labels"])
+        if not self.coarse:
+            return fine
+        if "coarse_labels" in batch:
+            return np.asarray(batch["coarse_labels"])
+        return np.asarray(CIFAR100_COARSE_OF_FINE)[fine]
