@@ -1,0 +1,74 @@
+"""Fully connected networks: the paper's FCN family on MNIST-1D (and the cheap double-descent variant)."""
+
+from __future__ import annotations
+
+from typing import List, Literal, Optional, Sequence
+
+from torch import nn
+
+from lipschitz_dd.models._checks import check_size
+from lipschitz_dd.models.base import LipschitzModule
+
+OUTPUT_ACTIVATIONS = ("relu", "leaky_relu", "none")
+LEAKY_SLOPE = 0.01
+
+
+def build_fcn(
+    input_dim: int,
+    widths: Sequence[int],
+    num_classes: int,
+    bias: bool = False,
+    output_activation: Literal["relu", "leaky_relu", "none"] = "relu",
+) -> nn.Sequential:
+    """``Flatten -> [Linear(w_i) -> ReLU]* -> Linear(num_classes) -> output activation``.
+
+    ``widths`` are the hidden widths in order (empty: a linear classifier). ``output_activation`` is applied to
+    the logits: ``"relu"`` (paper default for CE, logits >= 0), ``"leaky_relu"`` (slope 0.01, paper default
+    for MSE) or ``"none"``. Without bias, one hidden layer of width w on 40 inputs and 10 classes has
+    40w + 10w = 50w parameters.
+    """
+    check_size("input_dim", input_dim)
+    check_size("num_classes", num_classes)
+    for i, width in enumerate(widths):
+        check_size(f"widths[{i}]", width)
+    if output_activation not in OUTPUT_ACTIVATIONS:
+        raise ValueError(f"unknown output_activation {output_activation!r}; choose one of {', '.join(OUTPUT_ACTIVATIONS)}")
+    sizes = [input_dim, *widths]
+    layers: List[nn.Module] = [nn.Flatten()]
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(fan_in, fan_out, bias=bias), nn.ReLU()]
+    layers.append(nn.Linear(sizes[-1], num_classes, bias=bias))
+    if output_activation == "relu":
+        layers.append(nn.ReLU())
+    elif output_activation == "leaky_relu":
+        layers.append(nn.LeakyReLU(LEAKY_SLOPE))
+    return nn.Sequential(*layers)
+
+
+class FCN(LipschitzModule):
+    """FCN with hidden widths ``widths`` (or ``depth`` hidden layers of ``width``) on flattened inputs.
+
+    Paper default: no bias, ReLU on the output for CE, LeakyReLU(0.01) for MSE (``output_activation="auto"``).
+    The cheap double-descent setting of paper.md is ``depth=2, bias=True, output_activation="none"`` with
+    ``momentum=0.9``. Other keyword arguments go to :class:`LipschitzModule`.
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 40,
+        width: int = 256,
+        depth: int = 1,
+        widths: Optional[List[int]] = None,
+        bias: bool = False,
+        output_activation: Literal["auto", "relu", "leaky_relu", "none"] = "auto",
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if widths is None:
+            check_size("width", width)
+            if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+                raise ValueError(f"depth (number of hidden layers) must be an integer >= 0, got {depth!r}")
+            widths = [width] * depth
+        if output_activation == "auto":
+            output_activation = "relu" if self.loss_name == "ce" else "leaky_relu"
+        self.net = build_fcn(input_dim, list(widths), self.num_classes, bias=bias, output_activation=output_activation)
