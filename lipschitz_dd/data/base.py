@@ -26,7 +26,7 @@ class ArrayDataModule(LightningDataModule):
     Loaders: train_dataloader() yields (x, y) batches of `batch_size` in stored order (or reshuffled each epoch
     from `data_seed + epoch` when `shuffle`); val_dataloader() returns [test, full training set] in batches of
     `eval_batch_size`; test_dataloader() returns the test loader. Batches stay on the CPU; Lightning moves them.
-    The loaders do not shard data across processes: with DDP every process sees every batch.
+    Under DDP the loaders give each process its own share of the samples (every world_size-th one).
     """
 
     def __init__(
@@ -98,14 +98,27 @@ class ArrayDataModule(LightningDataModule):
     def train_dataloader(self) -> TensorBatchLoader:
         """Training batches of `batch_size` with the (possibly noisy) labels trained on."""
         self._require_setup()
-        return TensorBatchLoader(self.train_x, self.train_y, self.batch_size, self.shuffle, self.data_seed)
+        x, y = self._rank_shard(self.train_x, self.train_y)
+        return TensorBatchLoader(x, y, self.batch_size, self.shuffle, self.data_seed)
 
     def val_dataloader(self) -> list[TensorBatchLoader]:
         """[test loader, full-training-set loader with the noisy labels], batches of `eval_batch_size`."""
         self._require_setup()
-        return [self.test_dataloader(), TensorBatchLoader(self.train_x, self.train_y, self.eval_batch_size)]
+        x, y = self._rank_shard(self.train_x, self.train_y)
+        return [self.test_dataloader(), TensorBatchLoader(x, y, self.eval_batch_size)]
 
     def test_dataloader(self) -> TensorBatchLoader:
         """Test-set batches of `eval_batch_size` (clean labels)."""
         self._require_setup()
-        return TensorBatchLoader(self.test_x, self.test_y, self.eval_batch_size)
+        x, y = self._rank_shard(self.test_x, self.test_y)
+        return TensorBatchLoader(x, y, self.eval_batch_size)
+
+    def _rank_shard(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Under DDP (a trainer with world_size > 1), this rank's share: every world_size-th sample from
+        its rank, like `DistributedSampler` without padding; the whole set otherwise."""
+        trainer = getattr(self, "trainer", None)
+        world_size = getattr(trainer, "world_size", 1) if trainer is not None else 1
+        if world_size <= 1:
+            return x, y
+        rank = trainer.global_rank
+        return x[rank::world_size], y[rank::world_size]

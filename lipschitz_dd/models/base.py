@@ -227,8 +227,37 @@ class LipschitzModule(LightningModule):
                     self._update_eval_metrics(batch, idx)
         metrics = {name: float(value) for name, value in self._compute_eval_metrics().items()}
         self.train(was_training)
+        metrics.update(self._run_facts())
         for logger in self.trainer.loggers:
             logger.log_metrics(metrics, step=0)
+
+    def _run_facts(self) -> Dict[str, float]:
+        """Constants of the run the report needs: parameter count, n, K and E||x||^2 over the test inputs."""
+        facts = {
+            "params/count": float(sum(p.numel() for p in self.parameters() if p.requires_grad)),
+            "data/num_classes": float(self.num_classes),
+        }
+        data = self.trainer.datamodule
+        if getattr(data, "train_x", None) is not None:
+            facts["data/train_size"] = float(len(data.train_x))
+        if getattr(data, "test_x", None) is not None:
+            facts["data/mean_sq_norm"] = float(data.test_x.flatten(1).pow(2).sum(1).mean())
+        return facts
+
+    def on_train_end(self) -> None:
+        """Records f(0), the logits at the all-zero input (eval mode), in the last row: the report's Var f(0)."""
+        data = self.trainer.datamodule
+        shape = getattr(data, "input_shape", None)
+        if shape is None:
+            return
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            f0 = self(torch.zeros(1, *shape, device=self.device)).flatten()
+        self.train(was_training)
+        metrics = {f"f0/{k}": float(v) for k, v in enumerate(f0)}
+        for logger in self.trainer.loggers:
+            logger.log_metrics(metrics, step=self.current_epoch)
 
     def _eval_loaders(self) -> Tuple[List, List[float]]:
         """The fit's validation loaders (the datamodule's or those given to ``fit``) and their batch limits."""
