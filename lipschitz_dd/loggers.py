@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from lightning.fabric.loggers.csv_logs import _ExperimentWriter
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers import CSVLogger
 
 
-class _RowMergingWriter(_ExperimentWriter):
+class _RowMergingWriter(ExperimentWriter):
     """Merges consecutive `log_metrics` calls with the same step into one CSV row.
 
     Lightning flushes metrics logged in different hooks separately (e.g. the module's and a callback's epoch-0
