@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,6 +29,8 @@ from lipschitz_dd.loggers import EpochCSVLogger, build_wandb_logger
 ENV_SAVE_DIR = "LIPSCHITZ_DD_SAVE_DIR"
 ENV_EXPERIMENT = "LIPSCHITZ_DD_EXPERIMENT"
 ENV_RUN_NAME = "LIPSCHITZ_DD_RUN_NAME"
+# `lipschitz-dd fit` with no config and no model/data: paper.md's cheap double-descent setting at width 256.
+DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 
 
 def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -52,11 +55,6 @@ class LipschitzCLI(LightningCLI):
     """LightningCLI with the run folder, the loggers, the Lipschitz callback and the run record wired in."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        from lightning.pytorch.cli import lazy_instance
-
-        from lipschitz_dd.data import MNIST1DDataModule
-        from lipschitz_dd.models import FCN
-
         parser.add_argument("--save_dir", type=str, default=os.environ.get(ENV_SAVE_DIR, "runs"),
                             help="root of the run folders (env LIPSCHITZ_DD_SAVE_DIR)")
         parser.add_argument("--experiment", type=Optional[str], default=os.environ.get(ENV_EXPERIMENT),
@@ -68,16 +66,6 @@ class LipschitzCLI(LightningCLI):
         parser.add_lightning_class_args(LipschitzCallback, "lipschitz")
         parser.add_lightning_class_args(GradNormStopping, "stopping")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        # The embedded default (`lipschitz-dd fit` with no config): paper.md's cheap double-descent setting.
-        parser.set_defaults(
-            {
-                "model": lazy_instance(FCN, width=256, depth=2, bias=True, output_activation="none",
-                                       lr=0.01, momentum=0.9, grad_clip_norm=None),
-                "data": lazy_instance(MNIST1DDataModule, num_samples=16000, train_split=0.25, label_noise=0.15,
-                                      noise_mode="random", batch_size=100),
-                "stopping.enabled": False,
-            }
-        )
 
     # --- the run folder -------------------------------------------------------------------------------------
     def _run_location(self) -> tuple[str, str, str]:
@@ -149,6 +137,7 @@ def _one_line_error(exc: BaseException) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """`lipschitz-dd` console script: `sweep ...`, `report ...`, or LightningCLI's fit/validate/test."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "sweep":
         from lipschitz_dd.sweep.cli import main as sweep_main
@@ -163,6 +152,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
+    if argv and argv[0] in ("fit", "validate", "test") and not any(
+        a.split("=")[0] in ("--config", "--model", "--data", "-h", "--help") for a in argv[1:]
+    ):
+        argv = [argv[0], "--config", str(DEFAULT_CONFIG), *argv[1:]]
+    # We pass the (possibly completed) argv ourselves: LightningCLI's "args and sys.argv both given" is noise.
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
     try:
         run_training_cli(argv)
     except (ValueError, FileNotFoundError, NotADirectoryError) as exc:  # bad input: one clear line
