@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
-Key = Union[str, int]
+Key = Union[int, str]  # int first: a YAML `input_key: 0` stays an index
 BatchFn = Callable[[Any], Tensor]
 
 INPUT_KEYS = ("x", "input", "inputs", "image", "images")
@@ -98,17 +98,17 @@ class PointSource:
                     rank: int = 0, world_size: int = 1) -> "PointSource":
         """Points of a DataLoader's dataset. A map-style dataset is re-read through a new loader (no shuffling,
         no workers, the loader's collate_fn) over the seeded subset of its indices, this rank's share of them.
-        Otherwise (an IterableDataset, a dataset without len) the loader itself is iterated, up to max_samples
-        samples; under DDP each rank then measures whatever its loader yields."""
+        Otherwise (an IterableDataset, a dataset without len, any other iterable of batches) the loader itself
+        is iterated, up to max_samples samples; under DDP each rank then measures whatever its loader yields."""
 
         def split(batch: Any) -> tuple[Tensor, Optional[Tensor]]:
             return batch_input(batch, input_key, get_input), batch_label(batch, label_key, get_label)
 
-        dataset = loader.dataset
-        if not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__"):
+        dataset = getattr(loader, "dataset", None)
+        if dataset is not None and not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__"):
             indices = seeded_subset(len(dataset), max_samples, seed)[rank::world_size].tolist()
             subset_loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-                                       collate_fn=loader.collate_fn, num_workers=0)
+                                       collate_fn=getattr(loader, "collate_fn", None), num_workers=0)
             return cls(lambda: (split(b) for b in subset_loader), len(indices))
 
         def stream() -> Iterator[tuple[Tensor, Optional[Tensor]]]:

@@ -9,8 +9,12 @@ from torch import Tensor, nn
 
 
 def flat_parameters(parameters: Iterable[nn.Parameter]) -> Tensor:
-    """All parameters concatenated into one detached vector theta (a copy, in float64 for exact-ish norms)."""
-    return torch.cat([p.detach().reshape(-1).to(torch.float64) for p in parameters])
+    """All parameters concatenated into one detached float32 vector theta (a copy)."""
+    return torch.cat([p.detach().reshape(-1).float() for p in parameters])
+
+
+def _norm(v: Tensor) -> float:
+    return float(torch.linalg.vector_norm(v, dtype=torch.float64))
 
 
 class ParameterTrajectory:
@@ -32,7 +36,7 @@ class ParameterTrajectory:
             self.theta_0 = theta.clone()
         self._check_size(theta)
         if self.previous is not None:
-            self.path_length += float(torch.linalg.vector_norm(theta - self.previous.to(theta.device)))
+            self.path_length += _norm(theta - self.previous.to(theta.device))
         self.previous = theta.clone()
         return self.distance(theta), self.path_length
 
@@ -41,7 +45,7 @@ class ParameterTrajectory:
         if self.theta_0 is None:
             return float("nan")
         self._check_size(theta)
-        return float(torch.linalg.vector_norm(theta - self.theta_0.to(theta.device)))
+        return _norm(theta - self.theta_0.to(theta.device))
 
     def _check_size(self, theta: Tensor) -> None:
         if self.theta_0 is not None and theta.numel() != self.theta_0.numel():

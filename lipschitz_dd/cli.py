@@ -63,8 +63,9 @@ class LipschitzCLI(LightningCLI):
                             help="run folder name (env LIPSCHITZ_DD_RUN_NAME, else WANDB_RUN_ID, else a time stamp)")
         parser.add_argument("--wandb", type=bool, default=True,
                             help="also log to W&B (offline unless W&B is configured on this machine)")
-        parser.add_lightning_class_args(LipschitzCallback, "lipschitz")
+        # GradNormStopping first: when it stops the run, the Lipschitz callback then measures the final epoch.
         parser.add_lightning_class_args(GradNormStopping, "stopping")
+        parser.add_lightning_class_args(LipschitzCallback, "lipschitz")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
     # --- the run folder -------------------------------------------------------------------------------------

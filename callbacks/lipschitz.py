@@ -1,0 +1,545 @@
+"""`LipschitzCallback`: lower and upper bounds of the Lipschitz constant of any LightningModule while it trains.
+
+The network is f = `pl_module(x)` (the logits), norms are Euclidean on the flattened input and output, and the
+local Lipschitz constant at x is ||J(x)||_2, the largest singular value of the input Jacobian. Every measurement
+runs with the model in eval mode, autograd on, parameters frozen, the global RNG streams saved and restored, so
+training is bit-identical with and without the callback. Logged metrics (names fixed by design.md):
+
+    lipschitz/lower         max_{x in train} ||J(x)||_2                a guaranteed lower bound of Lip(f)
+    lipschitz/avg, /rms     mean and root-mean-square of ||J(x)||_2    over train; not bounds
+    lipschitz/lower_test    max over the test points                   a lower bound
+    lipschitz/lower_interp  max over random convex combinations of pairs of train points   a lower bound
+    lipschitz/lower_noise   max over Gaussian-perturbed train points   a lower bound
+    lipschitz/lower_pgd     max over PGD-perturbed train points        a lower bound
+    lipschitz/lower_opt     the optimised lower bound (gradient ascent on ||J(x)||_2)       a lower bound
+    lipschitz/upper         product of per-layer constants             an upper bound (absent if unavailable)
+    lipschitz/upper_available  1.0 / 0.0
+    lipschitz/seconds       wall time of the measurement (max over ranks)
+    params/dist_init        ||theta - theta_0||_2
+    params/path_length      sum of ||theta_{t+1} - theta_t||_2 over consecutive measurements
+
+When: epoch 0 (at `on_train_start`, before the first update, written straight to every logger at step 0),
+then at the end of every epoch e <= dense_epochs, every every_n_epochs-th epoch and the last epoch, logged
+with `pl_module.log` in `on_validation_epoch_end` (same row as the test loss), or in `on_train_epoch_end` when
+no validation ran; if training stops after those hooks (a stopping callback listed after this one), the final
+weights are written straight to the loggers at `on_train_end` (step = finished epochs): list stopping
+callbacks before this one to keep the last values in the test-loss row. Under `trainer.validate` /
+`trainer.test` it measures once (it leaves inference mode itself) and logs beside their metrics.
+
+Points: explicit tensors, else the datamodule's in-memory `train_x`/`test_x`, else the samples of the loaders
+(any batch format: tensors, tuples, dicts, or `get_input`), always the same seeded subset (`max_samples`),
+one batch in memory at a time. Under DDP each rank measures its share of the points; maxima are max-reduced,
+means come from reduced sums and counts. `callback.last_metrics` holds the latest values, `callback.history`
+all of them (`{"epoch": e, metric: value}`), e.g. for notebooks:
+
+    trainer = Trainer(callbacks=[LipschitzCallback(every_n_epochs=5, test=True)])
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Literal, Optional, Sequence
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from callbacks._distributed import Reduction, reduce_across_ranks
+from callbacks._isolation import measurement_mode, preserved_rng_state
+from callbacks._points import Key, PointSource
+from callbacks._trajectory import ParameterTrajectory, flat_parameters
+from lipschitz_dd.bounds import (
+    LowerBoundStats,
+    UpperBoundEstimator,
+    convex_combinations,
+    gaussian_perturbations,
+    jacobian_spectral_norms,
+    optimised_lower_bound,
+    pgd_perturbations,
+)
+
+__all__ = ["LipschitzCallback"]
+
+
+class TopPoints:
+    """The m points with the largest ||J(x)||_2 seen so far (starting points of the optimised lower bound)."""
+
+    def __init__(self, m: int) -> None:
+        self.m = m
+        self.points: Optional[Tensor] = None
+        self.norms: Optional[Tensor] = None
+
+    def add(self, x: Tensor, norms: Tensor) -> None:
+        points = x.detach() if self.points is None else torch.cat([self.points, x.detach()])
+        values = norms.detach() if self.norms is None else torch.cat([self.norms, norms.detach()])
+        keep = torch.nan_to_num(values, nan=-math.inf).topk(min(self.m, len(values))).indices
+        self.points, self.norms = points[keep], values[keep]
+
+
+class LipschitzCallback(Callback):
+    """Measures lower/upper bounds of the Lipschitz constant of `pl_module` during `fit` (see the module doc).
+
+    Args:
+        every_n_epochs: measure at the end of every n-th epoch (besides epoch 0, the first `dense_epochs`
+            epochs and the last epoch).
+        dense_epochs: measure after each of the first `dense_epochs` epochs.
+        max_samples: measure at most this many points of each set (a seeded random subset, the same at every
+            measurement); None = all of them.
+        seed: seed of the subset and of the random points (interp/noise); the random points of a measurement
+            depend only on (seed, epoch, rank), so a resumed run draws the same ones.
+        batch_size: points per Jacobian batch (memory ~ batch_size x K x d numbers for K logits, d inputs).
+        lower: lipschitz/lower (max over training points). average: lipschitz/avg and lipschitz/rms.
+        test: lipschitz/lower_test over the first validation loader (else the test loader).
+        interp, interp_points, interp_lambdas: lipschitz/lower_interp over about `interp_points` convex
+            combinations lam*x_i + (1-lam)*x_j of pairs of training points (pairs drawn within each batch).
+        noise, noise_sigma: lipschitz/lower_noise over x + N(0, sigma^2 I) for every training point.
+        pgd, pgd_eps, pgd_steps: lipschitz/lower_pgd over PGD points maximising the CE loss in the L2 ball
+            of radius eps (labels: the batch's, else the model's predicted classes).
+        data_box: (low, high) bounds of valid inputs; noise, PGD and optimised points are clipped to it.
+        upper, upper_certified: lipschitz/upper (warm-started power iteration; certified mode is slower and a
+            guaranteed upper bound) and lipschitz/upper_available.
+        optimised_every, optimised_top_m, optimised_steps: lipschitz/lower_opt every k-th measurement
+            (0 = never) by gradient ascent from the top-m training points.
+        track_params: params/dist_init and params/path_length.
+        input_key, label_key, get_input, get_label: how to read inputs/labels from the user's batches
+            (defaults: element 0/1 of a tuple, "x"/"input"/"image" and "y"/"label"/"target" of a dict).
+        train_points, train_labels, test_points, test_labels: explicit point tensors. Without them the points
+            are the datamodule's in-memory `train_x`/`train_y` (`test_x`/`test_y`) tensors if it has them
+            (lipschitz_dd's datamodules do), else the samples of its loaders: training points from
+            `datamodule.train_dataloader()` (else `trainer.train_dataloader`), test points from the first
+            validation loader (else the test loader).
+        jacobian_method: passed to `jacobian_spectral_norms`.
+        progress_bar: show a tqdm bar for measurements that take longer than 2 seconds.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 10,
+        dense_epochs: int = 10,
+        max_samples: Optional[int] = None,
+        seed: int = 0,
+        batch_size: int = 1024,
+        lower: bool = True,
+        average: bool = True,
+        test: bool = False,
+        interp: bool = False,
+        interp_points: int = 10_000,
+        interp_lambdas: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5),
+        noise: bool = False,
+        noise_sigma: float = 0.1,
+        pgd: bool = False,
+        pgd_eps: float = 0.5,
+        pgd_steps: int = 10,
+        data_box: Optional[tuple[float, float]] = None,
+        upper: bool = True,
+        upper_certified: bool = False,
+        optimised_every: int = 0,
+        optimised_top_m: int = 8,
+        optimised_steps: int = 50,
+        track_params: bool = True,
+        input_key: Optional[Key] = None,
+        label_key: Optional[Key] = None,
+        get_input: Optional[Callable[[Any], Tensor]] = None,
+        get_label: Optional[Callable[[Any], Tensor]] = None,
+        train_points: Optional[Tensor] = None,
+        train_labels: Optional[Tensor] = None,
+        test_points: Optional[Tensor] = None,
+        test_labels: Optional[Tensor] = None,
+        jacobian_method: Literal["auto", "exact", "iterative"] = "auto",
+        progress_bar: bool = True,
+    ) -> None:
+        for name, value in (("every_n_epochs", every_n_epochs), ("batch_size", batch_size),
+                            ("interp_points", interp_points), ("pgd_steps", pgd_steps),
+                            ("optimised_top_m", optimised_top_m), ("optimised_steps", optimised_steps)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"LipschitzCallback: {name} must be a positive integer, got {value!r}")
+        for name, value in (("dense_epochs", dense_epochs), ("optimised_every", optimised_every)):
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"LipschitzCallback: {name} must be a non-negative integer, got {value!r}")
+        if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
+            raise ValueError(f"LipschitzCallback: max_samples must be a positive integer or None, got {max_samples!r}")
+        if noise_sigma <= 0 or pgd_eps <= 0:
+            raise ValueError(f"LipschitzCallback: noise_sigma and pgd_eps must be > 0, got {noise_sigma}, {pgd_eps}")
+        if not all(0.0 <= lam <= 1.0 for lam in interp_lambdas) or not interp_lambdas:
+            raise ValueError(f"LipschitzCallback: interp_lambdas must be non-empty, in [0, 1], got {interp_lambdas}")
+        self.every_n_epochs, self.dense_epochs = every_n_epochs, dense_epochs
+        self.max_samples, self.seed, self.batch_size = max_samples, seed, batch_size
+        self.lower, self.average, self.test = lower, average, test
+        self.interp, self.interp_points, self.interp_lambdas = interp, interp_points, tuple(interp_lambdas)
+        self.noise, self.noise_sigma = noise, noise_sigma
+        self.pgd, self.pgd_eps, self.pgd_steps, self.data_box = pgd, pgd_eps, pgd_steps, data_box
+        self.upper, self.upper_certified = upper, upper_certified
+        self.optimised_every, self.optimised_top_m, self.optimised_steps = (
+            optimised_every, optimised_top_m, optimised_steps)
+        self.track_params = track_params
+        self.input_key, self.label_key, self.get_input, self.get_label = input_key, label_key, get_input, get_label
+        self.train_points, self.train_labels = train_points, train_labels
+        self.test_points, self.test_labels = test_points, test_labels
+        self.jacobian_method = jacobian_method
+        self.progress_bar = progress_bar
+
+        self.last_metrics: dict[str, float] = {}  # the latest measurement, as logged
+        self.history: list[dict[str, float]] = []  # every measurement of this run: {"epoch": e, metric: value}
+        self._trajectory = ParameterTrajectory()
+        self._estimator: Optional[UpperBoundEstimator] = None
+        self._estimator_state: Optional[dict[str, Any]] = None  # loaded before the estimator exists
+        self._upper_failure: Optional[str] = None
+        self._measurements = 0
+        self._last_measured_epoch: Optional[int] = None
+        self._sources: dict[str, Optional[PointSource]] = {}
+        self._warned: set[str] = set()
+
+    @property
+    def state_key(self) -> str:
+        """Checkpoint key; differs between callbacks with different schedules, subsets or point sets."""
+        return self._generate_state_key(
+            every_n_epochs=self.every_n_epochs, dense_epochs=self.dense_epochs, max_samples=self.max_samples,
+            seed=self.seed, explicit_points=(self.train_points is not None, self.test_points is not None))
+
+    # ------------------------------------------------------------------ schedule
+    def is_scheduled(self, epoch: int, last: bool = False) -> bool:
+        """Whether the parameters after `epoch` finished epochs are measured: epoch 0, epochs 1..dense_epochs,
+        multiples of every_n_epochs, and the last epoch."""
+        return last or epoch <= self.dense_epochs or epoch % self.every_n_epochs == 0
+
+    @staticmethod
+    def _is_last_epoch(trainer: Trainer, finished_epochs: int) -> bool:
+        max_epochs = trainer.max_epochs
+        reached_epochs = max_epochs is not None and max_epochs >= 0 and finished_epochs >= max_epochs
+        reached_steps = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
+        return bool(trainer.should_stop or reached_epochs or reached_steps)
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._sources = {}  # each fit/validate/test resolves its own data
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.current_epoch > 0 or trainer.global_step > 0 or self._last_measured_epoch == 0:
+            return  # resumed: epoch 0 was measured by the original run
+        metrics = self.measure(trainer, pl_module, epoch=0, record_trajectory=True)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=0)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if trainer.state.fn != TrainerFn.FITTING:  # trainer.validate(): one measurement of the current weights
+            self._log(pl_module, self.measure(trainer, pl_module, epoch=trainer.current_epoch))
+            return
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return  # a mid-epoch validation (val_check_interval < 1): measure at the epoch's end only
+        self._measure_epoch_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._measure_epoch_end(trainer, pl_module)  # no-op if the validation hook measured this epoch
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        finished = trainer.current_epoch
+        if finished > 0 and self._last_measured_epoch != finished and self._last_measured_epoch is not None:
+            # stopped after the epoch-end hooks ran (e.g. a callback set should_stop late): the final weights
+            metrics = self.measure(trainer, pl_module, epoch=finished, record_trajectory=True)
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=finished)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log(pl_module, self.measure(trainer, pl_module, epoch=trainer.current_epoch))
+
+    def _measure_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        finished = trainer.current_epoch + 1
+        if self._last_measured_epoch == finished:
+            return
+        if self.is_scheduled(finished, last=self._is_last_epoch(trainer, finished)):
+            self._log(pl_module, self.measure(trainer, pl_module, epoch=finished, record_trajectory=True))
+
+    @staticmethod
+    def _log(pl_module: LightningModule, metrics: dict[str, float]) -> None:
+        # values are already identical on every rank; sync_dist with max keeps them and avoids Lightning's
+        # "use sync_dist=True" warning under DDP
+        for name, value in metrics.items():
+            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
+
+    # ------------------------------------------------------------------ measurement
+    def measure(self, trainer: Trainer, pl_module: LightningModule, epoch: int,
+                record_trajectory: bool = False) -> dict[str, float]:
+        """One measurement of the current parameters (all ranks must call it): returns the reduced metrics,
+        stores them in `last_metrics` and `history`. `record_trajectory` adds the parameters to the path."""
+        start = time.perf_counter()
+        values: dict[str, float] = {}
+        ops: dict[str, Reduction] = {}
+        with preserved_rng_state(), measurement_mode(pl_module):
+            finite_params = all(bool(torch.isfinite(p).all()) for p in pl_module.parameters())
+            try:
+                self._measure_points(trainer, pl_module, epoch, finite_params, values, ops)
+                if self.upper:
+                    self._measure_upper(trainer, pl_module, finite_params, values, ops)
+            except RuntimeError as error:
+                if "inference" in str(error).lower():
+                    raise RuntimeError(
+                        "LipschitzCallback needs autograd for input Jacobians but got inference tensors: create "
+                        "the Trainer with inference_mode=False for trainer.validate/test"
+                    ) from error
+                raise
+        values["lipschitz/seconds"], ops["lipschitz/seconds"] = time.perf_counter() - start, "max"
+        metrics = self._finalise(reduce_across_ranks(trainer, values, ops))
+        if self.track_params:
+            theta = flat_parameters(pl_module.parameters())
+            if record_trajectory:
+                metrics["params/dist_init"], metrics["params/path_length"] = self._trajectory.step(theta)
+            elif self._trajectory.theta_0 is not None:
+                metrics["params/dist_init"] = self._trajectory.distance(theta)
+        if record_trajectory:
+            self._last_measured_epoch = epoch
+            self._measurements += 1
+        self._warn_non_finite(epoch, metrics)
+        self.last_metrics = metrics
+        self.history.append({"epoch": float(epoch), **metrics})
+        return metrics
+
+    def _measure_points(self, trainer: Trainer, model: LightningModule, epoch: int, finite_params: bool,
+                        values: dict[str, float], ops: dict[str, Reduction]) -> None:
+        """Per-point norms on this rank: one pass over the training points (lower, avg, rms, interp, noise,
+        pgd, top points for the optimised bound), one over the test points."""
+        run_opt = self.optimised_every > 0 and self._measurements % self.optimised_every == 0
+        want_train = self.lower or self.average or self.interp or self.noise or self.pgd or run_opt
+        wanted = {"train": self.lower or self.average, "interp": self.interp, "noise": self.noise, "pgd": self.pgd}
+        sets = {name: LowerBoundStats() for name, on in wanted.items() if on}
+        test_stats = LowerBoundStats()
+        top = TopPoints(self.optimised_top_m) if run_opt else None
+        train = self._source(trainer, "train") if want_train else None
+        testset = self._source(trainer, "test") if self.test else None
+        generator = None
+        if finite_params:
+            generator_seed = int(np.random.SeedSequence([self.seed, epoch, trainer.global_rank]).generate_state(1)[0])
+            generator = torch.Generator().manual_seed(generator_seed)  # CPU: the bounds engine draws on it
+            total = sum(s.num_points or 0 for s in (train, testset) if s is not None)
+            bar = tqdm(total=total or None, desc="Lipschitz", unit="pt", leave=False, delay=2.0,
+                       disable=not (self.progress_bar and trainer.is_global_zero))
+            with bar:
+                if train is not None:
+                    for x, y in train.batches(model.device):
+                        self._train_batch(model, x, y, sets, top, generator, train.num_points)
+                        bar.update(len(x))
+                if testset is not None:
+                    for x, _ in testset.batches(model.device):
+                        test_stats.update(self._norms(model, x))
+                        bar.update(len(x))
+        nan = float("nan")
+        if self.test:
+            sets["test"] = test_stats
+        for name, stats in sets.items():  # per rank: partial sums and maxima (max is 0.0 for no points)
+            values[f"{name}/max"], ops[f"{name}/max"] = (stats.max if finite_params else nan), "max"
+            values[f"{name}/count"], ops[f"{name}/count"] = float(stats.count), "sum"
+        if "train" in sets:
+            for key, v in (("train/sum", sets["train"].sum), ("train/sum_sq", sets["train"].sum_sq)):
+                values[key], ops[key] = float(v), "sum"
+        if top is not None:  # no top points on this rank: 0.0, a trivial lower bound, with count 0
+            opt, count = 0.0, 0 if top.points is None else len(top.points)
+            if count:
+                opt = optimised_lower_bound(model, top.points, top_m=self.optimised_top_m, steps=self.optimised_steps,
+                                            data_box=self.data_box, method=self.jacobian_method,
+                                            generator=generator).value
+            values["opt/max"], ops["opt/max"] = opt, "max"
+            values["opt/count"], ops["opt/count"] = float(count), "sum"
+
+    def _train_batch(self, model: nn.Module, x: Tensor, y: Optional[Tensor], sets: dict[str, LowerBoundStats],
+                     top: Optional[TopPoints], generator: torch.Generator, num_points: Optional[int]) -> None:
+        if "train" in sets or top is not None:
+            norms = self._norms(model, x)
+            if "train" in sets:
+                sets["train"].update(norms)
+            if top is not None:
+                top.add(x, norms)
+        if "interp" in sets and len(x) > 1:
+            share = math.ceil(self.interp_points * len(x) / (num_points or self.max_samples or len(x)))
+            for chunk in convex_combinations(x, share, lambdas=self.interp_lambdas, generator=generator):
+                sets["interp"].update(self._norms(model, chunk))
+        if "noise" in sets:
+            noisy = gaussian_perturbations(x, self.noise_sigma, generator=generator, data_box=self.data_box)
+            sets["noise"].update(self._norms(model, noisy))
+        if "pgd" in sets:
+            if y is None:
+                with torch.no_grad():
+                    y = model(x).argmax(dim=-1)
+            points = pgd_perturbations(model, x, y, eps=self.pgd_eps, steps=self.pgd_steps,
+                                       data_box=self.data_box)
+            sets["pgd"].update(self._norms(model, points))
+
+    def _norms(self, model: nn.Module, x: Tensor) -> Tensor:
+        """||J(x_i)||_2 per point; NaN for the batch (with a warning) if the SVD fails on non-finite values."""
+        try:
+            return jacobian_spectral_norms(model, x, method=self.jacobian_method)
+        except torch.linalg.LinAlgError as error:
+            self._warn_once("linalg", f"LipschitzCallback: Jacobian norms failed ({error}); logging NaN")
+            return torch.full((len(x),), float("nan"), device=x.device)
+
+    def _measure_upper(self, trainer: Trainer, model: nn.Module, finite_params: bool,
+                       values: dict[str, float], ops: dict[str, Reduction]) -> None:
+        """The upper bound of the estimator (identical on every rank); not available when the model cannot be
+        bounded (warned once with the reason) or its parameters are not finite (warned as non-finite)."""
+        value, available, reason = float("nan"), False, self._upper_failure
+        if finite_params and self._upper_failure is None:
+            estimator = self._upper_estimator(trainer, model)
+            if estimator is not None:
+                result = estimator.compute(certified=self.upper_certified)
+                value, available, reason = (result.value if result.value is not None else float("nan"),
+                                            bool(result.available), result.reason)
+            else:
+                reason = self._upper_failure
+        if finite_params and not available:
+            self._warn_once("upper", f"LipschitzCallback: no upper bound for this model ({reason}); "
+                                     "logging lipschitz/upper_available=0 and the lower bounds only")
+        values["upper/value"], ops["upper/value"] = value, "max"
+        values["upper/available"], ops["upper/available"] = float(available), "min"
+
+    def _upper_estimator(self, trainer: Trainer, model: nn.Module) -> Optional[UpperBoundEstimator]:
+        """Built once, traced on one input sample (the first training point, else the first test point)."""
+        if self._estimator is None:
+            example = self._example_input(trainer, model)
+            if example is None:
+                self._upper_failure = "no input sample to trace the model with"
+                return None
+            try:
+                self._estimator = UpperBoundEstimator(model, example)
+            except Exception as error:  # noqa: BLE001 -- an untraceable user model must not stop training
+                self._upper_failure = f"{type(error).__name__}: {error}"
+                return None
+            if self._estimator_state is not None:
+                self._estimator.load_state_dict(self._estimator_state)
+                self._estimator_state = None
+        return self._estimator
+
+    def _example_input(self, trainer: Trainer, model: nn.Module) -> Optional[Tensor]:
+        for kind in ("train", "test"):
+            source = self._source(trainer, kind)
+            if source is not None:
+                for x, _ in source.batches(model.device):
+                    return x[:1]
+        return None
+
+    def _finalise(self, reduced: dict[str, float]) -> dict[str, float]:
+        """Partial results of all ranks -> metrics with the names of design.md."""
+        metrics: dict[str, float] = {}
+        nan = float("nan")
+        maximum = lambda part: reduced[f"{part}/max"] if reduced[f"{part}/count"] > 0 else nan  # noqa: E731
+        if self.lower:
+            metrics["lipschitz/lower"] = maximum("train")
+        if self.average:
+            count = reduced["train/count"]
+            metrics["lipschitz/avg"] = reduced["train/sum"] / count if count else nan
+            metrics["lipschitz/rms"] = math.sqrt(reduced["train/sum_sq"] / count) if count else nan
+        if self.upper:
+            if reduced["upper/available"] > 0:
+                metrics["lipschitz/upper"] = reduced["upper/value"]
+            metrics["lipschitz/upper_available"] = reduced["upper/available"]
+        for part, name in (("test", "lower_test"), ("interp", "lower_interp"), ("noise", "lower_noise"),
+                           ("pgd", "lower_pgd"), ("opt", "lower_opt")):
+            if f"{part}/max" in reduced:
+                metrics[f"lipschitz/{name}"] = maximum(part)
+        metrics["lipschitz/seconds"] = reduced["lipschitz/seconds"]
+        return metrics
+
+    # ------------------------------------------------------------------ points
+    def _source(self, trainer: Trainer, kind: str) -> Optional[PointSource]:
+        """This rank's training ("train") or test ("test") points, resolved once per fit/validate/test."""
+        if kind not in self._sources:
+            self._sources[kind] = self._make_source(trainer, kind)
+            if self._sources[kind] is None:
+                self._warn_once(f"no-{kind}", f"LipschitzCallback: no {kind} points found (no datamodule or "
+                                              f"loader, no {kind}_points); skipping the {kind}-set bounds")
+        return self._sources[kind]
+
+    def _make_source(self, trainer: Trainer, kind: str) -> Optional[PointSource]:
+        common = dict(max_samples=self.max_samples, seed=self.seed, batch_size=self.batch_size,
+                      rank=trainer.global_rank, world_size=trainer.world_size)
+        points, labels = (self.train_points, self.train_labels) if kind == "train" else (
+            self.test_points, self.test_labels)
+        if points is None:
+            points, labels = _datamodule_tensors(trainer, kind)
+        if points is not None:
+            return PointSource.from_tensors(points, labels, **common)
+        loader = _train_loader(trainer) if kind == "train" else _test_loader(trainer)
+        if loader is None:
+            return None
+        return PointSource.from_loader(loader, input_key=self.input_key, label_key=self.label_key,
+                                       get_input=self.get_input, get_label=self.get_label, **common)
+
+    # ------------------------------------------------------------------ warnings, state
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(message, category=RuntimeWarning)
+
+    def _warn_non_finite(self, epoch: int, metrics: dict[str, float]) -> None:
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        if bad:
+            self._warn_once("non-finite", f"LipschitzCallback: non-finite values at epoch {epoch} (the run has "
+                                          f"probably diverged); logging them as they are: {bad}")
+
+    def state_dict(self) -> dict[str, Any]:
+        """theta_0, previous theta and path length; the upper-bound warm-start state; the subset seed; counters
+        and the history of measurements."""
+        upper_state = self._estimator.state_dict() if self._estimator is not None else self._estimator_state
+        return {
+            "seed": self.seed,
+            "trajectory": self._trajectory.state_dict(),
+            "upper_estimator": upper_state,
+            "measurements": self._measurements,
+            "last_measured_epoch": self._last_measured_epoch,
+            "history": list(self.history),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seed = int(state_dict["seed"])
+        self._trajectory.load_state_dict(state_dict["trajectory"])
+        self._measurements = int(state_dict["measurements"])
+        self._last_measured_epoch = state_dict["last_measured_epoch"]
+        self.history = list(state_dict["history"])
+        self.last_metrics = dict(self.history[-1]) if self.history else {}
+        self.last_metrics.pop("epoch", None)
+        self._estimator_state = state_dict["upper_estimator"]
+        if self._estimator is not None and self._estimator_state is not None:
+            self._estimator.load_state_dict(self._estimator_state)
+            self._estimator_state = None
+
+
+def _datamodule_tensors(trainer: Trainer, kind: str) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """(x, y) tensors a datamodule holds in memory as `{kind}_x` / `{kind}_y` (lipschitz_dd's datamodules
+    do, after setup); (None, None) otherwise."""
+    datamodule = getattr(trainer, "datamodule", None)
+    x, y = getattr(datamodule, f"{kind}_x", None), getattr(datamodule, f"{kind}_y", None)
+    if not isinstance(x, Tensor):
+        return None, None
+    return x, (y if isinstance(y, Tensor) and len(y) == len(x) else None)
+
+
+def _first_loader(loaders: Any) -> Any:
+    """The first DataLoader of what Lightning holds: a loader, a list/tuple of loaders, or a dict of them."""
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    if isinstance(loaders, (list, tuple)):
+        return loaders[0] if loaders else None
+    return loaders
+
+
+def _train_loader(trainer: Trainer) -> Any:
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is not None and is_overridden("train_dataloader", datamodule):
+        return _first_loader(datamodule.train_dataloader())
+    return _first_loader(trainer.train_dataloader)
+
+
+def _test_loader(trainer: Trainer) -> Any:
+    """The first validation loader (design: index 0 = the test set), else the test loader."""
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is not None:
+        for hook in ("val_dataloader", "test_dataloader"):
+            if is_overridden(hook, datamodule):
+                return _first_loader(getattr(datamodule, hook)())
+    loader = _first_loader(trainer.val_dataloaders)
+    return loader if loader is not None else _first_loader(trainer.test_dataloaders)
