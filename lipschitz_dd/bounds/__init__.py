@@ -1,0 +1,55 @@
+"""Lipschitz bounds of any nn.Module, in plain PyTorch (no Lightning).
+
+Lower bounds: per-sample Jacobian spectral norms (exact or power iteration), streamed statistics over point
+sets (data, convex combinations, perturbations, grids), an optimised bound and the pairwise bound.
+Upper bound: product of per-layer constants over the traced graph (AutoLip style), power or certified mode.
+"""
+
+from lipschitz_dd.bounds.jacobian import (
+    PowerIterationResult,
+    SingularTriplets,
+    jacobian_rows,
+    jacobian_spectral_norms,
+    power_iteration_spectral_norms,
+    top_singular_from_jacobians,
+    top_singular_triplets,
+)
+from lipschitz_dd.bounds.lower import LowerBoundStats, iterate_batches, lower_bound
+from lipschitz_dd.bounds.optimised import OptimisedLowerBound, optimised_lower_bound
+from lipschitz_dd.bounds.pairwise import pairwise_lipschitz
+from lipschitz_dd.bounds.points import (
+    convex_combinations,
+    gaussian_perturbations,
+    grid_2d,
+    pgd_perturbations,
+    project_to_box,
+)
+from lipschitz_dd.bounds.operator_norms import conv_operator_norm, linear_operator_norm
+from lipschitz_dd.bounds.upper import LayerConstant, UpperBoundEstimator, UpperBoundResult, upper_bound
+
+__all__ = [
+    "LayerConstant",
+    "LowerBoundStats",
+    "OptimisedLowerBound",
+    "PowerIterationResult",
+    "SingularTriplets",
+    "UpperBoundEstimator",
+    "UpperBoundResult",
+    "conv_operator_norm",
+    "convex_combinations",
+    "gaussian_perturbations",
+    "grid_2d",
+    "iterate_batches",
+    "jacobian_rows",
+    "jacobian_spectral_norms",
+    "linear_operator_norm",
+    "lower_bound",
+    "optimised_lower_bound",
+    "pairwise_lipschitz",
+    "pgd_perturbations",
+    "power_iteration_spectral_norms",
+    "project_to_box",
+    "top_singular_from_jacobians",
+    "top_singular_triplets",
+    "upper_bound",
+]

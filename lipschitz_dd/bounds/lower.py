@@ -1,0 +1,175 @@
+"""Streaming Jacobian lower bound: max, mean and RMS of ||J(x)||_2 over a point set, in constant memory.
+
+C_lower = max_i ||J(x_i)||_2 is a valid lower bound of the Lipschitz constant (L2 norms) of the model;
+C_avg (mean) and the RMS are not bounds, they describe the distribution. Statistics are kept as raw sums
+(count, sum, sum of squares, max), so partial results from chunks, data sets or DDP ranks combine exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import torch
+from torch import Tensor
+
+from lipschitz_dd.bounds.jacobian import DEFAULT_MAX_EXACT_OUTPUTS, check_autograd_available, jacobian_spectral_norms
+
+DEFAULT_BATCH_SIZE = 256
+
+
+@dataclass
+class LowerBoundStats:
+    """Running statistics of per-sample norms n_i = ||J(x_i)||_2 over a stream of points.
+
+    count, sum (sum n_i), sum_sq (sum n_i^2), max (max n_i: the lower bound C_lower; 0.0 when empty),
+    argmax_index (position of the maximiser in the stream, first one on ties), argmax_point (that input,
+    detached, on the CPU), norms (all n_i in stream order when created with keep_norms=True, else None).
+    Reduce across processes with: count, sum, sum_sq -> sum; max -> max. A NaN norm (diverged model)
+    propagates: max, mean and rms become NaN.
+    """
+
+    count: int = 0
+    sum: float = 0.0
+    sum_sq: float = 0.0
+    max: float = 0.0
+    argmax_index: int | None = None
+    argmax_point: Tensor | None = None
+    keep_norms: bool = False
+    _norm_chunks: list = field(default_factory=list, repr=False)
+
+    @property
+    def mean(self) -> float:
+        """C_avg = sum / count (an average, not a bound); nan when empty."""
+        return self.sum / self.count if self.count else math.nan
+
+    @property
+    def rms(self) -> float:
+        """sqrt(sum_sq / count); nan when empty."""
+        return math.sqrt(self.sum_sq / self.count) if self.count else math.nan
+
+    @property
+    def norms(self) -> Tensor | None:
+        """All per-sample norms in stream order (CPU), or None unless keep_norms."""
+        if not self.keep_norms:
+            return None
+        return torch.cat(self._norm_chunks) if self._norm_chunks else torch.zeros(0)
+
+    def update(self, norms: Tensor, points: Tensor | None = None) -> None:
+        """Add the next chunk: norms [b] of the points [b, ...] that follow those seen so far (in place)."""
+        norms = norms.detach().reshape(-1)
+        if points is not None and points.shape[0] != norms.shape[0]:
+            raise ValueError(f"got {norms.shape[0]} norms for {points.shape[0]} points")
+        if norms.numel() == 0:
+            return
+        values = norms.double()
+        best = int(torch.argmax(values))
+        best_value = float(values[best])
+        if self.argmax_index is None or _beats(best_value, self.max):
+            self.max = best_value
+            self.argmax_index = self.count + best
+            self.argmax_point = None if points is None else points[best].detach().cpu().clone()
+        self.count += norms.numel()
+        self.sum += float(values.sum())
+        self.sum_sq += float((values * values).sum())
+        if self.keep_norms:
+            self._norm_chunks.append(norms.cpu().clone())
+
+    def merge(self, other: LowerBoundStats) -> LowerBoundStats:
+        """Statistics of self's points followed by other's points (a new object; indices of other shift by
+        self.count). Norms are kept only if both sides kept them."""
+        merged = LowerBoundStats(
+            count=self.count + other.count,
+            sum=self.sum + other.sum,
+            sum_sq=self.sum_sq + other.sum_sq,
+            max=self.max,
+            argmax_index=self.argmax_index,
+            argmax_point=self.argmax_point,
+            keep_norms=self.keep_norms and other.keep_norms,
+        )
+        if other.argmax_index is not None and (self.argmax_index is None or _beats(other.max, self.max)):
+            merged.max = other.max
+            merged.argmax_index = self.count + other.argmax_index
+            merged.argmax_point = other.argmax_point
+        if merged.keep_norms:
+            merged._norm_chunks = self._norm_chunks + other._norm_chunks
+        return merged
+
+    def as_dict(self) -> dict:
+        """Plain numbers: max, mean, rms, count (for logging)."""
+        return {"max": self.max, "mean": self.mean, "rms": self.rms, "count": self.count}
+
+
+def _beats(value: float, best: float) -> bool:
+    """value replaces best as the maximum: larger, or NaN over a number (NaN propagates)."""
+    return value > best or (math.isnan(value) and not math.isnan(best))
+
+
+def iterate_batches(points, batch_size: int) -> Iterator[Tensor]:
+    """Chunks of at most batch_size inputs from a Tensor [N, ...] or an iterable of Tensors (e.g. a
+    DataLoader; from a tuple/list item such as (x, y) the first element is taken)."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(points, Tensor):
+        yield from _split(points, batch_size)
+        return
+    if not isinstance(points, Iterable):
+        raise ValueError(f"points must be a Tensor or an iterable of Tensors, got {type(points).__name__}")
+    for item in points:
+        if isinstance(item, (tuple, list)) and item:
+            item = item[0]
+        if not isinstance(item, Tensor):
+            raise ValueError(f"points yielded a {type(item).__name__}, expected a Tensor of inputs")
+        yield from _split(item, batch_size)
+
+
+def _split(x: Tensor, batch_size: int) -> Iterator[Tensor]:
+    if x.dim() < 1:
+        raise ValueError(f"a batch of points needs a leading batch dimension, got a scalar of shape {tuple(x.shape)}")
+    yield from x.split(batch_size)
+
+
+def model_device(model, default: torch.device | None = None) -> torch.device | None:
+    """Device of the model's first parameter or buffer (None for a plain function without either)."""
+    if isinstance(model, torch.nn.Module):
+        for tensor in model.parameters():
+            return tensor.device
+        for tensor in model.buffers():
+            return tensor.device
+    return default
+
+
+def lower_bound(
+    model,
+    points,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    keep_norms: bool = False,
+    method: str = "auto",
+    max_exact_outputs: int = DEFAULT_MAX_EXACT_OUTPUTS,
+    **power_kwargs,
+) -> LowerBoundStats:
+    """Stream ||J(x)||_2 over ``points`` (a Tensor or an iterable of input Tensors) in chunks of
+    ``batch_size`` and return their :class:`LowerBoundStats`.
+
+    ``stats.max`` = max_x ||J(x)||_2 over the points: a valid lower bound of the Lipschitz constant
+    (exact with method "exact"; with "iterative" each norm errs low, so still a valid lower bound).
+    Memory is O(batch_size * K * d) whatever the number of points (plus the norms if keep_norms).
+    Chunks are moved to the model's device. The model should be in eval mode.
+    """
+    check_autograd_available()
+    device = model_device(model)
+    stats = LowerBoundStats(keep_norms=keep_norms)
+    for chunk in iterate_batches(points, batch_size):
+        if chunk.shape[0] == 0:
+            continue
+        if device is not None:
+            chunk = chunk.to(device)
+        norms = jacobian_spectral_norms(
+            model, chunk, method=method, max_exact_outputs=max_exact_outputs, **power_kwargs
+        )
+        stats.update(norms, chunk)
+    if stats.count == 0:
+        raise ValueError("lower_bound got no points (empty tensor or iterable)")
+    return stats
