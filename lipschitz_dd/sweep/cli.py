@@ -1,0 +1,86 @@
+"""`lipschitz-dd sweep ...`: run a sweep file locally (`run`, the default subcommand) or list progress.
+
+    lipschitz-dd sweep sweeps/x.yaml [--workers N] [--count M] [--retry_failed] [--out sweeps_out]
+    lipschitz-dd sweep status [--out sweeps_out]
+
+Exit status: 0 when every run started this time finished, 1 when some failed (the sweep still went on),
+2 for a bad sweep file or options (nothing runs), 130 after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+from jsonargparse import ActionYesNo, ArgumentParser
+
+from .runner import run_sweep
+from .table import format_progress, format_runs, sweep_progress
+
+SUBCOMMANDS = ("run", "status")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="lipschitz-dd sweep", description="Run W&B sweep files locally, no server.")
+    run = ArgumentParser(description="Run or resume a sweep file (W&B format) with N worker processes.")
+    run.add_argument("sweep_file", type=str, help="the sweep YAML file, e.g. sweeps/fcn_mnist1d_dd.yaml")
+    run.add_argument("--workers", type=int, default=1, help="runs in parallel; CPU threads are divided")
+    run.add_argument("--count", type=int | None, default=None, help="start at most this many runs now")
+    run.add_argument("--retry_failed", action=ActionYesNo, default=False, help="queue failed runs again")
+    run.add_argument("--out", type=str, default="sweeps_out", help="parent of the sweep folder")
+    run.add_argument("--progress", action=ActionYesNo, default=True, help="progress bar (--no_progress: none)")
+    status = ArgumentParser(description="List the sweeps under --out and their progress.")
+    status.add_argument("--out", type=str, default="sweeps_out", help="folder holding sweep folders")
+    subcommands = parser.add_subcommands()
+    subcommands.add_subcommand("run", run)
+    subcommands.add_subcommand("status", status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse argv (without the leading `sweep`), run the subcommand, return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "run")  # `lipschitz-dd sweep x.yaml` means `run x.yaml`
+    args = build_parser().parse_args(argv)
+    if args.subcommand == "status":
+        return _status(args.status.out)
+    return _run(args.run)
+
+
+def _run(options) -> int:
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # `kill` stops as cleanly as Ctrl-C
+    try:
+        result = run_sweep(options.sweep_file, out=options.out, workers=options.workers, count=options.count,
+                           retry_failed=options.retry_failed, progress=options.progress)
+    except ValueError as err:  # bad sweep file, bad option, sweep busy: one line, nothing ran
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # before the loop started: nothing is running
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(format_runs(result.runs))
+    runs_glob = Path(result.folder) / "runs" / "*" / "*" / "wandb" / "offline-run-*"
+    print(f"\nsweep {result.sweep.name} (id {result.sweep.id}): state in {result.folder / 'sweep.db'}")
+    print(f"upload to W&B later with: wandb sync {runs_glob}")
+    if result.interrupted:
+        return 130
+    return 1 if result.failed_this_time() else 0
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _status(out: str) -> int:
+    progress = sweep_progress(out)
+    if not progress:
+        print(f"no sweeps under {out}")
+        return 0
+    print(format_progress(progress))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

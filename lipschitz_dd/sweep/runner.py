@@ -1,0 +1,260 @@
+"""The local sweep runner: propose runs with `sweeps`, run N at a time as processes, record them in SQLite.
+
+Folder of a sweep `sweeps/x.yaml` (default out = sweeps_out):
+    <out>/x/sweep.db                      the state (see state.py)
+    <out>/x/runs/x/<run id>/              each run's record (results.json, metrics.csv, wandb/, ...)
+    <out>/x/logs/<run id>.log             each run's stdout and stderr
+    <out>/x/params/<run id>.json          the run's parameters ({key: value}, used for ${args_json_file})
+    <out>/x/attempts/<run id>-<k>/        run folders of interrupted attempts, moved out of runs/
+Re-running the same command resumes: runs left `running` by a dead runner are queued again with the
+same id and parameters, grid points already recorded are not proposed again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import string
+import sys
+import warnings
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from .command import command_args, expand_command
+from .config import load_sweep_config
+from .lock import RunnerLock
+from .process import LiveProcesses, RunOutcome, RunSpec, execute_run, run_environment, thread_share
+from .state import RunRecord, SweepRecord, SweepState
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import sweeps
+
+KILL_DELAY_S = 30  # after Ctrl-C, runs get this long to exit on SIGTERM before SIGKILL
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+_ENGINE_STATE = {"queued": "pending", "running": "running", "finished": "finished", "failed": "failed",
+                 "killed": "killed"}
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What a call of run_sweep did: the sweep, its folder, all its runs, and the ids started this time."""
+
+    sweep: SweepRecord
+    folder: Path
+    runs: list[RunRecord]
+    started: list[str]
+    interrupted: bool
+
+    def failed_this_time(self) -> list[RunRecord]:
+        started = set(self.started)
+        return [r for r in self.runs if r.id in started and r.state in ("failed", "killed")]
+
+
+def new_id() -> str:
+    """A W&B-style id: 8 random lowercase letters and digits."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+
+
+def sweep_folder(sweep_file: str | Path, out: str | Path = "sweeps_out") -> Path:
+    """`<out>/<sweep file stem>`."""
+    return Path(out) / Path(sweep_file).stem
+
+
+def engine_history(runs: list[RunRecord]) -> list[Any]:
+    """The recorded runs as `sweeps.SweepRun`s (state, config, final metrics as summary) for the engine."""
+    return [
+        sweeps.SweepRun(
+            name=r.id,
+            state=_ENGINE_STATE[r.state],
+            config=r.params,
+            summary_metrics=dict((r.results or {}).get("final") or {}),
+            exitcode=r.exit_code,
+        )
+        for r in runs
+    ]
+
+
+def propose(config: dict, runs: list[RunRecord], n: int) -> list[dict[str, Any]]:
+    """Up to n new run configs ({key: {"value": v}}) from the sweeps engine given the recorded runs;
+    fewer (possibly none) when a grid is exhausted."""
+    try:
+        proposals = sweeps.next_runs(config, engine_history(runs), n=n)
+    except ValueError as err:
+        raise ValueError(f"the sweeps engine cannot propose runs for this file: {err}") from None
+    return [p.config for p in proposals if p is not None]
+
+
+class SweepRunner:
+    """Runs one sweep file to completion (or to `count` new runs) with `workers` parallel processes."""
+
+    def __init__(
+        self,
+        sweep_file: str | Path,
+        *,
+        out: str | Path = "sweeps_out",
+        workers: int = 1,
+        count: int | None = None,
+        retry_failed: bool = False,
+        progress: bool = True,
+        stream: TextIO | None = None,
+    ):
+        if workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {workers}")
+        if count is not None and count < 0:
+            raise ValueError(f"--count must be >= 0, got {count}")
+        self.config = load_sweep_config(sweep_file)
+        self.sweep_file = Path(sweep_file)
+        self.name = self.sweep_file.stem
+        self.folder = sweep_folder(sweep_file, out)
+        self.workers, self.count, self.retry_failed = workers, count, retry_failed
+        self.progress = progress
+        self.stream = stream or sys.stderr
+        self.threads = thread_share(workers)
+        self.gpus = _visible_gpus()
+        self.live = LiveProcesses()
+
+    def run(self) -> SweepResult:
+        """Resume or start the sweep; returns when the grid is done, `count` runs have ended, or Ctrl-C."""
+        with RunnerLock(self.folder), SweepState(self.folder / "sweep.db") as state:
+            previous = state.sweep()
+            sweep = state.save_sweep(previous.id if previous else new_id(), self.name, str(self.sweep_file),
+                                     self.config)
+            if previous is not None and previous.config != json.loads(json.dumps(self.config)):
+                self._say(f"note: {self.sweep_file} changed since the last run of this sweep; using the new file")
+            requeued = state.requeue(("running",))
+            if requeued:
+                self._say(f"resuming: {requeued} run(s) left running by a stopped runner are queued again")
+            if self.retry_failed:
+                retried = state.requeue(("failed", "killed"))
+                self._say(f"--retry_failed: {retried} failed run(s) queued again")
+            if self.config["method"] == "grid":
+                for params in propose(self.config, state.runs(), n=10**9):
+                    state.add_run(new_id(), params)
+            elif self.count is None:
+                self._say(f"method {self.config['method']} has no end: stop with Ctrl-C or give --count")
+            started, interrupted = self._loop(state, sweep)
+            return SweepResult(sweep, self.folder, state.runs(), started, interrupted)
+
+    # --- the scheduling loop (all database access happens in this thread) ---
+    def _loop(self, state: SweepState, sweep: SweepRecord) -> tuple[list[str], bool]:
+        budget = self.count
+        if self.config["method"] == "grid":
+            queued = len(state.runs("queued"))
+            budget = queued if budget is None else min(budget, queued)
+        bar = tqdm(total=budget, desc=self.name, unit="run", disable=not self.progress, file=self.stream)
+        free_slots = list(range(self.workers))
+        futures: dict[Future, tuple[str, int]] = {}
+        started: list[str] = []
+        interrupted = False
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            try:
+                while True:
+                    while free_slots and (budget is None or len(started) < budget):
+                        record = self._next_run(state)
+                        if record is None:
+                            break
+                        slot = free_slots.pop(0)
+                        state.mark_running(record.id)
+                        futures[pool.submit(execute_run, self._spec(record, sweep, slot), self.live)] = (
+                            record.id, slot)
+                        started.append(record.id)
+                    if not futures:
+                        break
+                    done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        _, slot = futures.pop(future)
+                        self._record(state, future.result())
+                        free_slots.append(slot)
+                        bar.update(1)
+                        counts = state.counts()
+                        bar.set_postfix(failed=counts["failed"] + counts["killed"])
+            except KeyboardInterrupt:
+                interrupted = True
+                self._say("\ninterrupted: stopping the running runs; they stay queued for the next invocation")
+                self.live.terminate_all()
+                if wait(futures, timeout=KILL_DELAY_S).not_done:
+                    self.live.kill_all()
+                for future in futures:
+                    outcome = future.result()
+                    state.mark_interrupted(outcome.run_id, outcome.exit_code, outcome.log_tail)
+        bar.close()
+        return started, interrupted
+
+    def _next_run(self, state: SweepState) -> RunRecord | None:
+        queued = state.runs("queued")
+        if queued:
+            return queued[0]
+        if self.config["method"] == "grid":
+            return None
+        proposal = propose(self.config, state.runs(), n=1)
+        if not proposal:
+            return None
+        run_id = new_id()
+        state.add_run(run_id, proposal[0])
+        return state.runs("queued")[-1]
+
+    def _record(self, state: SweepState, outcome: RunOutcome) -> None:
+        state.mark_ended(outcome.run_id, outcome.state, outcome.exit_code, outcome.log_tail, outcome.results)
+        if outcome.state != "finished":
+            code = "no exit code" if outcome.exit_code is None else f"exit code {outcome.exit_code}"
+            last = (outcome.log_tail.strip().splitlines() or [""])[-1]
+            self._say(f"run {outcome.run_id} {outcome.state} ({code}): {last}")
+
+    def _spec(self, record: RunRecord, sweep: SweepRecord, slot: int) -> RunSpec:
+        save_dir = self.folder / "runs"
+        run_dir = save_dir / self.name / record.id
+        log_path = self.folder / "logs" / f"{record.id}.log"
+        if run_dir.exists() or log_path.exists():  # an earlier attempt: keep it, out of the report's way
+            attempt = self.folder / "attempts" / f"{record.id}-{record.attempts}"
+            attempt.mkdir(parents=True, exist_ok=True)
+            for path in (run_dir, log_path):
+                if path.exists():
+                    shutil.move(str(path), str(attempt / path.name))
+        json_path = self.folder / "params" / f"{record.id}.json"  # also the ${args_json_file}
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(command_args(record.params)["args_json"][0])
+        env = run_environment(
+            dict(os.environ), sweep_id=sweep.id, sweep_name=self.name, run_id=record.id, save_dir=save_dir,
+            threads=self.threads,
+            gpu=self.gpus[slot % len(self.gpus)] if self.gpus else None,
+        )
+        argv = expand_command(self.config.get("command"), record.params, program=self.config.get("program"),
+                              args_json_file=str(json_path), environ=env)
+        return RunSpec(record.id, argv, env, run_dir, log_path)
+
+    def _say(self, message: str) -> None:
+        tqdm.write(message, file=self.stream)
+
+
+def run_sweep(sweep_file: str | Path, **options: Any) -> SweepResult:
+    """Run (or resume) a sweep; options as SweepRunner: out, workers, count, retry_failed, progress."""
+    return SweepRunner(sweep_file, **options).run()
+
+
+def _visible_gpus() -> list[str]:
+    """The CUDA device ids this machine lets the runner hand out ([] without an NVIDIA driver or torch).
+    Torch (seconds to import) is asked only on machines with an NVIDIA driver."""
+    if not (os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")):
+        return []
+    try:
+        import torch
+    except ImportError:
+        return []
+    return gpu_ids(torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def gpu_ids(device_count: int, cuda_visible_devices: str | None) -> list[str]:
+    """The ids to put in each worker's CUDA_VISIBLE_DEVICES (worker slot k gets ids[k % len(ids)]):
+    the entries of an existing CUDA_VISIBLE_DEVICES (they may be "2,3" or UUIDs), else "0".."n-1"."""
+    if cuda_visible_devices:
+        ids = [d.strip() for d in cuda_visible_devices.split(",") if d.strip()]
+    else:
+        ids = [str(i) for i in range(device_count)]
+    return ids[:device_count]
