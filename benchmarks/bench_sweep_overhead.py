@@ -4,7 +4,7 @@
     runner start       the first sweep in a process: engine imports, lock, SQLite, grid proposals
     runner per run     a warm sweep of `python -c pass` runs through the runner, per run, minus the bare
                        process (SQLite bookkeeping, parameter files, log, results read-back)
-    CLI imports        `python -c "import lipschitz_dd.cli"` (torch, Lightning, models, data, callbacks)
+    CLI imports        `python -c "import lipschitz_dd.train_cli"` (torch, Lightning, models, data, callbacks)
     tiny fit, 1 epoch  `lipschitz-dd fit --config configs/test_tiny.yaml --trainer.max_epochs=1`: process
                        start + imports + data + the first epoch; an upper bound on the time before training
 
@@ -66,8 +66,8 @@ def main() -> None:
     per_run = sweep_seconds(args.runs) / args.runs
     print(f"{'runner per run, minus the bare process':40s} {per_run - bare:7.3f} s   ({per_run:.3f} s in all)",
           flush=True)
-    imports = seconds([sys.executable, "-c", "import lipschitz_dd.cli"], args.repeats)
-    print(f"{'CLI imports (import lipschitz_dd.cli)':40s} {imports:7.3f} s   ({imports - bare:.3f} s over bare)",
+    imports = seconds([sys.executable, "-c", "import lipschitz_dd.train_cli"], args.repeats)
+    print(f"{'CLI imports (import lipschitz_dd.train_cli)':40s} {imports:7.3f} s   ({imports - bare:.3f} s over bare)",
           flush=True)
     tiny_argv = [str(Path(sys.executable).parent / "lipschitz-dd"), "fit", "--config", "configs/test_tiny.yaml",
                  "--trainer.max_epochs=1", "--save_dir", tempfile.mkdtemp()]

@@ -1,4 +1,4 @@
-"""`lipschitz-dd`: LightningCLI entry point (fit/validate/test) plus the `sweep` and `report` commands.
+"""`lipschitz-dd`: the console script. Dispatches to the sweep runner, the report, or LightningCLI.
 
     lipschitz-dd fit                                  # the embedded default: FCN on MNIST-1D, 15 % label noise
     lipschitz-dd fit --config configs/fcn_mnist1d.yaml --model.width 64 --data.label_noise 0.2
@@ -6,130 +6,19 @@
     lipschitz-dd sweep sweeps/fcn_mnist1d_dd.yaml --workers 2
     lipschitz-dd report sweeps_out/fcn_mnist1d_dd
 
-Every `fit` writes one run folder `<save_dir>/<experiment>/<run_name>/` (metrics.csv, config.yaml,
-results.json, wandb/). See docs/architecture.md.
+Lightning is imported only for fit/validate/test, so `sweep status` and `report` start quickly.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
-
-from callbacks import GradNormStopping, LipschitzCallback, RunRecord
-from lipschitz_dd.loggers import EpochCSVLogger, build_wandb_logger
-
-ENV_SAVE_DIR = "LIPSCHITZ_DD_SAVE_DIR"
-ENV_EXPERIMENT = "LIPSCHITZ_DD_EXPERIMENT"
-ENV_RUN_NAME = "LIPSCHITZ_DD_RUN_NAME"
 # `lipschitz-dd fit` with no config and no model/data: paper.md's cheap double-descent setting at width 256.
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
-
-
-def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
-    """{"model.width": 64, "model.class_path": ..., "trainer.max_epochs": 500, ...}; `init_args` levels dropped."""
-    if hasattr(config, "as_dict"):
-        config = config.as_dict()
-    flat: dict[str, Any] = {}
-    if isinstance(config, dict):
-        for key, value in config.items():
-            if key in ("config", "__path__", "print_config"):
-                continue
-            sub = prefix if key in ("init_args", "dict_kwargs") else (f"{prefix}.{key}" if prefix else key)
-            flat.update(flatten_config(value, sub))
-    elif isinstance(config, (list, tuple)):
-        flat[prefix] = str(config) if any(isinstance(v, (dict, list)) for v in config) else list(config)
-    else:
-        flat[prefix] = config if isinstance(config, (int, float, str, bool, type(None))) else str(config)
-    return flat
-
-
-class LipschitzCLI(LightningCLI):
-    """LightningCLI with the run folder, the loggers, the Lipschitz callback and the run record wired in."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--save_dir", type=str, default=os.environ.get(ENV_SAVE_DIR, "runs"),
-                            help="root of the run folders (env LIPSCHITZ_DD_SAVE_DIR)")
-        parser.add_argument("--experiment", type=Optional[str], default=os.environ.get(ENV_EXPERIMENT),
-                            help="experiment folder name (env LIPSCHITZ_DD_EXPERIMENT; default: the config's stem)")
-        parser.add_argument("--run_name", type=Optional[str], default=os.environ.get(ENV_RUN_NAME),
-                            help="run folder name (env LIPSCHITZ_DD_RUN_NAME, else WANDB_RUN_ID, else a time stamp)")
-        parser.add_argument("--wandb", type=bool, default=True,
-                            help="also log to W&B (offline unless W&B is configured on this machine)")
-        # GradNormStopping first: when it stops the run, the Lipschitz callback then measures the final epoch.
-        parser.add_lightning_class_args(GradNormStopping, "stopping")
-        parser.add_lightning_class_args(LipschitzCallback, "lipschitz")
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-
-    # --- the run folder -------------------------------------------------------------------------------------
-    def _run_location(self) -> tuple[str, str, str]:
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
-        experiment = cfg.get("experiment")
-        if not experiment:
-            config_files = cfg.get("config") or []
-            experiment = Path(str(config_files[-1])).stem if config_files else "default"
-        run_name = cfg.get("run_name") or os.environ.get("WANDB_RUN_ID")
-        if not run_name:
-            run_name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        return cfg.get("save_dir") or "runs", experiment, run_name
-
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        save_dir, experiment, run_name = self._run_location()
-        self.run_dir = os.path.join(save_dir, experiment, run_name)
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
-        self.flat_config = flatten_config(cfg)
-        self.flat_config.update({"experiment": experiment, "run_name": run_name})
-        trainer_cfg = self._get(self.config_init, "trainer", default={})
-        if trainer_cfg.get("logger") in (None, True) and "logger" not in kwargs:
-            loggers: list[Any] = [EpochCSVLogger(save_dir=save_dir, name=experiment, version=run_name)]
-            if cfg.get("wandb") and os.environ.get("WANDB_MODE") != "disabled":
-                loggers.append(build_wandb_logger(self.run_dir, experiment, run_name, self.flat_config))
-            kwargs["logger"] = loggers
-        self.run_record = RunRecord(run_dir=self.run_dir, config=self.flat_config)
-        trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.append(self.run_record)
-        return trainer
-
-    def after_fit(self) -> None:
-        results = os.path.join(self.run_dir, "results.json")
-        final = self._final_metrics(results)
-        rank_zero_info(f"\nRun finished. Results: {results}\n  (metrics per epoch: "
-                       f"{os.path.join(self.run_dir, 'metrics.csv')}; config: "
-                       f"{os.path.join(self.run_dir, 'config.yaml')})" + final)
-
-    @staticmethod
-    def _final_metrics(results_path: str) -> str:
-        import json
-
-        if not os.path.exists(results_path):
-            return ""
-        with open(results_path) as f:
-            record = json.load(f)
-        keys = ["train/loss", "test/loss", "test/acc", "lipschitz/lower", "lipschitz/avg", "lipschitz/upper"]
-        shown = [f"{k}={record['final'][k]:.4g}" for k in keys if k in record.get("final", {})]
-        return f"\n  status: {record.get('status')}; final: " + ", ".join(shown) if shown else ""
-
-
-def run_training_cli(args: Optional[list[str]] = None) -> LipschitzCLI:
-    """Build and run the LightningCLI (used by `main` and by tests)."""
-    return LipschitzCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"max_epochs": 100, "num_sanity_val_steps": 0, "log_every_n_steps": 1,
-                          "deterministic": "warn"},
-        auto_configure_optimizers=False,
-        args=args,
-    )
 
 
 def _one_line_error(exc: BaseException) -> int:
@@ -159,6 +48,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         argv = [argv[0], "--config", str(DEFAULT_CONFIG), *argv[1:]]
     # We pass the (possibly completed) argv ourselves: LightningCLI's "args and sys.argv both given" is noise.
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    from lipschitz_dd.train_cli import run_training_cli
+
     try:
         run_training_cli(argv)
     except (ValueError, FileNotFoundError, NotADirectoryError) as exc:  # bad input: one clear line
