@@ -24,7 +24,7 @@ from lipschitz_dd.bounds.points import (
     pgd_perturbations,
     project_to_box,
 )
-from lipschitz_dd.bounds.operator_norms import conv_operator_norm, linear_operator_norm
+from lipschitz_dd.bounds.operator_norms import NormEstimate, conv_operator_norm, linear_operator_norm
 from lipschitz_dd.bounds.upper import LayerConstant, UpperBoundEstimator, UpperBoundResult, upper_bound
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "jacobian_rows",
     "jacobian_spectral_norms",
     "linear_operator_norm",
+    "NormEstimate",
     "lower_bound",
     "optimised_lower_bound",
     "pairwise_lipschitz",

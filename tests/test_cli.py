@@ -1,0 +1,155 @@
+"""The `lipschitz-dd` command line: every config runs (on synthetic data), run folders, bad input."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lipschitz_dd.cli import DEFAULT_CONFIG, main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+# Synthetic stand-ins of the right shape for the datasets a config reads from disk (torchgeo's pattern).
+SYNTHETIC_FOR = {
+    "MNIST1DDataModule": ([40], 10),
+    "CIFAR10DataModule": ([3, 32, 32], 10),
+    "CIFAR100DataModule": ([3, 32, 32], 20),
+    "MNISTDataModule": ([1, 28, 28], 10),
+    "Toy2DDataModule": None,  # generated in memory already
+    "SyntheticDataModule": None,
+}
+
+
+def _synthetic_args(config_path: Path) -> list[str]:
+    data_class = yaml.safe_load(config_path.read_text())["data"]["class_path"].rsplit(".", 1)[-1]
+    replacement = SYNTHETIC_FOR[data_class]
+    if replacement is None:
+        return []
+    shape, classes = replacement
+    return [
+        "--data", "lipschitz_dd.data.SyntheticDataModule",
+        f"--data.input_shape={json.dumps(shape)}", f"--data.num_classes={classes}",
+        "--data.num_train=16", "--data.num_test=8", "--data.batch_size=8", "--data.eval_batch_size=8",
+    ]
+
+
+def test_every_config_parses_and_names_known_classes():
+    assert {p.stem for p in CONFIGS} >= {
+        "fcn_mnist1d", "fcn_mnist1d_mse", "fcn_mnist1d_dd", "cnn_cifar10", "cnn_cifar100_coarse", "cnn_mnist",
+        "resnet18k_cifar10", "vit_cifar10", "toy2d",
+    }
+    for path in CONFIGS:
+        data_class = yaml.safe_load(path.read_text())["data"]["class_path"].rsplit(".", 1)[-1]
+        assert data_class in SYNTHETIC_FOR, f"{path.name}: add {data_class} to SYNTHETIC_FOR"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_smoke_fast_dev_run(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(config), *_synthetic_args(config), "--trainer.fast_dev_run=true",
+            "--trainer.enable_progress_bar=false", "--save_dir", str(tmp_path / "runs"), "--run_name", "smoke",
+            "--lipschitz.max_samples=16", "--wandb=false"]
+    if "vit" in config.stem:
+        args += ["--model.width=12"]  # keep the ViT tiny; width must stay a multiple of its 6 heads
+    if "resnet" in config.stem:
+        args += ["--model.width=4"]
+    assert main(args) == 0
+    record = json.loads((tmp_path / "runs" / config.stem / "smoke" / "results.json").read_text())
+    assert record["status"] in ("finished", "stopped_converged")
+    assert record["config"]["experiment"] == config.stem
+
+
+def test_run_folder_contents_and_overrides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(["fit", "--config", str(ROOT / "configs" / "test_tiny.yaml"), "--model.width=8",
+                 "--trainer.max_epochs=2", "--experiment", "exp", "--run_name", "r1", "--wandb=false"])
+    assert code == 0
+    run_dir = tmp_path / "runs" / "exp" / "r1"
+    assert {"metrics.csv", "config.yaml", "results.json"} <= {p.name for p in run_dir.iterdir()}
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "finished" and record["epochs"] == 2
+    assert record["config"]["model.width"] == 8
+    final = record["final"]
+    for key in ("train/loss", "test/loss", "test/acc", "lipschitz/lower", "lipschitz/upper", "params/count"):
+        assert key in final, key
+    assert final["params/count"] == 40 * 8 + 8 + 8 * 10 + 10
+    assert final["lipschitz/lower"] <= final["lipschitz/upper"]
+    header, *rows = (run_dir / "metrics.csv").read_text().strip().splitlines()
+    step_col = header.split(",").index("step")
+    assert [int(float(r.split(",")[step_col])) for r in rows] == [0, 1, 2]
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"]["init_args"]["width"] == 8
+
+
+def test_environment_sets_run_location(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIPSCHITZ_DD_SAVE_DIR", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("LIPSCHITZ_DD_EXPERIMENT", "sweep_x")
+    monkeypatch.setenv("LIPSCHITZ_DD_RUN_NAME", "run_7")
+    assert main(["fit", "--config", str(ROOT / "configs" / "test_tiny.yaml"), "--trainer.max_epochs=1",
+                 "--wandb=false"]) == 0
+    assert (tmp_path / "elsewhere" / "sweep_x" / "run_7" / "results.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--model.width=-3", "width"),
+        ("--data.label_noise=1.5", "label_noise"),
+        ("--data.train_subset=100000", "train_subset"),
+    ],
+)
+def test_bad_input_gives_one_line_error(override, message, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lipschitz_dd.cli", "fit", "--config", str(ROOT / "configs" / "test_tiny.yaml"),
+         override, "--wandb=false", "--save_dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path, env={**_env(), "WANDB_MODE": "disabled"},
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert message in proc.stderr
+
+
+def test_unknown_model_class_is_rejected(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lipschitz_dd.cli", "fit", "--config", str(ROOT / "configs" / "test_tiny.yaml"),
+         "--model", "lipschitz_dd.models.NoSuchNet", "--wandb=false"],
+        capture_output=True, text=True, cwd=tmp_path, env={**_env(), "WANDB_MODE": "disabled"},
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and "NoSuchNet" in proc.stderr
+
+
+def test_missing_data_folder_is_one_line_and_recorded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(["fit", "--config", str(ROOT / "configs" / "cnn_cifar10.yaml"), "--data.data_dir", "nowhere",
+                 "--run_name", "r", "--wandb=false"])
+    assert code == 1
+    record = json.loads((tmp_path / "runs" / "cnn_cifar10" / "r" / "results.json").read_text())
+    assert record["status"] == "failed" and "cifar-10-batches-py" in record["error"]
+
+
+def test_default_config_is_the_cheap_double_descent_setting():
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    assert config["model"]["class_path"] == "lipschitz_dd.models.FCN"
+    assert config["data"]["init_args"]["num_samples"] == 16000
+    assert config["data"]["init_args"]["label_noise"] == 0.15
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    test_command = next(b.strip() for b in blocks if "pytest" in b)
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_command in ci.splitlines()
+
+
+def _env():
+    import os
+
+    return dict(os.environ)
