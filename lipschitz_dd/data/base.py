@@ -14,7 +14,9 @@ Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 class ArrayDataModule(LightningDataModule):
     """A data set held in memory: subset, label noise and batching shared by every source.
 
-    Subclasses set `num_classes` (and `input_shape` where the arguments fix it) in `__init__`, and implement
+    Subclasses take their own arguments plus `**kwargs` passed on here (jsonargparse follows them, so every
+    source offers the common options on the command line), set `num_classes` (and `input_shape` where the
+    arguments fix it) in `__init__`, and implement
     `load_arrays()`, which returns the full (train_x, train_y, test_x, test_y). `setup()` then
       1. keeps a fixed training subset of `train_subset` samples chosen by `data_seed` (nested in the size),
       2. corrupts a fraction `label_noise` of the training labels (`noise_mode`, see `corrupt_labels`),

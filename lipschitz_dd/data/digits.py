@@ -1,11 +1,10 @@
 """Scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), bundled with scikit-learn (no download)."""
 
-from typing import Optional
 
 import torch
 
 from lipschitz_dd.data.base import ArrayDataModule, Arrays
-from lipschitz_dd.data.selection import NoiseMode, seeded_generator
+from lipschitz_dd.data.selection import seeded_generator
 
 NUM_DIGITS = 1797
 
@@ -22,18 +21,9 @@ class DigitsDataModule(ArrayDataModule):
         self,
         num_test: int = 500,
         as_images: bool = False,
-        data_dir: str = "data",
-        batch_size: int = 100,
-        eval_batch_size: int = 4096,
-        train_subset: Optional[int] = None,
-        data_seed: int = 0,
-        label_noise: float = 0.0,
-        noise_mode: NoiseMode = "shuffle",
-        shuffle: bool = False,
+        **kwargs,
     ):
-        super().__init__(
-            data_dir, batch_size, eval_batch_size, train_subset, data_seed, label_noise, noise_mode, shuffle
-        )
+        super().__init__(**kwargs)
         if not 1 <= num_test < NUM_DIGITS:
             raise ValueError(f"num_test={num_test} is invalid: it must be between 1 and {NUM_DIGITS - 1}")
         self.num_test, self.as_images = num_test, as_images

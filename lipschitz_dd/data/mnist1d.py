@@ -3,12 +3,10 @@
 import os
 import random
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from lipschitz_dd.data.base import ArrayDataModule, Arrays
-from lipschitz_dd.data.selection import NoiseMode
 
 
 def mnist1d_cache_path(data_dir: str, num_samples: int, train_split: float, seed: int) -> Path:
@@ -54,18 +52,9 @@ class MNIST1DDataModule(ArrayDataModule):
         num_samples: int = 5000,
         train_split: float = 0.8,
         seed: int = 42,
-        data_dir: str = "data",
-        batch_size: int = 100,
-        eval_batch_size: int = 4096,
-        train_subset: Optional[int] = None,
-        data_seed: int = 0,
-        label_noise: float = 0.0,
-        noise_mode: NoiseMode = "shuffle",
-        shuffle: bool = False,
+        **kwargs,
     ):
-        super().__init__(
-            data_dir, batch_size, eval_batch_size, train_subset, data_seed, label_noise, noise_mode, shuffle
-        )
+        super().__init__(**kwargs)
         if num_samples < 10:
             raise ValueError(f"num_samples={num_samples} is invalid: MNIST-1D needs at least one sample per class")
         if not 0.0 < train_split < 1.0:

@@ -1,12 +1,11 @@
 """Generated data sets: random inputs of any shape (for tests) and the 2-D toy of three Gaussian classes."""
 
 import math
-from typing import Optional
 
 import torch
 
 from lipschitz_dd.data.base import ArrayDataModule, Arrays
-from lipschitz_dd.data.selection import NoiseMode, seeded_generator
+from lipschitz_dd.data.selection import seeded_generator
 
 
 def _check_sizes(**sizes: int) -> None:
@@ -30,18 +29,9 @@ class SyntheticDataModule(ArrayDataModule):
         num_train: int = 256,
         num_test: int = 128,
         seed: int = 0,
-        data_dir: str = "data",
-        batch_size: int = 100,
-        eval_batch_size: int = 4096,
-        train_subset: Optional[int] = None,
-        data_seed: int = 0,
-        label_noise: float = 0.0,
-        noise_mode: NoiseMode = "shuffle",
-        shuffle: bool = False,
+        **kwargs,
     ):
-        super().__init__(
-            data_dir, batch_size, eval_batch_size, train_subset, data_seed, label_noise, noise_mode, shuffle
-        )
+        super().__init__(**kwargs)
         _check_sizes(num_classes=num_classes, num_train=num_train, num_test=num_test)
         if len(input_shape) == 0 or min(input_shape) < 1:
             raise ValueError(f"input_shape={tuple(input_shape)} is invalid: give one or more positive sizes")
@@ -73,18 +63,10 @@ class Toy2DDataModule(ArrayDataModule):
         std: float = 0.5,
         radius: float = 1.0,
         seed: int = 0,
-        data_dir: str = "data",
         batch_size: int = 300,
-        eval_batch_size: int = 4096,
-        train_subset: Optional[int] = None,
-        data_seed: int = 0,
-        label_noise: float = 0.0,
-        noise_mode: NoiseMode = "shuffle",
-        shuffle: bool = False,
+        **kwargs,
     ):
-        super().__init__(
-            data_dir, batch_size, eval_batch_size, train_subset, data_seed, label_noise, noise_mode, shuffle
-        )
+        super().__init__(batch_size=batch_size, **kwargs)
         _check_sizes(num_train=num_train, num_test=num_test)
         if not std > 0:
             raise ValueError(f"std={std} is invalid: the class standard deviation must be positive")

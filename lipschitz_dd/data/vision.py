@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from lipschitz_dd.data.base import ArrayDataModule, Arrays
-from lipschitz_dd.data.selection import NoiseMode
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -74,18 +73,9 @@ class VisionDataModule(ArrayDataModule):
         self,
         normalize: bool = False,
         download: bool = False,
-        data_dir: str = "data",
-        batch_size: int = 100,
-        eval_batch_size: int = 4096,
-        train_subset: Optional[int] = None,
-        data_seed: int = 0,
-        label_noise: float = 0.0,
-        noise_mode: NoiseMode = "shuffle",
-        shuffle: bool = False,
+        **kwargs,
     ):
-        super().__init__(
-            data_dir, batch_size, eval_batch_size, train_subset, data_seed, label_noise, noise_mode, shuffle
-        )
+        super().__init__(**kwargs)
         self.normalize, self.download = normalize, download
         self.num_classes = self.default_num_classes
         self.input_shape = (self.num_channels, self.image_size, self.image_size)
@@ -225,19 +215,9 @@ class CIFAR100DataModule(CIFAR10DataModule):
         coarse: bool = False,
         normalize: bool = False,
         download: bool = False,
-        data_dir: str = "data",
-        batch_size: int = 100,
-        eval_batch_size: int = 4096,
-        train_subset: Optional[int] = None,
-        data_seed: int = 0,
-        label_noise: float = 0.0,
-        noise_mode: NoiseMode = "shuffle",
-        shuffle: bool = False,
+        **kwargs,
     ):
-        super().__init__(
-            normalize, download, data_dir, batch_size, eval_batch_size, train_subset, data_seed, label_noise,
-            noise_mode, shuffle,
-        )  # fmt: skip
+        super().__init__(normalize=normalize, download=download, **kwargs)
         self.coarse = coarse
         self.num_classes = 20 if coarse else 100
 
