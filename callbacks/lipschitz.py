@@ -12,7 +12,9 @@ training is bit-identical with and without the callback. Logged metrics (names f
     lipschitz/lower_noise   max over Gaussian-perturbed train points   a lower bound
     lipschitz/lower_pgd     max over PGD-perturbed train points        a lower bound
     lipschitz/lower_opt     the optimised lower bound (gradient ascent on ||J(x)||_2)       a lower bound
-    lipschitz/upper         product of per-layer constants             an upper bound (absent if unavailable)
+    lipschitz/upper         product of per-layer constants             an upper bound (absent if unavailable);
+                            per-layer norms by warm-started power iteration, which may err slightly low,
+                            unless upper_certified=True (every layer constant a guaranteed upper bound)
     lipschitz/upper_available  1.0 / 0.0
     lipschitz/seconds       wall time of the measurement (max over ranks)
     params/dist_init        ||theta - theta_0||_2
