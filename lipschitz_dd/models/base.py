@@ -194,9 +194,8 @@ class LipschitzModule(LightningModule):
         metrics = self._compute_eval_metrics()
         if self.trainer.sanity_checking:
             return
-        for name, value in metrics.items():
-            self.log(name, value, on_epoch=True)
-        self.log("step", float(self.current_epoch + 1), on_epoch=True)
+        metrics["step"] = float(self.current_epoch + 1)
+        self.log_dict(metrics, on_epoch=True)
 
     def test_step(self, batch: Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         """``trainer.test``: accumulates the test-set loss and accuracy."""
