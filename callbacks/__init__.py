@@ -2,6 +2,7 @@
 
 from callbacks.lipschitz import LipschitzCallback
 from callbacks.records import RunRecord
+from callbacks.snapshot import FunctionSnapshot
 from callbacks.stopping import GradNormStopping
 
-__all__ = ["LipschitzCallback", "GradNormStopping", "RunRecord"]
+__all__ = ["FunctionSnapshot", "GradNormStopping", "LipschitzCallback", "RunRecord"]

@@ -15,7 +15,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from callbacks import GradNormStopping, LipschitzCallback, RunRecord
+from callbacks import FunctionSnapshot, GradNormStopping, LipschitzCallback, RunRecord
 from lipschitz_dd.loggers import EpochCSVLogger, build_wandb_logger
 
 ENV_SAVE_DIR = "LIPSCHITZ_DD_SAVE_DIR"
@@ -42,7 +42,8 @@ def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 class LipschitzCLI(LightningCLI):
-    """LightningCLI with the run folder, the loggers, the Lipschitz callback and the run record wired in."""
+    """LightningCLI with the run folder, the loggers, the Lipschitz callback, the function snapshot and the run
+    record wired in."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--save_dir", type=str, default=os.environ.get(ENV_SAVE_DIR, "runs"),
@@ -53,6 +54,9 @@ class LipschitzCLI(LightningCLI):
                             help="run folder name (env LIPSCHITZ_DD_RUN_NAME, else WANDB_RUN_ID, else a time stamp)")
         parser.add_argument("--wandb", type=bool, default=True,
                             help="also log to W&B (offline unless W&B is configured on this machine)")
+        parser.add_argument("--snapshot", type=bool, default=True,
+                            help="at the end of fit, save logits and input Jacobians at fixed points to "
+                                 "<run dir>/snapshot.npz (the report's seed-ensemble bias-variance bound)")
         # GradNormStopping first: when it stops the run, the Lipschitz callback then measures the final epoch.
         parser.add_lightning_class_args(GradNormStopping, "stopping")
         parser.add_lightning_class_args(LipschitzCallback, "lipschitz")
@@ -84,6 +88,8 @@ class LipschitzCLI(LightningCLI):
             kwargs["logger"] = loggers
         self.run_record = RunRecord(run_dir=self.run_dir, config=self.flat_config)
         trainer = super().instantiate_trainer(**kwargs)
+        if cfg.get("snapshot", True):  # before RunRecord: results.json is the last file a run writes
+            trainer.callbacks.append(FunctionSnapshot(run_dir=self.run_dir))
         trainer.callbacks.append(self.run_record)
         return trainer
 

@@ -19,10 +19,11 @@ computed, each only when its inputs are recorded:
 
 Per run, results.json ``final`` must hold: ``lipschitz/lower`` (and ``lipschitz/upper`` for the guaranteed
 version), ``data/mean_sq_norm`` = E||x||^2 over the test inputs, ``f0/0`` .. ``f0/<K-1>`` = the K logits at
-the zero input (eval mode). Per grid point, C_bar and V need all seeds' models at once (a post-hoc ensemble
-evaluation), recorded in each seed's ``final`` as ``ensemble/lipschitz_lower`` and
-``ensemble/function_variance``. Beside them the table always shows the sample variance over seeds of the
-final test loss, which is what can be measured from per-run scalars alone.
+the zero input (eval mode). Per grid point, C_bar and V need all seeds' networks at once: they are computed
+from the seeds' ``snapshot.npz`` files (outputs and input Jacobians at shared fixed points, see ensemble.py,
+which puts them in each seed's ``final`` as ``ensemble/lipschitz_lower`` and ``ensemble/function_variance``
+before this table is made). Beside them the table always shows the sample variance over seeds of the final
+test loss, which is what can be measured from per-run scalars alone.
 """
 from __future__ import annotations
 
@@ -66,15 +67,8 @@ def bias_variance_table(records: Sequence[RunRecord], axes: Sequence[str],
     ``E||x||^2``, ``Var f(0)``, ``C_bar``, ``ensemble/function_variance`` and the three bounds of the
     module docstring (NaN where an input is missing). Also returns one-line notes naming what is missing."""
     group_keys = [axis for axis in axes if axis != seed_key]
-    groups: dict[tuple, list[RunRecord]] = {}
-    for record in records:
-        if record.completed:
-            key = tuple(repr(record.config.get(axis)) for axis in group_keys)
-            groups.setdefault(key, []).append(record)
     rows, missing = [], set()
-    for runs in groups.values():
-        if len(runs) < 2:
-            continue
+    for runs in seed_groups(records, axes, seed_key):
         row = {axis: runs[0].config.get(axis) for axis in group_keys}
         row.update(_group_quantities(runs, missing))
         rows.append(row)
@@ -84,6 +78,18 @@ def bias_variance_table(records: Sequence[RunRecord], axes: Sequence[str],
     elif missing:
         notes.append("bias-variance: not recorded per run: " + ", ".join(sorted(missing)))
     return pd.DataFrame(rows), notes
+
+
+def seed_groups(records: Sequence[RunRecord], axes: Sequence[str], seed_key: str) -> list[list[RunRecord]]:
+    """The completed runs grouped by grid point (equal config values on ``axes`` other than ``seed_key``),
+    in order of first appearance; only groups with at least two runs (seeds)."""
+    group_keys = [axis for axis in axes if axis != seed_key]
+    groups: dict[tuple, list[RunRecord]] = {}
+    for record in records:
+        if record.completed:
+            key = tuple(repr(record.config.get(axis)) for axis in group_keys)
+            groups.setdefault(key, []).append(record)
+    return [runs for runs in groups.values() if len(runs) >= 2]
 
 
 def _group_quantities(runs: Sequence[RunRecord], missing: set[str]) -> dict[str, float]:

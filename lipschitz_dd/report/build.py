@@ -10,6 +10,7 @@ import pandas as pd
 
 from lipschitz_dd.report import figures
 from lipschitz_dd.report.bias_variance import bias_variance_table
+from lipschitz_dd.report.ensemble import with_ensemble_quantities
 from lipschitz_dd.report.power_law import power_law_table
 from lipschitz_dd.report.records import COMPLETED_STATUSES, load_runs
 from lipschitz_dd.report.tables import (
@@ -64,8 +65,9 @@ def build_report(folder: str | Path, out: str | Path | None = None, x: str = "mo
     runs = runs_table(records, axes)
     means = aggregate_over_seeds(runs, axes, seed_key)
     slopes = power_law_table(records, axes, power_law_from_epoch)
-    bias_variance, bias_variance_notes = bias_variance_table(records, axes, seed_key)
-    summary.notes.extend(bias_variance_notes)
+    with_ensembles, ensemble_notes = with_ensemble_quantities(records, axes, seed_key)  # from snapshot.npz
+    bias_variance, bias_variance_notes = bias_variance_table(with_ensembles, axes, seed_key)
+    summary.notes.extend(ensemble_notes + bias_variance_notes)
     thresholds = _thresholds(records, runs, x, hue, interpolation_train_acc, summary.notes)
 
     tables = {RUNS_CSV: runs, MEANS_CSV: means, SLOPES_CSV: slopes, BIAS_VARIANCE_CSV: bias_variance}
