@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 from torch import Tensor
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
 Key = Union[int, str]  # int first: a YAML `input_key: 0` stays an index
@@ -56,6 +58,46 @@ def batch_label(batch: Any, key: Optional[Key] = None, fn: Optional[BatchFn] = N
         index = 1 if key is None else key
         return batch[index] if isinstance(index, int) and -len(batch) <= index < len(batch) else None
     return None
+
+
+def datamodule_tensors(trainer: Trainer, kind: str) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """(x, y) tensors a datamodule holds in memory as `{kind}_x` / `{kind}_y` (lipschitz_dd's datamodules
+    do, after setup); (None, None) otherwise."""
+    datamodule = getattr(trainer, "datamodule", None)
+    x, y = getattr(datamodule, f"{kind}_x", None), getattr(datamodule, f"{kind}_y", None)
+    if not isinstance(x, Tensor):
+        return None, None
+    return x, (y if isinstance(y, Tensor) and len(y) == len(x) else None)
+
+
+def first_loader(loaders: Any) -> Any:
+    """The first loader of what Lightning holds: a loader, a list/tuple of loaders, or a dict of them (None if
+    there is none)."""
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    if isinstance(loaders, (list, tuple)):
+        return loaders[0] if loaders else None
+    return loaders
+
+
+def train_loader(trainer: Trainer) -> Any:
+    """The fit's training loader: the datamodule's `train_dataloader()`, else the trainer's."""
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is not None and is_overridden("train_dataloader", datamodule):
+        return first_loader(datamodule.train_dataloader())
+    return first_loader(trainer.train_dataloader)
+
+
+def test_loader(trainer: Trainer) -> Any:
+    """The first validation loader (design: index 0 = the test set), else the test loader; the datamodule's
+    hooks first, then the loaders the trainer holds."""
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is not None:
+        for hook in ("val_dataloader", "test_dataloader"):
+            if is_overridden(hook, datamodule):
+                return first_loader(getattr(datamodule, hook)())
+    loader = first_loader(trainer.val_dataloaders)
+    return loader if loader is not None else first_loader(trainer.test_dataloaders)
 
 
 def seeded_subset(n: int, max_samples: Optional[int], seed: int) -> Tensor:

@@ -48,13 +48,12 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from callbacks._distributed import Reduction, reduce_across_ranks
 from callbacks._isolation import measurement_mode, preserved_rng_state
-from callbacks._points import Key, PointSource
+from callbacks._points import Key, PointSource, datamodule_tensors, test_loader, train_loader
 from callbacks._trajectory import ParameterTrajectory, flat_parameters
 from lipschitz_dd.bounds import (
     LowerBoundStats,
@@ -462,10 +461,10 @@ class LipschitzCallback(Callback):
         points, labels = (self.train_points, self.train_labels) if kind == "train" else (
             self.test_points, self.test_labels)
         if points is None:
-            points, labels = _datamodule_tensors(trainer, kind)
+            points, labels = datamodule_tensors(trainer, kind)
         if points is not None:
             return PointSource.from_tensors(points, labels, **common)
-        loader = _train_loader(trainer) if kind == "train" else _test_loader(trainer)
+        loader = train_loader(trainer) if kind == "train" else test_loader(trainer)
         if loader is None:
             return None
         return PointSource.from_loader(loader, input_key=self.input_key, label_key=self.label_key,
@@ -508,40 +507,3 @@ class LipschitzCallback(Callback):
         if self._estimator is not None and self._estimator_state is not None:
             self._estimator.load_state_dict(self._estimator_state)
             self._estimator_state = None
-
-
-def _datamodule_tensors(trainer: Trainer, kind: str) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """(x, y) tensors a datamodule holds in memory as `{kind}_x` / `{kind}_y` (lipschitz_dd's datamodules
-    do, after setup); (None, None) otherwise."""
-    datamodule = getattr(trainer, "datamodule", None)
-    x, y = getattr(datamodule, f"{kind}_x", None), getattr(datamodule, f"{kind}_y", None)
-    if not isinstance(x, Tensor):
-        return None, None
-    return x, (y if isinstance(y, Tensor) and len(y) == len(x) else None)
-
-
-def _first_loader(loaders: Any) -> Any:
-    """The first DataLoader of what Lightning holds: a loader, a list/tuple of loaders, or a dict of them."""
-    if isinstance(loaders, dict):
-        loaders = list(loaders.values())
-    if isinstance(loaders, (list, tuple)):
-        return loaders[0] if loaders else None
-    return loaders
-
-
-def _train_loader(trainer: Trainer) -> Any:
-    datamodule = getattr(trainer, "datamodule", None)
-    if datamodule is not None and is_overridden("train_dataloader", datamodule):
-        return _first_loader(datamodule.train_dataloader())
-    return _first_loader(trainer.train_dataloader)
-
-
-def _test_loader(trainer: Trainer) -> Any:
-    """The first validation loader (design: index 0 = the test set), else the test loader."""
-    datamodule = getattr(trainer, "datamodule", None)
-    if datamodule is not None:
-        for hook in ("val_dataloader", "test_dataloader"):
-            if is_overridden(hook, datamodule):
-                return _first_loader(getattr(datamodule, hook)())
-    loader = _first_loader(trainer.val_dataloaders)
-    return loader if loader is not None else _first_loader(trainer.test_dataloaders)

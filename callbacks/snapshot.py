@@ -40,12 +40,11 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torch.utils.data import IterableDataset, default_collate
 
 from callbacks._isolation import measurement_mode, preserved_rng_state
-from callbacks._points import Key, batch_input, seeded_subset
+from callbacks._points import Key, batch_input, datamodule_tensors, seeded_subset, test_loader, train_loader
 from lipschitz_dd.bounds import jacobian_rows
 
 __all__ = ["SNAPSHOT_FILE", "FunctionSnapshot"]
@@ -198,11 +197,10 @@ def _sorted_subset(n: int, size: int, seed: int) -> Tensor:
 
 def _inputs_of(trainer: Trainer, kind: str, key: Optional[Key]) -> IndexedInputs:
     """The training ("train") or test ("test") inputs of the fit (see the module docstring for the order)."""
-    datamodule = getattr(trainer, "datamodule", None)
-    x = getattr(datamodule, f"{kind}_x", None)
-    if isinstance(x, Tensor):
+    x, _ = datamodule_tensors(trainer, kind)
+    if x is not None:
         return IndexedInputs.from_tensor(x)
-    loader = _loader(trainer, datamodule, kind)
+    loader = train_loader(trainer) if kind == "train" else test_loader(trainer)
     dataset = getattr(loader, "dataset", None)
     if dataset is None or isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
         raise ValueError(f"no {kind} inputs: the datamodule has no `{kind}_x` tensor and no loader with a "
@@ -210,23 +208,3 @@ def _inputs_of(trainer: Trainer, kind: str, key: Optional[Key]) -> IndexedInputs
     if len(dataset) == 0:
         raise ValueError(f"the {kind} set is empty")
     return IndexedInputs.from_dataset(dataset, getattr(loader, "collate_fn", None), key)
-
-
-def _loader(trainer: Trainer, datamodule: Any, kind: str) -> Any:
-    hooks = ("train_dataloader",) if kind == "train" else ("val_dataloader", "test_dataloader")
-    for hook in hooks:
-        if datamodule is not None and is_overridden(hook, datamodule):
-            return _first(getattr(datamodule, hook)())
-    if kind == "train":
-        return _first(trainer.train_dataloader)
-    loader = _first(trainer.val_dataloaders)
-    return loader if loader is not None else _first(trainer.test_dataloaders)
-
-
-def _first(loaders: Any) -> Any:
-    """The first loader of a loader, a list/tuple of loaders or a dict of them (None if there is none)."""
-    if isinstance(loaders, dict):
-        loaders = list(loaders.values())
-    if isinstance(loaders, (list, tuple)):
-        return loaders[0] if loaders else None
-    return loaders

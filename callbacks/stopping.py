@@ -7,27 +7,8 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
-
-
-def _batch_size(batch: Any) -> int:
-    if isinstance(batch, torch.Tensor):
-        return batch.shape[0]
-    if isinstance(batch, (list, tuple)):
-        return _batch_size(batch[0])
-    if isinstance(batch, dict):
-        return _batch_size(next(iter(batch.values())))
-    raise TypeError(f"cannot tell the size of a batch of type {type(batch).__name__}")
+from lightning.pytorch.utilities import move_data_to_device, rank_zero_info
+from lightning.pytorch.utilities.data import extract_batch_size
 
 
 def full_batch_gradient_norm(
@@ -43,7 +24,7 @@ def full_batch_gradient_norm(
     total_loss, count = 0.0, 0
     with torch.enable_grad():
         for batch in batches:
-            n = _batch_size(batch)
+            n = extract_batch_size(batch)
             loss = batch_loss(batch)
             parts = torch.autograd.grad(loss * n, params, allow_unused=True)
             for g, part in zip(grads, parts):
@@ -108,7 +89,7 @@ class GradNormStopping(Callback):
         was_training = pl_module.training
         pl_module.eval()
         device = pl_module.device
-        batches = (_to_device(b, device) for b in self._training_batches(trainer))
+        batches = (move_data_to_device(b, device) for b in self._training_batches(trainer))
         grad_norm, _ = full_batch_gradient_norm(pl_module, batches, pl_module.batch_loss)
         pl_module.train(was_training)
         self.last_grad_norm = grad_norm
