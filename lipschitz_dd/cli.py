@@ -48,11 +48,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         argv = [argv[0], "--config", str(DEFAULT_CONFIG), *argv[1:]]
     # We pass the (possibly completed) argv ourselves: LightningCLI's "args and sys.argv both given" is noise.
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from lipschitz_dd.train_cli import run_training_cli
 
+    bad_input = (ValueError, FileNotFoundError, NotADirectoryError, MisconfigurationException)
     try:
         run_training_cli(argv)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as exc:  # bad input: one clear line
+    except bad_input as exc:  # bad input (ours, or a Trainer flag Lightning refuses): one clear line
         return _one_line_error(exc)
     return 0
 

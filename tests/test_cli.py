@@ -102,6 +102,7 @@ def test_environment_sets_run_location(tmp_path, monkeypatch):
         ("--model.width=-3", "width"),
         ("--data.label_noise=1.5", "label_noise"),
         ("--data.train_subset=100000", "train_subset"),
+        ("--trainer.gradient_clip_algorithm=foo", "gradient_clip_algorithm"),  # Lightning's own config error
     ],
 )
 def test_bad_input_gives_one_line_error(override, message, tmp_path):

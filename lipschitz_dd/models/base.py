@@ -120,6 +120,8 @@ class LipschitzModule(LightningModule):
     def batch_loss(self, batch: Sequence[Tensor]) -> Tensor:
         """Mean loss of an ``(x, y)`` batch: sum of per-sample losses divided by the batch size (exact)."""
         x, y = batch[0], batch[1]
+        if self.loss_name == "ce":  # the same mean in one fused op, a little faster than the two below
+            return F.cross_entropy(self(x), y)
         return per_sample_loss(self(x), y, self.loss_name).mean()
 
     # ----------------------------------------------------------------- training
