@@ -24,6 +24,22 @@ def test_ranks_partition_the_training_set():
     assert torch.equal(both.sort(0).values, dm.train_x.sort(0).values)
 
 
+def test_uneven_training_set_is_padded_so_ranks_run_equal_updates():
+    dm = SyntheticDataModule(num_train=11, num_test=7, batch_size=5)
+    dm.setup("fit")
+    shards = []
+    for rank in (0, 1):
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        loader = dm.train_dataloader()
+        assert len(loader) == 2  # 6 samples each: the same number of batches (updates) on both ranks
+        shards.append(torch.cat([x for x, _ in loader]))
+    both = torch.cat(shards)
+    assert len(both) == 12
+    assert torch.equal(torch.unique(both, dim=0), torch.unique(dm.train_x, dim=0))  # every sample, one twice
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=1)
+    assert len(torch.cat([x for x, _ in dm.val_dataloader()[1]])) == 5  # evaluation: 6 + 5, no padding
+
+
 def test_ranks_partition_eval_sets():
     dm, t0 = _rank_batches(0, 2, "test_dataloader")
     _, t1 = _rank_batches(1, 2, "test_dataloader")

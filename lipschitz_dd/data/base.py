@@ -100,7 +100,7 @@ class ArrayDataModule(LightningDataModule):
     def train_dataloader(self) -> TensorBatchLoader:
         """Training batches of `batch_size` with the (possibly noisy) labels trained on."""
         self._require_setup()
-        x, y = self._rank_shard(self.train_x, self.train_y)
+        x, y = self._rank_shard(self.train_x, self.train_y, pad=True)
         return TensorBatchLoader(x, y, self.batch_size, self.shuffle, self.data_seed)
 
     def val_dataloader(self) -> list[TensorBatchLoader]:
@@ -115,12 +115,19 @@ class ArrayDataModule(LightningDataModule):
         x, y = self._rank_shard(self.test_x, self.test_y)
         return TensorBatchLoader(x, y, self.eval_batch_size)
 
-    def _rank_shard(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Under DDP (a trainer with world_size > 1), this rank's share: every world_size-th sample from
-        its rank, like `DistributedSampler` without padding; the whole set otherwise."""
+    def _rank_shard(self, x: torch.Tensor, y: torch.Tensor, pad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Under DDP (a trainer with world_size > 1), this rank's share: every world_size-th sample from its
+        rank, as `DistributedSampler` deals them; the whole set otherwise. With `pad` (training), the set is
+        first padded by wrapping around to a multiple of world_size, as `DistributedSampler(drop_last=False)`
+        does, so every rank runs the same number of updates (DDP's gradient all-reduce needs that: unequal
+        shards would hang the run); evaluation shards are not padded, so metrics count each sample once."""
         trainer = getattr(self, "trainer", None)
         world_size = getattr(trainer, "world_size", 1) if trainer is not None else 1
         if world_size <= 1:
             return x, y
         rank = trainer.global_rank
-        return x[rank::world_size], y[rank::world_size]
+        index = torch.arange(len(x))
+        if pad and len(x) % world_size:
+            index = torch.cat([index, index[: world_size - len(x) % world_size]])
+        index = index[rank::world_size]
+        return x[index], y[index]
