@@ -11,14 +11,13 @@ from lightning.pytorch.utilities import move_data_to_device, rank_zero_info
 from lightning.pytorch.utilities.data import extract_batch_size
 
 
-def full_batch_gradient_norm(
+def full_batch_gradient(
     module: torch.nn.Module, batches: Iterable[Any], batch_loss: Callable[[Any], torch.Tensor]
-) -> tuple[float, float]:
-    """(||grad_theta L(theta)||_2, L(theta)) for the mean loss L over all samples of `batches`. Exact.
-
-    L = sum_b n_b * batch_loss(b) / sum_b n_b, so batches of unequal size are weighted correctly. The gradient
-    is accumulated with `torch.autograd.grad`, leaving every parameter's `.grad` untouched.
-    """
+) -> tuple[torch.Tensor, float, int]:
+    """(g, S, n): the gradient g of the summed loss S = sum_b n_b * batch_loss(b) over all n samples of
+    `batches`, flattened over the parameters that require grad, S itself and n. Exact. Sums over data shards add
+    up, so the mean-loss gradient of a whole data set split over processes is sum(g) / sum(n). The gradient
+    is accumulated with `torch.autograd.grad`, leaving every parameter's `.grad` untouched."""
     params = [p for p in module.parameters() if p.requires_grad]
     grads = [torch.zeros_like(p) for p in params]
     total_loss, count = 0.0, 0
@@ -32,10 +31,22 @@ def full_batch_gradient_norm(
                     g.add_(part)
             total_loss += float(loss.detach()) * n
             count += n
+    flat = torch.cat([g.flatten() for g in grads]) if grads else torch.zeros(0)
+    return flat, total_loss, count
+
+
+def full_batch_gradient_norm(
+    module: torch.nn.Module, batches: Iterable[Any], batch_loss: Callable[[Any], torch.Tensor]
+) -> tuple[float, float]:
+    """(||grad_theta L(theta)||_2, L(theta)) for the mean loss L over all samples of `batches`. Exact.
+
+    L = sum_b n_b * batch_loss(b) / sum_b n_b, so batches of unequal size are weighted correctly. The gradient
+    is accumulated with `torch.autograd.grad`, leaving every parameter's `.grad` untouched.
+    """
+    grad, total_loss, count = full_batch_gradient(module, batches, batch_loss)
     if count == 0:
         raise ValueError("full_batch_gradient_norm: the training data is empty")
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) / count
-    return float(norm), total_loss / count
+    return float(torch.linalg.vector_norm(grad)) / count, total_loss / count
 
 
 class GradNormStopping(Callback):
@@ -45,7 +56,9 @@ class GradNormStopping(Callback):
     The module must offer `batch_loss(batch) -> mean loss of the batch` (our models do). The gradient is taken
     with the model in eval mode (BatchNorm running statistics, no dropout) over the datamodule's
     `train_eval_dataloader()` if it has one, else its `val_dataloader()[1]` (our datamodules: the training set),
-    else `trainer.train_dataloader`. Set `converged` when it stops, for the run record.
+    else `trainer.train_dataloader`. Under DDP it is the whole training set's gradient on every rank (per-rank
+    gradients of the summed loss and sample counts are summed), so all ranks stop together. Set `converged`
+    when it stops, for the run record.
     """
 
     def __init__(
@@ -90,8 +103,15 @@ class GradNormStopping(Callback):
         pl_module.eval()
         device = pl_module.device
         batches = (move_data_to_device(b, device) for b in self._training_batches(trainer))
-        grad_norm, _ = full_batch_gradient_norm(pl_module, batches, pl_module.batch_loss)
+        grad, _, count = full_batch_gradient(pl_module, batches, pl_module.batch_loss)
         pl_module.train(was_training)
+        # Under DDP every rank holds a shard (or all) of the training set: summing the summed-loss gradients
+        # and the counts over ranks gives the whole set's mean-loss gradient, the same on every rank, so all
+        # ranks take the same stopping decision. One process: reduce returns the tensor unchanged.
+        totals = trainer.strategy.reduce(torch.cat([grad, grad.new_tensor([count])]), reduce_op="sum")
+        if float(totals[-1]) == 0:
+            raise ValueError("GradNormStopping: the training data is empty")
+        grad_norm = float(torch.linalg.vector_norm(totals[:-1])) / float(totals[-1])
         self.last_grad_norm = grad_norm
         pl_module.log("train/grad_norm", grad_norm, on_epoch=True, sync_dist=True)
         if (
