@@ -5,7 +5,7 @@ FCN 256 (40 -> 256 -> 10, no bias, ReLU on every layer: the paper's default) on 
 gradient-norm clipping at 50, and after every epoch the full-batch gradient norm of the training loss
 (the stopping rule's check), the full training-set loss/accuracy and the test loss/accuracy.
 
-    python benchmarks/bench_training.py [--epochs 300]
+    python benchmarks/bench_training.py [--epochs 300] [--width 256]
 
 The two alternate epoch by epoch in one process (a plain epoch runs at the start of every Lightning epoch), so
 each pair sees the same machine speed. Prints the median milliseconds per epoch of both and the ratio
@@ -29,11 +29,11 @@ from lipschitz_dd.loggers import EpochCSVLogger
 from lipschitz_dd.models import FCN, build_fcn
 
 
-def plain_epoch_fn(train_x, train_y, test_x, test_y, batch_size: int = 512):
+def plain_epoch_fn(train_x, train_y, test_x, test_y, width: int = 256, batch_size: int = 512):
     """One epoch of the plain loop (a closure over its own model and optimiser): the same updates and the same
     per-epoch measurements as lipschitz_dd, in plain PyTorch."""
     torch.manual_seed(0)
-    model = build_fcn(40, [256], 10, bias=False, output_activation="relu")
+    model = build_fcn(40, [width], 10, bias=False, output_activation="relu")
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     params = list(model.parameters())
 
@@ -78,13 +78,13 @@ class PlainTwin(Callback):
         self._mark = time.perf_counter()
 
 
-def paired_run(epochs: int, tensors) -> tuple[list[float], list[float]]:
+def paired_run(epochs: int, tensors, width: int = 256) -> tuple[list[float], list[float]]:
     """Seconds per epoch of lipschitz_dd's FCN, MNIST-1D datamodule, Trainer and callbacks, and of the plain
     loop run alternately in the same process: (plain, ours) for epochs 1 .. epochs-1 (epoch 0 is warm-up)."""
-    twin = PlainTwin(plain_epoch_fn(*tensors))
+    twin = PlainTwin(plain_epoch_fn(*tensors, width=width))
     seed_everything(0, verbose=False)
     data = MNIST1DDataModule(batch_size=512)
-    model = FCN(width=256, depth=1, bias=False, lr=0.01, grad_clip_norm=50.0)
+    model = FCN(width=width, depth=1, bias=False, lr=0.01, grad_clip_norm=50.0)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(
             max_epochs=epochs, logger=EpochCSVLogger(tmp, name="bench", version="run"),
@@ -101,6 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--width", type=int, default=256, help="FCN width (the issue's figure: 256)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = MNIST1DDataModule(batch_size=512)
@@ -108,10 +109,10 @@ def main() -> None:
     data.setup("fit")
     tensors = (data.train_x, data.train_y, data.test_x, data.test_y)
     paired_run(5, tensors)  # warm-up
-    plain, ours = paired_run(args.epochs, tensors)
+    plain, ours = paired_run(args.epochs, tensors, args.width)
     ratios = sorted(o / p for o, p in zip(ours, plain))
     quartiles = statistics.quantiles(ratios, n=4)
-    print(f"FCN 256 on MNIST-1D, batch 512, {len(ours)} epoch pairs, {args.threads} thread(s)")
+    print(f"FCN {args.width} on MNIST-1D, batch 512, {len(ours)} epoch pairs, {args.threads} thread(s)")
     print(f"{'':26s}{'median ms/epoch':>16s}")
     print(f"{'plain PyTorch loop':26s}{statistics.median(plain) * 1e3:16.2f}")
     print(f"{'lipschitz_dd (Lightning)':26s}{statistics.median(ours) * 1e3:16.2f}")
