@@ -81,6 +81,9 @@ class LipschitzCLI(LightningCLI):
         self.flat_config = flatten_config(cfg)
         self.flat_config.update({"experiment": experiment, "run_name": run_name})
         trainer_cfg = self._get(self.config_init, "trainer", default={})
+        accumulate = trainer_cfg.get("accumulate_grad_batches", 1)
+        if accumulate is not None and accumulate < 1:  # Lightning itself fails on it deep in its loop
+            raise ValueError(f"trainer.accumulate_grad_batches must be >= 1, got {accumulate}")
         if trainer_cfg.get("logger") in (None, True) and "logger" not in kwargs:
             loggers: list[Any] = [EpochCSVLogger(save_dir=save_dir, name=experiment, version=run_name)]
             if cfg.get("wandb") and os.environ.get("WANDB_MODE") != "disabled":

@@ -103,6 +103,7 @@ def test_environment_sets_run_location(tmp_path, monkeypatch):
         ("--data.label_noise=1.5", "label_noise"),
         ("--data.train_subset=100000", "train_subset"),
         ("--trainer.gradient_clip_algorithm=foo", "gradient_clip_algorithm"),  # Lightning's own config error
+        ("--trainer.accumulate_grad_batches=0", "accumulate_grad_batches"),
     ],
 )
 def test_bad_input_gives_one_line_error(override, message, tmp_path):
