@@ -50,10 +50,9 @@ def fit_seconds(epochs: int, callback: LipschitzCallback | None) -> float:
 
 
 class EpochClock(pl.Callback):
-    """Seconds between consecutive epoch starts (everything Lightning does in an epoch)."""
+    """The time of every epoch start: consecutive marks bound everything Lightning does in an epoch."""
 
     def __init__(self) -> None:
-        self.epochs: list[float] = []
         self.marks: list[float] = []
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:

@@ -11,13 +11,12 @@ from lightning.pytorch.utilities import move_data_to_device, rank_zero_info
 from lightning.pytorch.utilities.data import extract_batch_size
 
 
-def full_batch_gradient(
+def _summed_loss_gradient(
     module: torch.nn.Module, batches: Iterable[Any], batch_loss: Callable[[Any], torch.Tensor]
 ) -> tuple[torch.Tensor, float, int]:
     """(g, S, n): the gradient g of the summed loss S = sum_b n_b * batch_loss(b) over all n samples of
-    `batches`, flattened over the parameters that require grad, S itself and n. Exact. Sums over data shards add
-    up, so the mean-loss gradient of a whole data set split over processes is sum(g) / sum(n). The gradient
-    is accumulated with `torch.autograd.grad`, leaving every parameter's `.grad` untouched."""
+    `batches`, flattened over the parameters that require grad, S itself and n. Exact. The gradient is
+    accumulated with `torch.autograd.grad`, leaving every parameter's `.grad` untouched."""
     params = [p for p in module.parameters() if p.requires_grad]
     grads = [torch.zeros_like(p) for p in params]
     total_loss, count = 0.0, 0
@@ -36,17 +35,27 @@ def full_batch_gradient(
 
 
 def full_batch_gradient_norm(
-    module: torch.nn.Module, batches: Iterable[Any], batch_loss: Callable[[Any], torch.Tensor]
+    module: torch.nn.Module,
+    batches: Iterable[Any],
+    batch_loss: Callable[[Any], torch.Tensor],
+    reduce_sum: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> tuple[float, float]:
     """(||grad_theta L(theta)||_2, L(theta)) for the mean loss L over all samples of `batches`. Exact.
 
     L = sum_b n_b * batch_loss(b) / sum_b n_b, so batches of unequal size are weighted correctly. The gradient
     is accumulated with `torch.autograd.grad`, leaving every parameter's `.grad` untouched.
+    reduce_sum: sums a tensor over processes (under DDP: `trainer.strategy.reduce(t, reduce_op="sum")`). Each
+    process then passes its shard of the data and all get the values of the whole data set: the gradient of the
+    summed loss, the summed loss and the count add up over shards. Every process must call it.
     """
-    grad, total_loss, count = full_batch_gradient(module, batches, batch_loss)
+    grad, total_loss, count = _summed_loss_gradient(module, batches, batch_loss)
+    totals = torch.cat([grad.double(), grad.new_tensor([total_loss, count], dtype=torch.float64)])
+    if reduce_sum is not None:
+        totals = reduce_sum(totals)
+    count = float(totals[-1])
     if count == 0:
         raise ValueError("full_batch_gradient_norm: the training data is empty")
-    return float(torch.linalg.vector_norm(grad)) / count, total_loss / count
+    return float(torch.linalg.vector_norm(totals[:-2])) / count, float(totals[-2]) / count
 
 
 class GradNormStopping(Callback):
@@ -103,15 +112,11 @@ class GradNormStopping(Callback):
         pl_module.eval()
         device = pl_module.device
         batches = (move_data_to_device(b, device) for b in self._training_batches(trainer))
-        grad, _, count = full_batch_gradient(pl_module, batches, pl_module.batch_loss)
+        # Under DDP every rank holds a shard (or all) of the training set: summed over ranks, it is the whole
+        # set's gradient on every rank, so all ranks take the same stopping decision. One process: unchanged.
+        grad_norm, _ = full_batch_gradient_norm(pl_module, batches, pl_module.batch_loss,
+                                                reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
         pl_module.train(was_training)
-        # Under DDP every rank holds a shard (or all) of the training set: summing the summed-loss gradients
-        # and the counts over ranks gives the whole set's mean-loss gradient, the same on every rank, so all
-        # ranks take the same stopping decision. One process: reduce returns the tensor unchanged.
-        totals = trainer.strategy.reduce(torch.cat([grad, grad.new_tensor([count])]), reduce_op="sum")
-        if float(totals[-1]) == 0:
-            raise ValueError("GradNormStopping: the training data is empty")
-        grad_norm = float(torch.linalg.vector_norm(totals[:-1])) / float(totals[-1])
         self.last_grad_norm = grad_norm
         pl_module.log("train/grad_norm", grad_norm, on_epoch=True, sync_dist=True)
         if (
