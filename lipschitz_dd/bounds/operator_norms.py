@@ -60,6 +60,11 @@ class NormEstimate:
     vector: Tensor | None = None
 
 
+def _unit(v: Tensor) -> Tensor:
+    """v / ||v||_2 (a zero v stays zero)."""
+    return v / torch.linalg.vector_norm(v).clamp_min(torch.finfo(v.dtype).tiny)
+
+
 def power_iteration(
     apply: Callable[[Tensor], Tensor],
     adjoint: Callable[[Tensor], Tensor],
@@ -79,7 +84,7 @@ def power_iteration(
     if max_iters < 1:
         raise ValueError(f"max_iters must be >= 1, got {max_iters}")
     norm = torch.linalg.vector_norm
-    v = init / norm(init).clamp_min(torch.finfo(init.dtype).tiny)
+    v = _unit(init)
     value = 0.0
     for step in range(1, max_iters + 1):
         u = apply(v)
@@ -115,7 +120,7 @@ def lanczos_norm(
     if max_iters < 1 or subspace < 1:
         raise ValueError(f"max_iters and subspace must be >= 1, got {max_iters}, {subspace}")
     norm = torch.linalg.vector_norm
-    v = init / norm(init).clamp_min(torch.finfo(init.dtype).tiny)
+    v = _unit(init)
     steps, done = 0, False
     while not done:
         basis = [v.flatten()]
@@ -148,10 +153,10 @@ def lanczos_norm(
             if done:
                 return NormEstimate(first_value, False, steps, v)
             v = (w + alphas[0] * basis[0]).view_as(v)  # subspace == 1: plain power iteration, v <- B v
-            v = v / norm(v).clamp_min(torch.finfo(v.dtype).tiny)
+            v = _unit(v)
             continue
         y = (torch.as_tensor(ritz, dtype=v.dtype).to(v.device) @ torch.stack(basis)).view_as(v)
-        v = y / norm(y).clamp_min(torch.finfo(y.dtype).tiny)
+        v = _unit(y)
     return NormEstimate(float(norm(apply(v))), False, steps, v)
 
 
