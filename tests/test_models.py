@@ -159,6 +159,20 @@ def test_hparams_and_cli_signature_include_base_arguments():
     assert cfg.model.grad_clip_norm == 50.0
 
 
+
+def test_attribute_fast_path_keeps_module_registration():
+    """The __setattr__ shortcut for Lightning's hook name stores a plain attribute and leaves every other
+    assignment to nn.Module (submodules, parameters and buffers are still registered)."""
+    model = FCN(width=3)
+    model._current_fx_name = "training_step"
+    assert model.__dict__["_current_fx_name"] == "training_step" and model._current_fx_name == "training_step"
+    model.extra = nn.Linear(2, 2)
+    model.scale = nn.Parameter(torch.ones(1))
+    model.register_buffer("count", torch.zeros(1))
+    assert "extra" in dict(model.named_children()) and "extra" not in model.__dict__
+    assert "scale" in dict(model.named_parameters()) and "count" in dict(model.named_buffers())
+
+
 # ------------------------------------------------------------------ bad input
 @pytest.mark.parametrize(
     "make",

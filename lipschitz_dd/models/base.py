@@ -112,6 +112,16 @@ class LipschitzModule(LightningModule):
             MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False) for _ in EVAL_PREFIXES
         )
 
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning sets `_current_fx_name` (a str or None) twice around every hook call, a few hundred times per
+        # epoch; nn.Module.__setattr__'s parameter/module/buffer checks cost ~4 us each time and cannot apply to
+        # a str. Storing it directly is what nn.Module would do in the end (Lightning does the same for its
+        # logged-metric modules).
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     # ----------------------------------------------------------------- model and loss
     def forward(self, x: Tensor) -> Tensor:
         """The logits ``net(x)``, shape ``[B, num_classes]`` (the output the loss sees)."""
