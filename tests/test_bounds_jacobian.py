@@ -205,3 +205,12 @@ def test_training_mode_batchnorm_is_refused():
     model = cnn_with_batchnorm().train()
     with pytest.raises(ValueError, match="eval"):
         jacobian_spectral_norms(model, torch.randn(2, 2, 6, 6))
+
+
+def test_batchnorm_without_running_statistics_is_refused_in_eval_mode():
+    """It normalises by batch statistics even in eval mode, so the 'per-sample' norms depended on the batch
+    size (0.49 / 0.84 / 2.49 at batch sizes 64 / 8 / 1)."""
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3, track_running_stats=False), nn.Flatten(),
+                          nn.Linear(48, 2)).eval()
+    with pytest.raises(ValueError, match="running statistics"):
+        jacobian_spectral_norms(model, torch.randn(4, 2, 6, 6))

@@ -1,6 +1,7 @@
 """Point sets (convex combinations, perturbations, PGD, grid), the optimised and the pairwise bound."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -172,6 +173,20 @@ def test_optimised_bound_with_no_steps_is_the_data_max():
 
 
 # ---------------------------------------------------------------- pairwise
+
+def test_pairwise_skips_pairs_closer_than_rounding_can_resolve():
+    """float32 points one ulp apart: the rounding of f(x) - f(y), divided by their distance, gave 45 for a net
+    whose Lipschitz constant is at most 2.3. Now every ratio stays below the exact norm of the weights."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 256), nn.ReLU(), nn.Linear(256, 10)).eval()
+    base = torch.randn(300, 10)
+    near = base.clone()
+    near[:, 0] = torch.nextafter(near[:, 0], torch.full_like(near[:, 0], math.inf))  # one ulp away
+    x = torch.cat([base, near])
+    limit = torch.linalg.svdvals(net[0].weight.double())[0] * torch.linalg.svdvals(net[2].weight.double())[0]
+    for batch_size in (1024, 7):  # blocked matrix products round differently
+        assert 0 < pairwise_lipschitz(net, x, batch_size=batch_size) <= limit
+
 
 def test_pairwise_matches_brute_force_over_pairs():
     net = relu_net_2d(6)

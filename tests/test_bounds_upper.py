@@ -142,8 +142,9 @@ def test_branches_cat_scale_and_weighted_add():
     torch.manual_seed(3)
     model = TwoBranches().double()
     la, lb = spectral_norm(model.a.weight), spectral_norm(model.b.weight)
-    # cat: sqrt(La^2 + Lb^2), * 3; add(alpha=2): La + 2 Lb, then a slice (1) and a sum over 1 entry (1)
-    expected = 3 * math.sqrt(la**2 + lb**2) + (la + 2 * lb)
+    # cat: sqrt(La^2 + Lb^2), * 3; add(alpha=2): La + 2 Lb, then a slice (1) and a sum over 1 entry (1); the
+    # subtraction broadcasts that one column to all 6: each entry copied 6 times, a factor sqrt(6)
+    expected = 3 * math.sqrt(la**2 + lb**2) + math.sqrt(6) * (la + 2 * lb)
     result = upper_bound(model, torch.randn(1, 4, dtype=torch.float64), certified=True)
     assert result.available, result.reason
     assert result.value == pytest.approx(expected, rel=1e-6)
@@ -459,3 +460,118 @@ def test_works_under_inference_mode_with_autograd_adjoints():
         power, certified = estimator.compute(), estimator.compute(certified=True)
     assert 0 < power.value <= certified.value
     assert estimator.compute().value == pytest.approx(power.value, rel=1e-4)  # warm, outside inference mode
+
+
+# ------------------------------------------------------------------ broadcasting, in-place, odd call forms
+class Lambda(nn.Module):
+    """A model whose forward is the given function of (self, x); parameters/buffers set by `setup`."""
+
+    def __init__(self, fn, setup=None):
+        super().__init__()
+        self.fn = fn
+        if setup is not None:
+            setup(self)
+
+    def forward(self, x):
+        return self.fn(self, x)
+
+
+def _weights(module):
+    module.w = nn.Parameter(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64))
+
+
+def _buffer(module):
+    module.register_buffer("c", torch.zeros(100, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("fn, setup, shape, exact", [
+    # each input entry copied to r outputs: a factor sqrt(r) (the old rule gave 5, 1, 3: below the truth)
+    (lambda s, x: x * s.w, _weights, (1,), math.sqrt(55.0)),  # J = w: bound max|w| sqrt(5) >= ||w||
+    (lambda s, x: x + s.c, _buffer, (1,), 10.0),
+    (lambda s, x: x + x.sum(1, keepdim=True), None, (4,), 5.0),  # J = I + 1 1^T
+    (lambda s, x: torch.add(1.0, x, alpha=3), None, (3,), 3.0),  # alpha scales the input-dependent second operand
+    (lambda s, x: torch.sub(1.0, x, alpha=4), None, (3,), 4.0),
+    (lambda s, x: F.avg_pool2d(x, 2, ceil_mode=True).flatten(1), None, (1, 5, 5), 1.0),  # corner window: 1 entry
+    (lambda s, x: nn.functional.max_pool1d(x, 3, 1), None, (10,), math.sqrt(3.0)),  # no channel dim: rows pooled
+])
+def test_broadcasts_alpha_and_pool_call_forms_are_bounded_from_above(fn, setup, shape, exact):
+    torch.manual_seed(20)
+    model = Lambda(fn, setup).double()
+    result = upper_bound(model, torch.randn(1, *shape, dtype=torch.float64), certified=True)
+    assert result.available, result.reason
+    x = torch.randn(256, *shape, dtype=torch.float64)
+    assert result.value >= exact * (1 - 1e-9) and exact * (1 + 1e-9) >= jacobian_norms(model, x).max().item()
+    if setup is not _weights:  # tight wherever the rule is exact
+        assert result.value == pytest.approx(exact, rel=1e-9)
+
+
+@pytest.mark.parametrize("pool, shape, exact", [(nn.MaxPool1d(3, 1), (10,), math.sqrt(3.0)),
+                                                (nn.MaxPool2d(3, 2), (9, 9), 2.0)])
+def test_pool_modules_on_samples_without_a_channel_dim(pool, shape, exact):
+    model = nn.Sequential(pool).double()
+    assert upper_bound(model, torch.randn(1, *shape, dtype=torch.float64)).value == pytest.approx(exact)
+
+
+class InPlace(nn.Module):
+    def __init__(self, update, reread):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4, bias=False), nn.Linear(4, 2, bias=False)
+        self.update, self.reread = update, reread
+
+    def forward(self, x):
+        h = self.a(x)
+        view = h.view(-1)
+        out = self.update(h, x)
+        return self.b(view.view(x.shape[0], -1) if self.reread else out)
+
+
+@pytest.mark.parametrize("update, reread, available", [
+    (lambda h, x: h.add_(x), True, False),  # later readers of h see h + x
+    (lambda h, x: h.mul_(10.0), True, False),
+    (lambda h, x: h.relu_(), True, True),  # a pointwise map with constant 1: readers of h stay bounded
+    (lambda h, x: h.__iadd__(x), False, True),  # out += identity, as in torchvision's ResNet: nobody rereads h
+])
+def test_in_place_updates_read_again_later_are_refused(update, reread, available):
+    torch.manual_seed(21)
+    model = InPlace(update, reread).double()
+    result = upper_bound(model, torch.randn(1, 4, dtype=torch.float64), certified=True)
+    assert result.available == available, result.reason
+    if available:
+        x = torch.randn(128, 4, dtype=torch.float64)
+        assert result.value >= jacobian_norms(model, x).max().item() * (1 - 1e-9)
+    else:
+        assert "in-place" in result.reason
+
+
+class UntraceableInPlace(DataDependent):
+    def forward(self, x):
+        if x.sum() > -1e9:
+            h = self.fc1(x)
+            h *= 10.0  # outside any module: the hooks cannot see it
+            x = self.act(h)
+        return self.fc2(x)
+
+
+class ScaledLinear(nn.Linear):
+    def forward(self, x):
+        return super().forward(x) * 10.0
+
+
+class UntraceableSubclass(DataDependent):
+    def __init__(self):
+        super().__init__()
+        self.fc2 = ScaledLinear(6, 2, bias=False)
+
+
+def test_hook_fallback_refuses_unseen_in_place_changes_and_overridden_forwards():
+    first = upper_bound(UntraceableInPlace(), torch.randn(1, 4))
+    assert not first.available and "in-place" in first.reason
+    second = upper_bound(UntraceableSubclass(), torch.randn(1, 4))
+    assert not second.available and "ScaledLinear overrides the forward of Linear" in second.reason
+
+
+@pytest.mark.parametrize("fn", [lambda s, x: torch.div(x, 0.01, rounding_mode="floor"), lambda s, x: x // 0.5,
+                                lambda s, x: torch.remainder(x, 1.0)])
+def test_discontinuous_divisions_are_not_available(fn):
+    result = upper_bound(Lambda(fn), torch.randn(1, 3))
+    assert not result.available and "discontinuous" in result.reason

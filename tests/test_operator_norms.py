@@ -287,3 +287,14 @@ def test_pruned_gram_max_bound_matches_the_max_of_the_batch():
         assert gram_max_spectral_bound(a, iters) >= exact * (1 - 1e-12)
         assert gram_max_spectral_bound(a, iters) <= gram_spectral_bound(a, iters).max().item() * (1 + 1e-12)
     assert gram_max_spectral_bound(a, 12) == pytest.approx(exact, rel=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e160])
+def test_gram_bounds_at_extreme_scales(scale):
+    """Squaring entries of 1e-200 or 1e160 underflows / overflows float64: the bound came out 0 or nan."""
+    torch.manual_seed(0)
+    matrix = torch.randn(6, 4, dtype=torch.float64)
+    exact = torch.linalg.svdvals(matrix)[0].item() * scale
+    bound = gram_spectral_bound(matrix * scale).item()
+    assert exact * (1 - 1e-12) <= bound <= exact * (1 + 1e-6)
+    assert exact * (1 - 1e-12) <= gram_max_spectral_bound((matrix * scale)[None]) <= exact * (1 + 1e-6)

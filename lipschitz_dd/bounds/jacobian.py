@@ -76,17 +76,19 @@ def check_autograd_available() -> None:
 
 
 def check_eval_mode(model: nn.Module) -> None:
-    """Raise ValueError if a BatchNorm or Dropout submodule is in training mode (per-sample Jacobians
-    would then be wrong or random)."""
+    """Raise ValueError if a BatchNorm or Dropout submodule is in training mode, or a BatchNorm has no running
+    statistics (it then normalises by the batch's statistics even in eval mode): per-sample Jacobians would be
+    wrong, random or dependent on the batch."""
     if not isinstance(model, nn.Module):
         return
     stochastic = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
     for name, module in model.named_modules():
+        label = f"module {name or type(module).__name__!r} ({type(module).__name__})"
         if isinstance(module, stochastic) and module.training:
-            raise ValueError(
-                f"module {name or type(module).__name__!r} ({type(module).__name__}) is in training mode; "
-                "call model.eval() before computing Lipschitz bounds"
-            )
+            raise ValueError(f"{label} is in training mode; call model.eval() before computing Lipschitz bounds")
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None:
+            raise ValueError(f"{label} has no running statistics (track_running_stats=False), so it normalises "
+                             "by batch statistics even in eval mode: per-sample Jacobians are not defined")
 
 
 def _input_leaf(x: Tensor) -> Tensor:

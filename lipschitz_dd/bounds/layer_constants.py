@@ -219,22 +219,34 @@ def nonnegative_linear_norm(fn: Callable[[Tensor], Tensor], input_shape: Sequenc
     return power_iteration(apply, adjoint, init, max_iters=2000, tol=1e-12).value
 
 
+_POOL_DIMS = {
+    nn.AvgPool1d: 1, nn.AdaptiveAvgPool1d: 1, nn.MaxPool1d: 1, nn.AdaptiveMaxPool1d: 1,
+    nn.AvgPool2d: 2, nn.AdaptiveAvgPool2d: 2, nn.MaxPool2d: 2, nn.AdaptiveMaxPool2d: 2,
+    nn.AvgPool3d: 3, nn.AdaptiveAvgPool3d: 3, nn.MaxPool3d: 3, nn.AdaptiveMaxPool3d: 3,
+}
+
+
 def _pool_rule(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Rule:
-    """Average and max pooling on the recorded shapes (one sample: (C, *spatial))."""
-    nd = len(in_shape) - 1
+    """Average and max pooling on the recorded shapes of one sample. A k-d pool acts on the last k dims, each
+    leading (channel) slice alike; torch also accepts a sample without a channel dim (e.g. MaxPool1d on (B, L)
+    pools each row), so the pooled dims are counted from the module type, not from the shape."""
+    nd = next(d for cls, d in _POOL_DIMS.items() if isinstance(module, cls))
+    if len(in_shape) < nd or len(out_shape) < nd:
+        raise ValueError(f"{type(module).__name__} got a sample of shape {in_shape}, fewer than {nd} pooled dims")
+    in_spatial, out_spatial = in_shape[len(in_shape) - nd:], out_shape[len(out_shape) - nd:]
 
     def per_dim(value) -> tuple[int, ...]:
         return (value,) * nd if isinstance(value, int) else tuple(value)
 
     if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
                            nn.AdaptiveAvgPool3d)):
-        channel = (1, 1, *in_shape[1:])  # pooling acts on each channel alike
+        channel = (1, 1, *in_spatial)  # pooling acts on each channel alike
         return Fixed(nonnegative_linear_norm(module, channel, False), nonnegative_linear_norm(module, channel, True))
     if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
         stride = module.stride if module.stride is not None else module.kernel_size
-        return Fixed(max_pool_constant(in_shape[1:], out_shape[1:], per_dim(module.kernel_size), per_dim(stride),
+        return Fixed(max_pool_constant(in_spatial, out_spatial, per_dim(module.kernel_size), per_dim(stride),
                                        per_dim(module.padding), per_dim(module.dilation)))
-    return Fixed(adaptive_max_pool_constant(in_shape[1:], out_shape[1:]))
+    return Fixed(adaptive_max_pool_constant(in_spatial, out_spatial))
 
 
 # ------------------------------------------------------------------------------------------- dispatcher
@@ -256,8 +268,15 @@ _NOT_LIPSCHITZ = {
 
 
 def module_rule(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Rule:
-    """The Lipschitz rule for a leaf module, given its recorded input and output shapes (one sample)."""
+    """The Lipschitz rule for a leaf module, given its recorded input and output shapes (one sample).
+
+    The rules are those of torch's own layers: a subclass that overrides ``forward`` computes something else,
+    so it gets no rule (the fx tracer traces into such classes instead of calling this).
+    """
     kind = type(module)
+    base = next((c for c in kind.__mro__ if c.__module__.startswith("torch.nn.")), nn.Module)
+    if base is not nn.Module and base is not kind and kind.forward is not base.forward:
+        return Unavailable(f"{kind.__name__} overrides the forward of {base.__name__}, whose rule therefore does not apply")
     for cls, why in _NOT_LIPSCHITZ.items():
         if isinstance(module, cls):
             return Unavailable(why)

@@ -195,9 +195,9 @@ def gram_spectral_bound(matrices: Tensor, iters: int = 12, rtol: float = 1e-7) -
     g = _float64(matrices)
     if g.shape[-2] < g.shape[-1]:  # same nonzero singular values, smaller Gram matrix
         g = g.mH
-    log_scale = torch.zeros(g.shape[:-2], dtype=torch.float64, device=g.device)
+    g, log_scale = _prescale(g)
     fro = torch.linalg.matrix_norm(g)
-    best = fro.clone()  # b_0 = ||A||_F
+    best = fro * log_scale.exp()  # b_0 = ||A||_F
     for step in range(1, iters + 1):
         fro = fro.clamp_min(1e-300)
         g = g / fro[..., None, None].to(g.dtype)
@@ -221,9 +221,9 @@ def gram_max_spectral_bound(matrices: Tensor, iters: int = 12, rtol: float = 1e-
     if g.shape[-2] < g.shape[-1]:
         g = g.mH
     rank = min(g.shape[-2:])
-    log_scale = torch.zeros(g.shape[0], dtype=torch.float64, device=g.device)
+    g, log_scale = _prescale(g)
     fro = torch.linalg.matrix_norm(g)
-    best = fro.clone()
+    best = fro * log_scale.exp()
     for step in range(1, iters + 1):
         fro = fro.clamp_min(1e-300)
         g = g / fro[:, None, None].to(g.dtype)
@@ -238,6 +238,14 @@ def gram_max_spectral_bound(matrices: Tensor, iters: int = 12, rtol: float = 1e-
         if converged:
             break
     return float(best.max())
+
+
+def _prescale(g: Tensor) -> tuple[Tensor, Tensor]:
+    """(g / m, log m) with m = max |g_ij| per matrix (1 for zero matrices): the Gram iteration's first
+    Frobenius norm then neither under- nor overflows (entries of 1e-200 or 1e160 square to 0 or inf)."""
+    m = g.abs().amax(dim=(-2, -1))
+    m = torch.where(m > 0, m, torch.ones_like(m))
+    return g / m[..., None, None].to(g.dtype), m.log()
 
 
 def _float64(t: Tensor) -> Tensor:

@@ -10,6 +10,11 @@ bound propagates "the Lipschitz constant from the input to this node", L, throug
                                                                  tighter than L_a + L_b and still valid)
 * a * c, a / c (c constant):        L = max|c| L_a, L_a / min|c|
 * mean / sum over g entries:        L = L_a / sqrt(g), sqrt(g) L_a
+* broadcasting (a + b, a * c, ...): an operand whose entries are each copied r = numel(out) / numel(operand)
+                                    times contributes sqrt(r) times its L
+An in-place operation (``h.add_(x)``, ``h *= 10``, ``inplace=True``) whose target tensor is read again later
+(directly or through a view) is refused unless it is a pointwise map with constant <= 1 (ReLU & co.), since
+the later readers see the change and the traced graph does not.
 The output's L is an upper bound on sup_x ||J(x)||_2 whenever every layer constant is: in the "certified"
 mode that is guaranteed; in the "power" mode the Linear / Conv norms come from warm-started power
 iteration, which approaches each norm from below, so the product can be (slightly) low.
@@ -81,6 +86,8 @@ _COPIES = {"expand", "expand_as", "repeat", "tile", "repeat_interleave"}  # each
 _PRODUCTS = {"matmul", "bmm", "mm", "einsum", "baddbmm", "addmm", "bilinear", "mul", "truediv", "div", "pow",
              "scaled_dot_product_attention", "multi_head_attention_forward"}
 _NOT_LIPSCHITZ = {
+    "floordiv": "it is discontinuous", "floor_divide": "it is discontinuous", "remainder": "it is discontinuous",
+    "fmod": "it is discontinuous", "mod": "it is discontinuous",
     "scaled_dot_product_attention": "attention is not globally Lipschitz",
     "multi_head_attention_forward": "attention is not globally Lipschitz",
     "layer_norm": "normalising by the input's own std is not globally Lipschitz",
@@ -104,10 +111,44 @@ _POOLS = {
 }
 
 
+def _raw_name(node: fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+
+
 def _op_name(node: fx.Node) -> str:
-    raw = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+    raw = _raw_name(node)
     name = raw.strip("_") if raw.startswith("__") else raw.rstrip("_")  # __iadd__ -> iadd, relu_ -> relu
     return _ALIASES.get(name, name)
+
+
+_INPLACE_OPERATORS = {"iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "imatmul"}
+# functions whose positional argument at this index is `inplace`
+_INPLACE_POSITION = {"relu": 1, "relu6": 1, "selu": 1, "silu": 1, "mish": 1, "hardswish": 1, "hardsigmoid": 1,
+                     "leaky_relu": 2, "elu": 2, "celu": 2, "threshold": 3, "hardtanh": 3, "dropout": 3,
+                     "alpha_dropout": 3, "feature_alpha_dropout": 3, "dropout1d": 3, "dropout2d": 3,
+                     "dropout3d": 3, "rrelu": 4}
+
+
+def _is_inplace(node: fx.Node, module: nn.Module | None = None) -> bool:
+    """Whether the node overwrites its first argument: x.add_(y), x += y, F.relu(x, inplace=True),
+    nn.ReLU(inplace=True)."""
+    if node.op == "call_module":
+        return bool(getattr(module, "inplace", False))
+    raw = _raw_name(node)
+    if raw.startswith("__"):
+        return raw.strip("_") in _INPLACE_OPERATORS
+    if raw in _INPLACE_OPERATORS or (raw.endswith("_") and raw != "_"):
+        return True
+    position = _INPLACE_POSITION.get(raw)
+    positional = position is not None and len(node.args) > position and node.args[position] is True
+    return positional or node.kwargs.get("inplace") is True
+
+
+def _broadcast_factor(operand: tuple[int, ...] | None, out: tuple[int, ...] | None) -> float:
+    """sqrt(r) when broadcasting copies each entry of the operand (one sample's shape) to r = numel(out) /
+    numel(operand) outputs (the map x -> (x, ..., x) has norm sqrt(r)); 1 otherwise."""
+    n_in, n_out = _numel(operand), _numel(out)
+    return math.sqrt(n_out / n_in) if n_in and n_out > n_in else 1.0
 
 
 def _is_simple_index(index: Any) -> bool:
@@ -209,8 +250,26 @@ class UpperBoundEstimator:
                              f"{type(error).__name__}: {str(error).splitlines()[0][:300]}") from error
         data: set[str] = set()
         placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
+        self._order = {n: i for i, n in enumerate(graph_module.graph.nodes)}
         for node in graph_module.graph.nodes:
             self._add_node(node, data, shapes, is_input=node is placeholders[0])
+
+    def _mutation_read_later(self, node: fx.Node, values: dict[str, Any]) -> bool:
+        """For an in-place node: does a node after it read the overwritten tensor through a node from before
+        it (the target itself or any view / alias of its storage)? Such readers see the new values, while the
+        graph says they read the old ones."""
+        target = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        tensor = values.get(target.name) if target is not None else None
+        if not isinstance(tensor, Tensor):
+            return False
+        storage, position = tensor.untyped_storage().data_ptr(), self._order[node]
+        for other, index in self._order.items():
+            value = values.get(other.name)
+            if index >= position or not isinstance(value, Tensor) or value.untyped_storage().data_ptr() != storage:
+                continue
+            if any(self._order[user] > position for user in other.users):
+                return True
+        return False
 
     def _add_node(self, node: fx.Node, data: set[str], values: dict[str, Any], is_input: bool) -> None:
         """Turn one fx node into a _Step; nodes that do not depend on the input's values are constants."""
@@ -240,8 +299,8 @@ class UpperBoundEstimator:
         poisoned = any(i in self._poisoned for i in inputs)  # downstream of a reported failure
         in_shape = _shape_of(values.get(node.args[0].name)) if node.args and isinstance(node.args[0], fx.Node) else None
         out_shape = _shape_of(value)
+        module = self.model.get_submodule(node.target) if node.op == "call_module" else None
         if node.op == "call_module":
-            module = self.model.get_submodule(node.target)
             try:
                 rule = lc.module_rule(module, _shape_of(values.get(inputs[0])), out_shape)
             except Exception as error:  # noqa: BLE001 - e.g. a pooling module on an unexpected shape
@@ -251,6 +310,13 @@ class UpperBoundEstimator:
             display, op = node.target, type(module).__name__
         else:
             rule, display, op = _not_lipschitz_rule(name, len(inputs)), node.name, name
+        if _is_inplace(node, module) and not isinstance(rule, lc.Unavailable) and self._mutation_read_later(node, values):
+            if node.op != "call_module" and len(inputs) == 1:
+                rule = self._function_rule(node, name, inputs, values, in_shape, out_shape)
+            if not (isinstance(rule, lc.Fixed) and rule.get(True) <= 1.0 and len(inputs) == 1):
+                rule = lc.Unavailable(f"in-place {_raw_name(node) if module is None else op} overwrites a tensor "
+                                      "that later operations read again (they see the new values, the traced graph "
+                                      "does not); use the out-of-place form")
         if not isinstance(rule, lc.Unavailable) and not _is_float_value(value):
             if poisoned:  # e.g. the None attention weights of MultiheadAttention: already reported
                 self._poisoned.add(node.name)
@@ -274,28 +340,39 @@ class UpperBoundEstimator:
     def _add_function(self, node: fx.Node, name: str, inputs: list[str], values: dict[str, Any],
                       in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...] | None) -> None:
         """Rules for call_function / call_method nodes (see the module docstring)."""
-        args = [values.get(a.name, a) if isinstance(a, fx.Node) else a for a in node.args]
-        data_first = isinstance(node.args[0], fx.Node) and node.args[0].name in inputs if node.args else False
         label = f"{name} (node '{node.name}')"
-        if name in ("add", "sub") and len(inputs) == 2:
+        if name in ("add", "sub") and len(inputs) == 2:  # a + alpha b, each operand scaled by its broadcast
             alpha = abs(float(node.kwargs.get("alpha", 1.0)))
-            return self.steps.append(_Step(node.name, name, "add", inputs, coefficients=[1.0, alpha]))
+            factors = [_broadcast_factor(_shape_of(values.get(i)), out_shape) for i in inputs]
+            return self.steps.append(_Step(node.name, name, "add", inputs,
+                                           coefficients=[factors[0], alpha * factors[1]]))
         if name in ("cat", "stack"):
             return self.steps.append(_Step(node.name, name, "cat", inputs))
         if len(inputs) > 1:
             return self._add_layer(node.name, name, inputs,
                                    lc.Unavailable(f"{label} takes several input-dependent arguments"))
+        self._add_layer(node.name, name, inputs, self._function_rule(node, name, inputs, values, in_shape, out_shape))
+
+    def _function_rule(self, node: fx.Node, name: str, inputs: list[str], values: dict[str, Any],
+                       in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...] | None) -> Any:
+        """The rule of a call_function / call_method node with one input-dependent argument."""
+        args = [values.get(a.name, a) if isinstance(a, fx.Node) else a for a in node.args]
+        data_first = isinstance(node.args[0], fx.Node) and node.args[0].name in inputs if node.args else False
         try:
-            rule = self._unary_rule(node, name, args, data_first, in_shape, out_shape)
+            rule = self._unary_rule(node, name, args, data_first, in_shape, out_shape,
+                                    _shape_of(values.get(inputs[0])))
         except Exception as error:  # noqa: BLE001 - unexpected arguments: say so instead of failing
             rule = lc.Unavailable(f"its constant could not be computed ({type(error).__name__}: {error})")
-        self._add_layer(node.name, name, inputs, rule if rule is not None else
-                        lc.Unavailable(f"no Lipschitz rule for {node.op} {name}"))
+        return rule if rule is not None else lc.Unavailable(f"no Lipschitz rule for {node.op} {name}")
 
     def _unary_rule(self, node: fx.Node, name: str, args: list[Any], data_first: bool,
-                    in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...] | None) -> Any:
-        if name in ("add", "sub"):
-            return lc.Fixed(1.0)  # adding a constant
+                    in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...] | None,
+                    data_shape: tuple[int, ...] | None) -> Any:
+        """in_shape: the first argument's shape; data_shape: the input-dependent argument's shape."""
+        broadcast = _broadcast_factor(data_shape, out_shape)
+        if name in ("add", "sub"):  # adding a constant: x + c, c + alpha x (torch.add's alpha scales the second)
+            alpha = 1.0 if data_first else abs(float(node.kwargs.get("alpha", 1.0)))
+            return lc.Fixed(alpha * broadcast)
         if name in _RESHAPES:
             return lc.Fixed(1.0)
         if name == "getitem":
@@ -306,10 +383,12 @@ class UpperBoundEstimator:
             group = _numel(in_shape) / max(_numel(out_shape), 1)  # each output averages / sums `group` entries
             return lc.Fixed(group ** -0.5 if name == "mean" else group ** 0.5)
         if name in ("mul", "truediv"):
-            return self._scale_rule(node, name, data_first, args)
+            if node.kwargs.get("rounding_mode") is not None:
+                return lc.Unavailable(f"division with rounding_mode={node.kwargs['rounding_mode']!r} is discontinuous")
+            return self._scale_rule(node, name, data_first, args, broadcast)
         if name in _POOLS and in_shape and out_shape:
             positional = node.args[1:5] if name.startswith("max") else node.args[1:]
-            kwargs = {k: v for k, v in node.kwargs.items() if k not in ("return_indices", "ceil_mode")}
+            kwargs = {k: v for k, v in node.kwargs.items() if k != "return_indices"}
             return lc.module_rule(_POOLS[name](*positional, **kwargs), in_shape, out_shape)
         if name == "pad":
             mode = node.kwargs.get("mode", args[2] if len(args) > 2 else "constant")
@@ -321,32 +400,48 @@ class UpperBoundEstimator:
         constant = lc.activation_constant(name, **kwargs)
         return lc.Fixed(constant) if constant is not None else None
 
-    def _scale_rule(self, node: fx.Node, name: str, data_first: bool, args: list[Any]) -> Any:
+    def _scale_rule(self, node: fx.Node, name: str, data_first: bool, args: list[Any], broadcast: float) -> Any:
         """x * c, c * x, x / c with c a number (also one computed from shapes, e.g. dim ** -0.5) or a
-        parameter/buffer of the model (read at compute time)."""
+        parameter/buffer of the model (read at compute time): max|c| (or 1 / min|c|), times the broadcast
+        factor sqrt(r) when x's entries are each copied to r outputs."""
         other, other_value = (node.args[1], args[1]) if data_first else (node.args[0], args[0])
         if name == "truediv" and not data_first:
             return lc.Unavailable("dividing by an input-dependent tensor is not globally Lipschitz")
         if isinstance(other_value, (int, float)):
             c = abs(float(other_value))
-            return lc.Fixed(c if name == "mul" else (1.0 / c if c else math.inf))
+            return lc.Fixed(broadcast * (c if name == "mul" else (1.0 / c if c else math.inf)))
         if isinstance(other, fx.Node) and other.op == "get_attr":
             attr = other.target
 
             def constant() -> float:
                 c = functools.reduce(getattr, attr.split("."), self.model).detach().abs()
-                return float(c.max()) if name == "mul" else float(1.0 / c.min())
+                return broadcast * (float(c.max()) if name == "mul" else float(1.0 / c.min()))
 
             return lc.FromParams(constant)
         return lc.Unavailable(f"{name} by a value computed inside the model is not supported")
 
     def _capture_with_hooks(self, example: Tensor, trace_error: str | None) -> None:
         """Fallback for models fx cannot trace (and single layers): leaf modules in execution order, which
-        must form a chain."""
-        calls: list[tuple[str, nn.Module, tuple, Any]] = []
+        must form a chain: each module's input is the previous module's output, unchanged in between (values
+        are copied when a module is called and when it returns, so an in-place change outside the modules,
+        e.g. ``h += x``, breaks the chain instead of going unseen)."""
+        Snapshot = tuple[Any, Any]  # (the tensor itself, a copy of its values at that moment)
+        calls: list[tuple[str, nn.Module, list[Snapshot], Snapshot]] = []
+        pending: list[list[Snapshot]] = []
+
+        def snapshot(value: Any) -> Snapshot:
+            return value, value.detach().clone() if isinstance(value, Tensor) else None
+
+        def before(module: nn.Module, args: tuple) -> None:
+            pending.append([snapshot(a) for a in args if isinstance(a, Tensor)])
+
+        def after(module: nn.Module, args: tuple, out: Any, name: str) -> None:
+            calls.append((name, module, pending.pop(), snapshot(out)))
+
         leaves = [(n, m) for n, m in self.model.named_modules() if not list(m.children())]
-        handles = [m.register_forward_hook(lambda mod, a, out, n=n: calls.append((n, mod, a, out)))
-                   for n, m in leaves]
+        handles = [m.register_forward_pre_hook(before) for _, m in leaves]
+        handles += [m.register_forward_hook(lambda mod, a, out, n=n: after(mod, a, out, n)) for n, m in leaves]
+        start = snapshot(example)
         try:
             output = self.model(example)
         except Exception as error:  # noqa: BLE001 - report the user's forward failure in one line
@@ -357,23 +452,22 @@ class UpperBoundEstimator:
                 h.remove()
         prefix = f"torch.fx could not trace the model ({trace_error}) and " if trace_error else ""
         self.steps.append(_Step("input", "input", "input", []))
-        current, current_name = example, "input"
-        for index, (name, module, args, out) in enumerate(calls):
-            tensors = [a for a in args if isinstance(a, Tensor)]
-            if len(tensors) != 1 or not _same_values(tensors[0], current):
+        current, current_name = start, "input"
+        for index, (name, module, inputs, out) in enumerate(calls):
+            if len(inputs) != 1 or not _same_values(inputs[0], current):
                 self.reasons.append((name, type(module).__name__, prefix + "its input is not the output of the "
-                                     "module before it (an operation outside modules, e.g. a residual add, "
-                                     "cannot be seen)"))
+                                     "module before it (an operation outside modules, e.g. a residual add or an "
+                                     "in-place change, cannot be seen)"))
                 return
-            if not isinstance(out, Tensor):
+            if not isinstance(out[0], Tensor):
                 self.reasons.append((name, type(module).__name__, prefix + "it does not return a tensor"))
                 return
             step_name = f"call_{index}"
             self._add_layer(step_name, type(module).__name__, [current_name],
-                            lc.module_rule(module, tuple(tensors[0].shape[1:]), tuple(out.shape[1:])),
+                            lc.module_rule(module, tuple(inputs[0][1].shape[1:]), tuple(out[1].shape[1:])),
                             name or type(module).__name__)
             current, current_name = out, step_name
-        if not isinstance(output, Tensor) or not _same_values(output, current):
+        if not isinstance(output, Tensor) or not _same_values(snapshot(output), current):
             self.reasons.append(("output", "output", prefix + "the output is not the output of the last module"))
             return
         self.output = current_name
@@ -467,9 +561,13 @@ def _shape_of(value: Any) -> tuple[int, ...] | None:
     return tuple(value.shape[1:]) if isinstance(value, Tensor) and value.ndim >= 1 else None
 
 
-def _same_values(a: Tensor, b: Tensor) -> bool:
-    """b is a (possibly reshaped) view of the same values as a."""
-    return a is b or (a.data_ptr() == b.data_ptr() and a.numel() == b.numel() and a.dtype == b.dtype)
+def _same_values(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> bool:
+    """For (tensor, copy of its values) snapshots: a's tensor is b's tensor or a reshaped view of it, and it
+    held the same values at both moments (nothing changed it in place in between)."""
+    (a_tensor, a_values), (b_tensor, b_values) = a, b
+    same = a_tensor is b_tensor or (a_tensor.data_ptr() == b_tensor.data_ptr() and a_tensor.numel() == b_tensor.numel()
+                                    and a_tensor.dtype == b_tensor.dtype)
+    return same and torch.equal(a_values.reshape(-1), b_values.reshape(-1))
 
 
 def upper_bound(model: nn.Module, example_input: Tensor, certified: bool = False, **options: Any) -> UpperBoundResult:
