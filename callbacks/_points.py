@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import torch
 from torch import Tensor
 from lightning.pytorch import Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
@@ -89,15 +90,28 @@ def train_loader(trainer: Trainer) -> Any:
 
 
 def test_loader(trainer: Trainer) -> Any:
-    """The first validation loader (design: index 0 = the test set), else the test loader; the datamodule's
-    hooks first, then the loaders the trainer holds."""
+    """The first validation loader (design: index 0 = the test set), else the test loader; under
+    `trainer.test` the test loader first. The datamodule's hooks first, then the loaders the trainer holds."""
+    hooks = ["val_dataloader", "test_dataloader"]
+    if trainer.state.fn == TrainerFn.TESTING:
+        hooks.reverse()
     datamodule = getattr(trainer, "datamodule", None)
     if datamodule is not None:
-        for hook in ("val_dataloader", "test_dataloader"):
+        for hook in hooks:
             if is_overridden(hook, datamodule):
                 return first_loader(getattr(datamodule, hook)())
-    loader = first_loader(trainer.val_dataloaders)
-    return loader if loader is not None else first_loader(trainer.test_dataloaders)
+    for hook in hooks:
+        loader = first_loader(getattr(trainer, hook + "s"))
+        if loader is not None:
+            return loader
+    return None
+
+
+def is_streamed(loader: Any) -> bool:
+    """Whether a loader's samples can only be read by iterating it (an IterableDataset, a dataset without
+    len, any other iterable of batches), not by index."""
+    dataset = getattr(loader, "dataset", None)
+    return dataset is None or isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__")
 
 
 def seeded_subset(n: int, max_samples: Optional[int], seed: int) -> Tensor:
@@ -137,17 +151,17 @@ class PointSource:
     def from_loader(cls, loader: DataLoader, *, max_samples: Optional[int], seed: int, batch_size: int,
                     input_key: Optional[Key] = None, label_key: Optional[Key] = None,
                     get_input: Optional[BatchFn] = None, get_label: Optional[BatchFn] = None,
-                    rank: int = 0, world_size: int = 1) -> "PointSource":
+                    rank: int = 0, world_size: int = 1, max_batches: Optional[int] = None) -> "PointSource":
         """Points of a DataLoader's dataset. A map-style dataset is re-read through a new loader (no shuffling,
         no workers, the loader's collate_fn) over the seeded subset of its indices, this rank's share of them.
-        Otherwise (an IterableDataset, a dataset without len, any other iterable of batches) the loader itself
-        is iterated, up to max_samples samples; under DDP each rank then measures whatever its loader yields."""
+        Otherwise (see `is_streamed`) the loader itself is iterated, up to max_samples samples and max_batches
+        batches; under DDP each rank then measures whatever its loader yields."""
 
         def split(batch: Any) -> tuple[Tensor, Optional[Tensor]]:
             return batch_input(batch, input_key, get_input), batch_label(batch, label_key, get_label)
 
         dataset = getattr(loader, "dataset", None)
-        if dataset is not None and not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__"):
+        if not is_streamed(loader):
             indices = seeded_subset(len(dataset), max_samples, seed)[rank::world_size].tolist()
             subset_loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
                                        collate_fn=getattr(loader, "collate_fn", None), num_workers=0)
@@ -155,7 +169,9 @@ class PointSource:
 
         def stream() -> Iterator[tuple[Tensor, Optional[Tensor]]]:
             remaining = max_samples
-            for batch in loader:
+            for index, batch in enumerate(loader):
+                if max_batches is not None and index >= max_batches:
+                    return
                 x, y = split(batch)
                 if remaining is not None:
                     x, y = x[:remaining], (y[:remaining] if y is not None else None)

@@ -1,6 +1,7 @@
 """`LipschitzCallback`: lower and upper bounds of the Lipschitz constant of any LightningModule while it trains.
 
-The network is f = `pl_module(x)` (the logits), norms are Euclidean on the flattened input and output, and the
+The network is f = `pl_module(x)` (the logits; `network=` names a submodule to use instead, `output=` picks the
+logits out of a tuple or dict output), norms are Euclidean on the flattened input and output, and the
 local Lipschitz constant at x is ||J(x)||_2, the largest singular value of the input Jacobian. Every measurement
 runs with the model in eval mode, autograd on, parameters frozen, the global RNG streams saved and restored, so
 training is bit-identical with and without the callback. Logged metrics (names fixed by design.md):
@@ -24,15 +25,21 @@ When: epoch 0 (at `on_train_start`, before the first update, written straight to
 then at the end of every epoch e <= dense_epochs, every every_n_epochs-th epoch and the last epoch, logged
 with `pl_module.log` in `on_validation_epoch_end` (same row as the test loss), or in `on_train_epoch_end` when
 no validation ran; if training stops after those hooks (a stopping callback listed after this one), the final
-weights are written straight to the loggers at `on_train_end` (step = finished epochs): list stopping
-callbacks before this one to keep the last values in the test-loss row. Under `trainer.validate` /
+weights are written straight to the loggers at `on_train_end` (at the step the module's own epoch metrics
+use: finished epochs if it logs a "step" metric, as lipschitz_dd's models do, else Lightning's global step):
+list stopping callbacks before this one to keep the last values in the test-loss row. Metrics appear only on
+measured epochs, so a monitor such as EarlyStopping sees the latest measured value in between. Under `trainer.validate` /
 `trainer.test` it measures once (it leaves inference mode itself) and logs beside their metrics.
+
+A model the bounds cannot handle (a non-tensor output without `output=`, integer inputs such as token ids,
+no `forward` without `network=`) gets one warning saying why and no lipschitz/* metrics; training goes on.
 
 Points: explicit tensors, else the datamodule's in-memory `train_x`/`test_x`, else the samples of the loaders
 (any batch format: tensors, tuples, dicts, or `get_input`), always the same seeded subset (`max_samples`),
 one batch in memory at a time. Under DDP each rank measures its share of the points; maxima are max-reduced,
 means come from reduced sums and counts. `callback.last_metrics` holds the latest values, `callback.history`
-all of them (`{"epoch": e, metric: value}`), e.g. for notebooks:
+all of them (`{"epoch": e, metric: value}`), e.g. for notebooks (a callback reused for another fit starts
+afresh; resuming from a checkpoint restores its state):
 
     trainer = Trainer(callbacks=[LipschitzCallback(every_n_epochs=5, test=True)])
 """
@@ -41,6 +48,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
@@ -53,7 +61,7 @@ from tqdm.auto import tqdm
 
 from callbacks._distributed import Reduction, reduce_across_ranks
 from callbacks._isolation import measurement_mode, preserved_rng_state
-from callbacks._points import Key, PointSource, datamodule_tensors, test_loader, train_loader
+from callbacks._points import Key, PointSource, datamodule_tensors, is_streamed, test_loader, train_loader
 from callbacks._trajectory import ParameterTrajectory, flat_parameters
 from lipschitz_dd.bounds import (
     LowerBoundStats,
@@ -66,6 +74,21 @@ from lipschitz_dd.bounds import (
 )
 
 __all__ = ["LipschitzCallback"]
+
+STREAM_SAMPLES = 10_000
+"""Points read from a loader that can only be iterated (no length, no trainer limit) when max_samples is None."""
+
+
+class SelectedOutput(nn.Module):
+    """x -> module(x)[output]: the logits of a module that returns a tuple/list (output = an index) or a dict
+    (output = a key). A selection of one part of the output, so bounds of this function are bounds of the logits."""
+
+    def __init__(self, module: nn.Module, output: Key) -> None:
+        super().__init__()
+        self.module, self.output = module, output
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(x)[self.output]
 
 
 class TopPoints:
@@ -117,6 +140,9 @@ class LipschitzCallback(Callback):
             validation loader (else the test loader).
         jacobian_method: passed to `jacobian_spectral_norms`.
         progress_bar: show a tqdm bar for measurements that take longer than 2 seconds.
+        network: dotted attribute path of the submodule that maps inputs to logits, for modules that call e.g.
+            `self.model(x)` in `training_step` (default: `pl_module` itself).
+        output: which element of a tuple/list output (an index) or dict output (a key) are the logits.
     """
 
     def __init__(
@@ -154,6 +180,8 @@ class LipschitzCallback(Callback):
         test_labels: Optional[Tensor] = None,
         jacobian_method: Literal["auto", "exact", "iterative"] = "auto",
         progress_bar: bool = True,
+        network: Optional[str] = None,
+        output: Optional[Key] = None,
     ) -> None:
         for name, value in (("every_n_epochs", every_n_epochs), ("batch_size", batch_size),
                             ("interp_points", interp_points), ("pgd_steps", pgd_steps),
@@ -184,7 +212,13 @@ class LipschitzCallback(Callback):
         self.test_points, self.test_labels = test_points, test_labels
         self.jacobian_method = jacobian_method
         self.progress_bar = progress_bar
+        self.network, self.output = network, output
 
+        self._module: Optional[weakref.ref] = None  # the LightningModule of the current run
+        self._reset_run_state()
+
+    def _reset_run_state(self) -> None:
+        """Forget everything measured: a new fit (or another model) starts from scratch."""
         self.last_metrics: dict[str, float] = {}  # the latest measurement, as logged
         self.history: list[dict[str, float]] = []  # every measurement of this run: {"epoch": e, metric: value}
         self._trajectory = ParameterTrajectory()
@@ -218,13 +252,19 @@ class LipschitzCallback(Callback):
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # A fit is a new run (a resumed one gets its state back from the checkpoint after this hook), and so is
+        # any stage on another model: nothing of an earlier run may leak into it (theta_0, the traced graph).
+        # validate/test of the model just fitted keep the run's state.
+        if stage == TrainerFn.FITTING or self._module is None or self._module() is not pl_module:
+            self._reset_run_state()
+        self._module = weakref.ref(pl_module)
         self._sources = {}  # each fit/validate/test resolves its own data
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.current_epoch > 0 or trainer.global_step > 0 or self._last_measured_epoch == 0:
             return  # resumed: epoch 0 was measured by the original run
         metrics = self.measure(trainer, pl_module, epoch=0, record_trajectory=True)
-        for logger in trainer.loggers:
+        for logger in trainer.loggers if metrics else ():
             logger.log_metrics(metrics, step=0)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -245,8 +285,17 @@ class LipschitzCallback(Callback):
         if finished > 0 and self._last_measured_epoch != finished and self._last_measured_epoch is not None:
             # stopped after the epoch-end hooks ran (e.g. a callback set should_stop late): the final weights
             metrics = self.measure(trainer, pl_module, epoch=finished, record_trajectory=True)
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=finished)
+            step = finished if "step" in trainer.callback_metrics else self._last_epoch_row_step(trainer)
+            for logger in trainer.loggers if metrics else ():
+                logger.log_metrics(metrics, step=step)
+
+    @staticmethod
+    def _last_epoch_row_step(trainer: Trainer) -> int:
+        """The logger step of the last epoch's rows for a module that logs no "step" metric (lipschitz_dd's
+        models log step = finished epochs): Lightning writes epoch-level metrics at its count of batches that
+        stepped, minus one (no public accessor; the global step, minus one, where it is missing)."""
+        stepped = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
+        return max(int(stepped) - 1, 0)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._log(pl_module, self.measure(trainer, pl_module, epoch=trainer.current_epoch))
@@ -273,12 +322,15 @@ class LipschitzCallback(Callback):
         start = time.perf_counter()
         values: dict[str, float] = {}
         ops: dict[str, Reduction] = {}
+        model = self._measured_network(pl_module)
+        if model is None:
+            return {}
         with preserved_rng_state(), measurement_mode(pl_module):
             finite_params = all(bool(torch.isfinite(p).all()) for p in pl_module.parameters())
             try:
-                self._measure_points(trainer, pl_module, epoch, finite_params, values, ops)
+                self._measure_points(trainer, model, epoch, finite_params, values, ops)
                 if self.upper:
-                    self._measure_upper(trainer, pl_module, finite_params, values, ops)
+                    self._measure_upper(trainer, model, finite_params, values, ops)
             except RuntimeError as error:
                 if "inference" in str(error).lower():
                     raise RuntimeError(
@@ -286,6 +338,10 @@ class LipschitzCallback(Callback):
                         "the Trainer with inference_mode=False for trainer.validate/test"
                     ) from error
                 raise
+            except ValueError as error:  # the same on every rank: the model or its inputs, not this batch
+                self._warn_once("unmeasurable", f"LipschitzCallback: cannot measure this model ({error}); no "
+                                                "lipschitz/* metrics are logged, training goes on")
+                return {}
         values["lipschitz/seconds"], ops["lipschitz/seconds"] = time.perf_counter() - start, "max"
         metrics = self._finalise(reduce_across_ranks(trainer, values, ops))
         if self.track_params:
@@ -302,7 +358,23 @@ class LipschitzCallback(Callback):
         self.history.append({"epoch": float(epoch), **metrics})
         return metrics
 
-    def _measure_points(self, trainer: Trainer, model: LightningModule, epoch: int, finite_params: bool,
+    def _measured_network(self, pl_module: LightningModule) -> Optional[nn.Module]:
+        """The function whose bounds are measured: `pl_module` or its submodule `network`, with the logits
+        picked by `output`; None (warned once) if the module has no forward and no `network` is named."""
+        module: nn.Module = pl_module
+        if self.network is not None:
+            try:
+                module = pl_module.get_submodule(self.network)
+            except AttributeError as error:
+                raise ValueError(f"LipschitzCallback: network={self.network!r} is not a submodule of "
+                                 f"{type(pl_module).__name__} ({error})") from error
+        elif type(pl_module).forward in (LightningModule.forward, nn.Module.forward):  # nn.Module's raises
+            self._warn_once("forward", f"LipschitzCallback: {type(pl_module).__name__} defines no forward(); set "
+                                       "network='<attribute>' to the submodule that maps inputs to logits")
+            return None
+        return module if self.output is None else SelectedOutput(module, self.output)
+
+    def _measure_points(self, trainer: Trainer, model: nn.Module, epoch: int, finite_params: bool,
                         values: dict[str, float], ops: dict[str, Reduction]) -> None:
         """Per-point norms on this rank: one pass over the training points (lower, avg, rms, interp, noise,
         pgd, top points for the optimised bound), one over the test points."""
@@ -323,22 +395,25 @@ class LipschitzCallback(Callback):
                        disable=not (self.progress_bar and trainer.is_global_zero))
             with bar:
                 if train is not None:
-                    for x, y in train.batches(model.device):
+                    for x, y in train.batches(trainer.strategy.root_device):
                         self._train_batch(model, x, y, sets, top, generator, train.num_points)
                         bar.update(len(x))
                 if testset is not None:
-                    for x, _ in testset.batches(model.device):
+                    for x, _ in testset.batches(trainer.strategy.root_device):
                         test_stats.update(self._norms(model, x))
                         bar.update(len(x))
         nan = float("nan")
         if self.test:
             sets["test"] = test_stats
         for name, stats in sets.items():  # per rank: partial sums and maxima (max is 0.0 for no points)
+            # non-finite parameters: not measured, NaN; the count says whether this rank has such points at all
+            source = testset if name == "test" else train
+            count = stats.count if finite_params else (source is not None and (source.num_points or 1))
             values[f"{name}/max"], ops[f"{name}/max"] = (stats.max if finite_params else nan), "max"
-            values[f"{name}/count"], ops[f"{name}/count"] = float(stats.count), "sum"
+            values[f"{name}/count"], ops[f"{name}/count"] = float(count), "sum"
         if "train" in sets:
             for key, v in (("train/sum", sets["train"].sum), ("train/sum_sq", sets["train"].sum_sq)):
-                values[key], ops[key] = float(v), "sum"
+                values[key], ops[key] = (float(v) if finite_params else nan), "sum"
         if top is not None:  # no top points on this rank: 0.0, a trivial lower bound, with count 0
             opt, count = 0.0, 0 if top.points is None else len(top.points)
             if count:
@@ -419,29 +494,29 @@ class LipschitzCallback(Callback):
         for kind in ("train", "test"):
             source = self._source(trainer, kind)
             if source is not None:
-                for x, _ in source.batches(model.device):
+                for x, _ in source.batches(trainer.strategy.root_device):
                     return x[:1]
         return None
 
     def _finalise(self, reduced: dict[str, float]) -> dict[str, float]:
         """Partial results of all ranks -> metrics with the names of design.md."""
         metrics: dict[str, float] = {}
-        nan = float("nan")
-        maximum = lambda part: reduced[f"{part}/max"] if reduced[f"{part}/count"] > 0 else nan  # noqa: E731
-        if self.lower:
-            metrics["lipschitz/lower"] = maximum("train")
-        if self.average:
+        # a set without points on every rank (none found: warned once) gives no metric rather than NaN
+        measured = lambda part: f"{part}/max" in reduced and reduced[f"{part}/count"] > 0  # noqa: E731
+        if self.lower and measured("train"):
+            metrics["lipschitz/lower"] = reduced["train/max"]
+        if self.average and measured("train"):
             count = reduced["train/count"]
-            metrics["lipschitz/avg"] = reduced["train/sum"] / count if count else nan
-            metrics["lipschitz/rms"] = math.sqrt(reduced["train/sum_sq"] / count) if count else nan
+            metrics["lipschitz/avg"] = reduced["train/sum"] / count
+            metrics["lipschitz/rms"] = math.sqrt(reduced["train/sum_sq"] / count)
         if self.upper:
             if reduced["upper/available"] > 0:
                 metrics["lipschitz/upper"] = reduced["upper/value"]
             metrics["lipschitz/upper_available"] = reduced["upper/available"]
         for part, name in (("test", "lower_test"), ("interp", "lower_interp"), ("noise", "lower_noise"),
                            ("pgd", "lower_pgd"), ("opt", "lower_opt")):
-            if f"{part}/max" in reduced:
-                metrics[f"lipschitz/{name}"] = maximum(part)
+            if measured(part):
+                metrics[f"lipschitz/{name}"] = reduced[f"{part}/max"]
         metrics["lipschitz/seconds"] = reduced["lipschitz/seconds"]
         return metrics
 
@@ -467,8 +542,18 @@ class LipschitzCallback(Callback):
         loader = train_loader(trainer) if kind == "train" else test_loader(trainer)
         if loader is None:
             return None
+        max_batches = None
+        if is_streamed(loader):  # read by iterating: stop where the fit does, and never run forever
+            limit = trainer.num_training_batches if kind == "train" else math.inf
+            max_batches = int(limit) if isinstance(limit, (int, float)) and math.isfinite(limit) else None
+            if max_batches is None and self.max_samples is None:
+                common["max_samples"] = STREAM_SAMPLES
+                self._warn_once(f"stream-{kind}", f"LipschitzCallback: the {kind} loader can only be iterated and "
+                                                  f"has no length; measuring its first {STREAM_SAMPLES} samples "
+                                                  "(set max_samples to choose)")
         return PointSource.from_loader(loader, input_key=self.input_key, label_key=self.label_key,
-                                       get_input=self.get_input, get_label=self.get_label, **common)
+                                       get_input=self.get_input, get_label=self.get_label,
+                                       max_batches=max_batches, **common)
 
     # ------------------------------------------------------------------ warnings, state
     def _warn_once(self, key: str, message: str) -> None:

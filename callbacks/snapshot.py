@@ -99,7 +99,7 @@ class FunctionSnapshot(Callback):
                                        _inputs_of(trainer, "test", self.input_key), pl_module.device)
             arrays["seconds"] = np.float32(time.perf_counter() - start)
             self.path = _save_atomic(os.path.join(run_dir, SNAPSHOT_FILE), arrays)
-        except (RuntimeError, ValueError, TypeError, IndexError, OSError) as error:
+        except Exception as error:  # any failure: the training result is worth more than the snapshot
             rank_zero_warn(f"FunctionSnapshot: snapshot not written ({type(error).__name__}: {error})")
             return
         self.seconds = float(arrays["seconds"])
@@ -122,7 +122,7 @@ class FunctionSnapshot(Callback):
         train_indices = _sorted_subset(len(train), train_points, self.subset_seed)
         jacobians = self._jacobians(model, train, train_indices, device, n_out, n_in)
         with torch.no_grad():
-            f0 = model(torch.zeros_like(test_x[:1], device=device)).reshape(-1)
+            f0 = _logits(model, torch.zeros_like(test_x[:1], device=device)).reshape(-1)
         return {
             "test_outputs": test_outputs.numpy().astype(np.float32),
             "test_indices": test_indices.numpy(),
@@ -134,7 +134,8 @@ class FunctionSnapshot(Callback):
 
     def _outputs(self, model: nn.Module, x: Tensor, device: torch.device) -> Tensor:
         with torch.no_grad():
-            chunks = [model(chunk.to(device)).reshape(len(chunk), -1).cpu() for chunk in x.split(self.batch_size)]
+            chunks = [_logits(model, chunk.to(device)).reshape(len(chunk), -1).cpu()
+                      for chunk in x.split(self.batch_size)]
         return torch.cat(chunks)
 
     def _jacobians(self, model: nn.Module, train: "IndexedInputs", indices: Tensor, device: torch.device,
@@ -179,6 +180,15 @@ class IndexedInputs:
     def from_dataset(cls, dataset: Any, collate_fn: Optional[Callable], key: Optional[Key]) -> "IndexedInputs":
         collate = collate_fn or default_collate
         return cls(len(dataset), lambda indices: batch_input(collate([dataset[i] for i in indices.tolist()]), key))
+
+
+def _logits(model: nn.Module, x: Tensor) -> Tensor:
+    """model(x), which must be one Tensor (the logits); a TypeError naming what it is otherwise."""
+    out = model(x)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"the model output is a {type(out).__name__}, not a Tensor: FunctionSnapshot needs "
+                        f"forward(x) to return the logits as one Tensor")
+    return out
 
 
 def _save_atomic(path: str, arrays: dict[str, np.ndarray]) -> str:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_info
 from lightning.pytorch.utilities.data import extract_batch_size
+
+from callbacks._isolation import preserved_rng_state
 
 
 def _summed_loss_gradient(
@@ -64,10 +68,16 @@ class GradNormStopping(Callback):
 
     The module must offer `batch_loss(batch) -> mean loss of the batch` (our models do). The gradient is taken
     with the model in eval mode (BatchNorm running statistics, no dropout) over the datamodule's
-    `train_eval_dataloader()` if it has one, else its `val_dataloader()[1]` (our datamodules: the training set),
-    else `trainer.train_dataloader`. Under DDP it is the whole training set's gradient on every rank (per-rank
-    gradients of the summed loss and sample counts are summed), so all ranks stop together. Set `converged`
-    when it stops, for the run record.
+    `train_eval_dataloader()` if it has one (the whole training set, each sample once per process), else over
+    `trainer.train_dataloader` (under DDP its DistributedSampler may repeat a few samples to even out the
+    shards, and a loader that drops its last partial batch leaves those samples out). Under DDP it is the
+    whole training set's gradient on every rank (per-rank gradients of the summed loss and sample counts are
+    summed), so all ranks stop together. Set `converged` when it stops, for the run record.
+
+    It acts only at the end of validation epochs inside `fit` (not in the sanity check, `trainer.validate` or
+    `trainer.test`), and it does not disturb training: the global RNG streams and the loader's own
+    torch.Generators are restored after iterating the loader (a shuffled loader draws from them), so a seeded
+    run ends with the same parameters with or without this callback.
     """
 
     def __init__(
@@ -89,17 +99,14 @@ class GradNormStopping(Callback):
         self.last_grad_norm: Optional[float] = None
 
     def _training_batches(self, trainer: Trainer) -> Iterable[Any]:
+        """The datamodule's `train_eval_dataloader()` if it has one, else `trainer.train_dataloader`."""
         dm = trainer.datamodule
         if dm is not None and hasattr(dm, "train_eval_dataloader"):
             return dm.train_eval_dataloader()
-        if dm is not None and hasattr(dm, "val_dataloader"):
-            loaders = dm.val_dataloader()
-            if isinstance(loaders, (list, tuple)) and len(loaders) > 1:
-                return loaders[1]
         return trainer.train_dataloader
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.enabled or trainer.sanity_checking:
+        if not self.enabled or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         epoch = trainer.current_epoch + 1
         if epoch % self.every_n_epochs != 0:
@@ -108,14 +115,16 @@ class GradNormStopping(Callback):
             raise AttributeError(
                 "GradNormStopping needs the LightningModule to define batch_loss(batch) -> mean loss"
             )
+        loader = self._training_batches(trainer)
         was_training = pl_module.training
         pl_module.eval()
         device = pl_module.device
-        batches = (move_data_to_device(b, device) for b in self._training_batches(trainer))
         # Under DDP every rank holds a shard (or all) of the training set: summed over ranks, it is the whole
         # set's gradient on every rank, so all ranks take the same stopping decision. One process: unchanged.
-        grad_norm, _ = full_batch_gradient_norm(pl_module, batches, pl_module.batch_loss,
-                                                reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
+        with _untouched_randomness(loader):
+            batches = (move_data_to_device(b, device) for b in loader)
+            grad_norm, _ = full_batch_gradient_norm(pl_module, batches, pl_module.batch_loss,
+                                                    reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
         pl_module.train(was_training)
         self.last_grad_norm = grad_norm
         pl_module.log("train/grad_norm", grad_norm, on_epoch=True, sync_dist=True)
@@ -135,3 +144,28 @@ class GradNormStopping(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.converged = state_dict.get("converged", False)
         self.last_grad_norm = state_dict.get("last_grad_norm")
+
+
+def _loader_generators(loader: Any) -> list[torch.Generator]:
+    """The torch.Generators a loader draws its order or worker seeds from: `loader.generator`, its sampler's
+    and its batch sampler's sampler's (a DataLoader built with `generator=` or a seeded sampler)."""
+    sampler = getattr(loader, "sampler", None)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    owners = (loader, sampler, getattr(batch_sampler, "sampler", None))
+    found = [getattr(owner, "generator", None) for owner in owners if owner is not None]
+    unique = {id(g): g for g in found if isinstance(g, torch.Generator)}
+    return list(unique.values())
+
+
+@contextmanager
+def _untouched_randomness(loader: Any) -> Iterator[None]:
+    """Inside, iterate `loader` freely: on exit the global RNG streams (torch CPU, every initialised CUDA
+    device, numpy, python `random`) and the loader's own generators are back where they were, so training
+    draws the same shuffles, dropout masks and worker seeds as without the iteration."""
+    generators = [(g, g.get_state()) for g in _loader_generators(loader)]
+    with preserved_rng_state():
+        try:
+            yield
+        finally:
+            for generator, state in generators:
+                generator.set_state(state)

@@ -216,3 +216,29 @@ def test_failure_is_a_warning_not_a_failed_run(tmp_path):
 def test_bad_sizes_are_rejected(option):
     with pytest.raises(ValueError, match=option):
         FunctionSnapshot(**{option: 0})
+
+
+class PairOutput(nn.Module):
+    """A network whose forward returns (logits, features), as some users' models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp()
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.net(x), x
+
+
+class PairClassifier(Classifier):
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x)[0], y)
+
+
+def test_non_tensor_model_output_is_a_warning_not_a_failed_run(tmp_path):
+    snapshot = FunctionSnapshot(run_dir=str(tmp_path), test_points=5, train_points=5)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[snapshot])
+    with pytest.warns(UserWarning, match="model output is a tuple, not a Tensor"):
+        trainer.fit(PairClassifier(PairOutput()), datamodule=InMemoryData())
+    assert trainer.state.finished and snapshot.path is None and not (tmp_path / SNAPSHOT_FILE).exists()

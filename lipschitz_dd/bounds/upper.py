@@ -152,10 +152,11 @@ def _broadcast_factor(operand: tuple[int, ...] | None, out: tuple[int, ...] | No
 
 
 def _is_simple_index(index: Any) -> bool:
-    """int / slice / None / Ellipsis (or a tuple of them): picks distinct entries, a norm-1 selection."""
+    """int / slice / None / Ellipsis (or a tuple of them), or a dict key: picks distinct entries, a norm-1
+    selection."""
     if isinstance(index, tuple):
         return all(_is_simple_index(i) for i in index)
-    return index is None or index is Ellipsis or isinstance(index, (int, slice))
+    return index is None or index is Ellipsis or isinstance(index, (int, slice, str))
 
 
 def _not_lipschitz_rule(name: str, n_inputs: int) -> lc.Unavailable | None:

@@ -103,11 +103,17 @@ class ArrayDataModule(LightningDataModule):
         x, y = self._rank_shard(self.train_x, self.train_y, pad=True)
         return TensorBatchLoader(x, y, self.batch_size, self.shuffle, self.data_seed)
 
-    def val_dataloader(self) -> list[TensorBatchLoader]:
-        """[test loader, full-training-set loader with the noisy labels], batches of `eval_batch_size`."""
+    def train_eval_dataloader(self) -> TensorBatchLoader:
+        """The whole training set with the noisy labels trained on (under DDP this rank's unpadded share, so
+        each sample counts once), in stored order, batches of `eval_batch_size`: for evaluations such as the
+        training loss and the stopping rule's full-batch gradient."""
         self._require_setup()
         x, y = self._rank_shard(self.train_x, self.train_y)
-        return [self.test_dataloader(), TensorBatchLoader(x, y, self.eval_batch_size)]
+        return TensorBatchLoader(x, y, self.eval_batch_size)
+
+    def val_dataloader(self) -> list[TensorBatchLoader]:
+        """[test loader, `train_eval_dataloader()`], batches of `eval_batch_size`."""
+        return [self.test_dataloader(), self.train_eval_dataloader()]
 
     def test_dataloader(self) -> TensorBatchLoader:
         """Test-set batches of `eval_batch_size` (clean labels)."""
