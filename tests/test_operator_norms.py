@@ -298,3 +298,19 @@ def test_gram_bounds_at_extreme_scales(scale):
     bound = gram_spectral_bound(matrix * scale).item()
     assert exact * (1 - 1e-12) <= bound <= exact * (1 + 1e-6)
     assert exact * (1 - 1e-12) <= gram_max_spectral_bound((matrix * scale)[None]) <= exact * (1 + 1e-6)
+
+
+def test_power_mode_is_scale_invariant_for_huge_and_non_finite_weights():
+    """A diverging run's float32 weights of 1e10: ||A^T A v|| overflowed and the estimate came out 0 (an
+    'upper bound' below the lower bound); weights with a NaN have no norm (NaN, not an exception)."""
+    torch.manual_seed(0)
+    weight = torch.randn(16, 40) * 1e10
+    exact = torch.linalg.svdvals(weight.double())[0].item()
+    assert linear_operator_norm(weight).value == pytest.approx(exact, rel=1e-4)
+    conv = nn.Conv2d(3, 4, 3, bias=False)
+    with torch.no_grad():
+        conv.weight.mul_(1e12)
+    reference = conv_operator_norm(conv.weight.double() * 1e-12, (3, 8, 8), certified=True).value * 1e12
+    assert conv_operator_norm(conv, (3, 8, 8)).value == pytest.approx(reference, rel=1e-3)
+    weight[0, 0] = float("nan")
+    assert math.isnan(linear_operator_norm(weight).value)

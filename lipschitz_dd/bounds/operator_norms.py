@@ -255,6 +255,19 @@ def _float64(t: Tensor) -> Tensor:
     return t.detach().to(torch.complex128 if t.is_complex() else torch.float64)
 
 
+def _scaled_estimate(w: Tensor, estimate: Callable[[Tensor], NormEstimate]) -> NormEstimate:
+    """estimate(w / m) with its value times m, m = max |w_ij|: ||c A|| = |c| ||A||, and power iteration on the
+    rescaled weight cannot overflow (float32 weights of 1e10 square to inf in ||A^T A v||, and the estimate came
+    out 0). A weight with a non-finite entry has no norm: NaN."""
+    m = float(w.abs().max()) if w.numel() else 0.0
+    if not math.isfinite(m):
+        return NormEstimate(math.nan, False, 0, None)
+    if m == 0.0:
+        return NormEstimate(0.0, False, 0, None)
+    result = estimate(w / m)
+    return NormEstimate(result.value * m, result.certified, result.iterations, result.vector)
+
+
 def _working_precision(w: Tensor) -> Tensor:
     """Power iteration in at least float32 (half precision is too coarse for a norm estimate)."""
     return w.detach().float() if w.dtype in (torch.float16, torch.bfloat16) else w.detach()
@@ -289,7 +302,8 @@ def linear_operator_norm(
         return NormEstimate(float(gram_spectral_bound(w, gram_iters)), True, gram_iters, None)
     warm = init is not None and init.shape == (w.shape[1],)
     init = init.to(w) if warm else _random_unit((w.shape[1],), w, generator)
-    return estimate_norm(lambda v: w @ v, lambda u: w.T @ u, init, warm=warm, max_iters=max_iters, tol=tol)
+    return _scaled_estimate(w, lambda a: estimate_norm(lambda v: a @ v, lambda u: a.T @ u, init, warm=warm,
+                                                       max_iters=max_iters, tol=tol))
 
 
 # ------------------------------------------------------------------------------------------ convolution
@@ -540,5 +554,5 @@ def conv_operator_norm(
     shape = (1, geo.in_channels, *geo.spatial)
     warm = init is not None and tuple(init.shape) == shape
     init = init.to(weight) if warm else _random_unit(shape, weight, generator)
-    apply, adjoint = _conv_maps(weight, geo)
-    return estimate_norm(apply, adjoint, init, warm=warm, max_iters=max_iters, tol=tol)
+    return _scaled_estimate(weight, lambda a: estimate_norm(*_conv_maps(a, geo), init, warm=warm,
+                                                            max_iters=max_iters, tol=tol))

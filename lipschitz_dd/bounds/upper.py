@@ -533,7 +533,7 @@ class UpperBoundEstimator:
             result = conv_operator_norm(module.weight, rule.input_shape, stride=module.stride, padding=module.padding,
                                         dilation=module.dilation, groups=module.groups,
                                         padding_mode=module.padding_mode, **options)
-        if not certified:
+        if not certified and result.vector is not None:  # None: a zero or non-finite weight, nothing to keep
             self._vectors[key], self._values[key] = result.vector.detach(), result.value
         return result.value, result.certified
 
