@@ -264,7 +264,9 @@ def _scaled_estimate(w: Tensor, estimate: Callable[[Tensor], NormEstimate]) -> N
         return NormEstimate(math.nan, False, 0, None)
     if m == 0.0:
         return NormEstimate(0.0, False, 0, None)
-    result = estimate(w / m)
+    with torch.inference_mode(False):  # a normal tensor even under inference mode: adjoints may use autograd
+        scaled = w / m
+    result = estimate(scaled)
     return NormEstimate(result.value * m, result.certified, result.iterations, result.vector)
 
 
