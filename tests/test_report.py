@@ -331,3 +331,35 @@ def test_bad_folder_gives_a_one_line_error(tmp_path, make, message):
     text = str(exit_info.value.code)
     assert message in text and "\n" not in text and text.startswith("lipschitz-dd report: error:")
 
+
+
+def test_report_with_list_valued_config_keys_that_differ_between_runs(tmp_path):
+    """`--model.widths "[8,8]"` vs `"[16,4]"` (and a differing data.input_shape) used to crash the report
+    with `TypeError: unhashable type: 'list'` when sorting/grouping the runs table."""
+    runs = tmp_path / "runs" / "fcn_widths"
+    for name, widths, shape in [("wide_last", [16, 4], [40, 1]), ("even", [8, 8], [40])]:
+        config = {"model.width": 16, "model.widths": widths, "data.input_shape": shape,
+                  "data.label_noise": 0.0, "seed_everything": 0}
+        write_run(runs / name, config, final_values(16, 0.0, 0), epochs=5)
+    # the same keys in a LightningCLI config.yaml (nested, with init_args) give the same values
+    partial = write_run(runs / "from_yaml", {}, final_values(16, 0.0, 1), epochs=2)
+    (partial / "results.json").unlink()
+    (partial / "config.yaml").write_text("seed_everything: 1\nmodel:\n  init_args:\n    width: 16\n"
+                                         "    widths: [8, 8]\ndata:\n  label_noise: 0.0\n  input_shape: [40]\n")
+
+    records = load_runs(tmp_path / "runs")
+    axes = config_axes(records)
+    assert {"model.widths", "data.input_shape"} <= set(axes)
+    table = runs_table(records, axes)
+    assert list(table["run"]) == ["even", "from_yaml", "wide_last"]  # [40] < [40, 1], then seed 0 < 1
+
+    summary = build_report(tmp_path / "runs")
+    assert summary.runs == 3
+    written = pd.read_csv(summary.out / "runs.csv")
+    assert set(written["run"]) == {"even", "wide_last", "from_yaml"}
+    shown = dict(zip(written["run"], written["model.widths"]))
+    assert shown == {"even": "[8, 8]", "wide_last": "[16, 4]", "from_yaml": "[8, 8]"}
+    means = pd.read_csv(summary.out / "runs_mean_over_seeds.csv")
+    assert dict(zip(means["model.widths"], means["runs"])) == {"[8, 8]": 2, "[16, 4]": 1}  # seeds merged
+    markdown = (summary.out / "report.md").read_text()
+    assert "| even |" in markdown and "| wide_last |" in markdown and "[16, 4]" in markdown

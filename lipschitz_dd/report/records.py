@@ -151,15 +151,42 @@ def read_config_yaml(path: str | Path) -> dict[str, Any]:
 
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dicts to dotted keys; LightningCLI's ``init_args`` level is dropped and ``class_path`` kept as
-    ``<key>.class_path``, so ``{"model": {"init_args": {"width": 8}}}`` gives ``{"model.width": 8}``."""
+    ``<key>.class_path``, so ``{"model": {"init_args": {"width": 8}}}`` gives ``{"model.width": 8}``.
+
+    Every value is hashable (see :func:`hashable_config_value`): list values such as ``model.widths`` or
+    ``data.input_shape`` become :class:`ConfigList` tuples, so tables can sort and group runs on them."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
         dotted = prefix if key == "init_args" else (f"{prefix}.{key}" if prefix else str(key))
         if isinstance(value, dict):
             flat.update(flatten_config(value, dotted))
         else:
-            flat[_drop_init_args(dotted)] = value
+            flat[_drop_init_args(dotted)] = hashable_config_value(value)
     return flat
+
+
+class ConfigList(tuple):
+    """A list value of a config (``[8, 8]``) as a tuple: hashable and sortable like a tuple (so pandas can
+    sort and group runs on it), but shown as the list it was written as (``[8, 8]``) in tables and CSVs."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+    __str__ = __repr__
+
+
+def hashable_config_value(value: Any) -> Any:
+    """``value`` if hashable; lists and tuples (nested ones too) as :class:`ConfigList`; anything else that
+    cannot be hashed (e.g. a list of dicts) as its string form."""
+    if isinstance(value, (list, tuple)):
+        value = ConfigList(hashable_config_value(item) for item in value)
+    try:
+        hash(value)
+    except TypeError:
+        return str(value)
+    return value
 
 
 def _fill_from_results(record: RunRecord, results: dict[str, Any]) -> None:
