@@ -278,7 +278,10 @@ class LipschitzCallback(Callback):
         self._measure_epoch_end(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._measure_epoch_end(trainer, pl_module)  # no-op if the validation hook measured this epoch
+        # no-op if the validation hook measured this epoch. A module that logs a "step" metric (lipschitz_dd's
+        # models: step = finished epochs) has already written this epoch's row, if validation ran: self.log here
+        # would open a row at Lightning's global step, so the values go straight to the loggers at that step.
+        self._measure_epoch_end(trainer, pl_module, direct="step" in trainer.callback_metrics)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         finished = trainer.current_epoch
@@ -300,12 +303,16 @@ class LipschitzCallback(Callback):
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._log(pl_module, self.measure(trainer, pl_module, epoch=trainer.current_epoch))
 
-    def _measure_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _measure_epoch_end(self, trainer: Trainer, pl_module: LightningModule, direct: bool = False) -> None:
         finished = trainer.current_epoch + 1
         if self._last_measured_epoch == finished:
             return
         if self.is_scheduled(finished, last=self._is_last_epoch(trainer, finished)):
-            self._log(pl_module, self.measure(trainer, pl_module, epoch=finished, record_trajectory=True))
+            metrics = self.measure(trainer, pl_module, epoch=finished, record_trajectory=True)
+            if not direct:
+                self._log(pl_module, metrics)
+            for logger in trainer.loggers if direct and metrics else ():
+                logger.log_metrics(metrics, step=finished)
 
     @staticmethod
     def _log(pl_module: LightningModule, metrics: dict[str, float]) -> None:

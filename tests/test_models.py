@@ -266,6 +266,28 @@ def test_no_clipping_when_disabled():
 
 
 # ------------------------------------------------------------------ divergence
+def test_diverging_run_keeps_one_row_per_epoch_with_the_lipschitz_bounds(tmp_path):
+    """A run cut short mid-epoch by a NaN loss: the validation row of that epoch is written, then the
+    callback measures at the train-epoch end. Its values used to land in an extra row at Lightning's global step
+    (with an `epoch` column), out of order; they must join the row step = finished epochs."""
+    from callbacks import LipschitzCallback
+    from lipschitz_dd.data import SyntheticDataModule
+    from lipschitz_dd.loggers import EpochCSVLogger
+
+    seed_everything(0)
+    data = SyntheticDataModule(input_shape=(40,), num_classes=10, num_train=256, num_test=64, batch_size=64)
+    model = FCN(width=16, lr=1e6, grad_clip_norm=None)
+    trainer = make_trainer(max_epochs=5, logger=EpochCSVLogger(str(tmp_path), name="d", version="r"),
+                           callbacks=[LipschitzCallback(progress_bar=False)])
+    trainer.fit(model, datamodule=data)
+    assert model.diverged and trainer.current_epoch < 5
+    with open(tmp_path / "d" / "r" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    steps = [float(r["step"]) for r in rows]
+    assert "epoch" not in rows[0] and steps == sorted(set(steps)) and max(steps) == trainer.current_epoch
+    assert rows[-1]["lipschitz/upper_available"] != "" and rows[-1]["test/loss"] != ""
+
+
 def test_nan_loss_stops_cleanly_and_marks_diverged(caplog):
     x, y = torch.randn(12, 40), torch.randint(0, 10, (12,))
     x[5, 0] = float("nan")  # the second batch of 4 has a NaN input
