@@ -256,18 +256,25 @@ def _float64(t: Tensor) -> Tensor:
 
 
 def _scaled_estimate(w: Tensor, estimate: Callable[[Tensor], NormEstimate]) -> NormEstimate:
-    """estimate(w / m) with its value times m, m = max |w_ij|: ||c A|| = |c| ||A||, and power iteration on the
-    rescaled weight cannot overflow (float32 weights of 1e10 square to inf in ||A^T A v||, and the estimate came
-    out 0). A weight with a non-finite entry has no norm: NaN."""
+    """estimate(w), redone as estimate(w / m) * m with m = max |w_ij| when it came out non-finite or 0:
+    ||c A|| = |c| ||A||, and the rescaled weight cannot overflow or underflow (float32 weights of 1e10 square to
+    inf in ||A^T A v||, and the estimate came out 0). Weights with a non-finite entry have no norm: NaN. The
+    usual case costs nothing extra (the warm upper bound is a few small calls per layer)."""
+    try:
+        result = estimate(w)
+    except np.linalg.LinAlgError:  # the Lanczos step's eigh on NaN entries
+        result = NormEstimate(math.nan, False, 0, None)
+    if math.isfinite(result.value) and result.value > 0:
+        return result
     m = float(w.abs().max()) if w.numel() else 0.0
     if not math.isfinite(m):
-        return NormEstimate(math.nan, False, 0, None)
+        return NormEstimate(math.nan, False, result.iterations, None)
     if m == 0.0:
-        return NormEstimate(0.0, False, 0, None)
+        return NormEstimate(0.0, False, result.iterations, None)
     with torch.inference_mode(False):  # a normal tensor even under inference mode: adjoints may use autograd
         scaled = w / m
-    result = estimate(scaled)
-    return NormEstimate(result.value * m, result.certified, result.iterations, result.vector)
+    rescaled = estimate(scaled)
+    return NormEstimate(rescaled.value * m, False, result.iterations + rescaled.iterations, rescaled.vector)
 
 
 def _working_precision(w: Tensor) -> Tensor:
