@@ -26,6 +26,21 @@ def _one_line_error(exc: BaseException) -> int:
     return 1
 
 
+def _chooses_config_or_classes(args: list[str]) -> bool:
+    """True when the subcommand's arguments give a config file, a model or data class, or ask for help: then the
+    embedded default config is not put in front. Every spelling jsonargparse accepts counts: `--config X`,
+    `--config=X`, `-c X`, `-c=X`, `-cX` and unambiguous abbreviations (`--conf X`)."""
+    for arg in args:
+        if arg == "--":
+            break
+        name = arg.split("=", 1)[0]
+        if name in ("--model", "--data", "-h", "--help"):
+            return True
+        if arg.startswith("-c") or (len(name) >= 4 and "--config".startswith(name)):  # --c alone: --ckpt_path
+            return True
+    return False
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """`lipschitz-dd` console script: `sweep ...`, `report ...`, or LightningCLI's fit/validate/test."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -42,17 +57,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
-    if argv and argv[0] in ("fit", "validate", "test") and not any(
-        a.split("=")[0] in ("--config", "--model", "--data", "-h", "--help") for a in argv[1:]
-    ):
+    if argv and argv[0] in ("fit", "validate", "test") and not _chooses_config_or_classes(argv[1:]):
         argv = [argv[0], "--config", str(DEFAULT_CONFIG), *argv[1:]]
     # We pass the (possibly completed) argv ourselves: LightningCLI's "args and sys.argv both given" is noise.
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    from lipschitz_dd.data.vision import DownloadError
     from lipschitz_dd.train_cli import run_training_cli
 
-    bad_input = (ValueError, FileNotFoundError, NotADirectoryError, MisconfigurationException)
+    bad_input = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, DownloadError,
+                 MisconfigurationException)
     try:
         run_training_cli(argv)
     except bad_input as exc:  # bad input (ours, or a Trainer flag Lightning refuses): one clear line

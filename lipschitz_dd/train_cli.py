@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from callbacks import FunctionSnapshot, GradNormStopping, LipschitzCallback, RunRecord
 from lipschitz_dd.loggers import EpochCSVLogger, build_wandb_logger
@@ -21,6 +21,8 @@ from lipschitz_dd.loggers import EpochCSVLogger, build_wandb_logger
 ENV_SAVE_DIR = "LIPSCHITZ_DD_SAVE_DIR"
 ENV_EXPERIMENT = "LIPSCHITZ_DD_EXPERIMENT"
 ENV_RUN_NAME = "LIPSCHITZ_DD_RUN_NAME"
+# The files that mark a folder as holding a run: a second run into it would replace them.
+RUN_RECORD_FILES = ("results.json", "metrics.csv")
 
 
 def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -74,9 +76,23 @@ class LipschitzCLI(LightningCLI):
             run_name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         return cfg.get("save_dir") or "runs", experiment, run_name
 
+    @staticmethod
+    def _refuse_earlier_run(run_dir: str) -> None:
+        """One run = one folder: never write into a folder that holds an earlier run's record (its metrics.csv,
+        config.yaml and results.json would be replaced). The sweep runner moves earlier attempts aside itself."""
+        earlier = [name for name in RUN_RECORD_FILES if os.path.isfile(os.path.join(run_dir, name))]
+        if earlier:
+            raise FileExistsError(
+                f"run folder {run_dir} already holds a run ({', '.join(earlier)}); pass another --run_name "
+                "(or --experiment/--save_dir) to keep it, or delete the folder to replace it"
+            )
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         save_dir, experiment, run_name = self._run_location()
         self.run_dir = os.path.join(save_dir, experiment, run_name)
+        rank_zero = rank_zero_only.rank == 0  # DDP's other ranks start after rank 0, into its folder
+        if rank_zero:
+            self._refuse_earlier_run(self.run_dir)
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         self.flat_config = flatten_config(cfg)
         self.flat_config.update({"experiment": experiment, "run_name": run_name})
@@ -85,7 +101,12 @@ class LipschitzCLI(LightningCLI):
         if accumulate is not None and accumulate < 1:  # Lightning itself fails on it deep in its loop
             raise ValueError(f"trainer.accumulate_grad_batches must be >= 1, got {accumulate}")
         if trainer_cfg.get("logger") in (None, True) and "logger" not in kwargs:
-            loggers: list[Any] = [EpochCSVLogger(save_dir=save_dir, name=experiment, version=run_name)]
+            csv_logger = EpochCSVLogger(save_dir=save_dir, name=experiment, version=run_name)
+            # Open the CSV writer now, while the run folder is still empty: W&B creates <run dir>/wandb when built,
+            # and a writer opened later warns "exists and is not empty. Previous log files ... will be deleted".
+            if rank_zero:
+                _ = csv_logger.experiment
+            loggers: list[Any] = [csv_logger]
             if cfg.get("wandb") and os.environ.get("WANDB_MODE") != "disabled":
                 loggers.append(build_wandb_logger(self.run_dir, experiment, run_name, self.flat_config))
             kwargs["logger"] = loggers

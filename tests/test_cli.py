@@ -1,14 +1,20 @@
 """The `lipschitz-dd` command line: every config runs (on synthetic data), run folders, bad input."""
 
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+from urllib.error import URLError
 
 import pytest
 import yaml
+from lightning.pytorch.loggers import Logger
 
+from lipschitz_dd import train_cli
 from lipschitz_dd.cli import DEFAULT_CONFIG, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,6 +140,86 @@ def test_missing_data_folder_is_one_line_and_recorded(tmp_path, monkeypatch):
     assert code == 1
     record = json.loads((tmp_path / "runs" / "cnn_cifar10" / "r" / "results.json").read_text())
     assert record["status"] == "failed" and "cifar-10-batches-py" in record["error"]
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [["--config", "{}"], ["--config={}"], ["-c", "{}"], ["-c={}"], ["-c{}"]],
+    ids=["--config X", "--config=X", "-c X", "-c=X", "-cX"],
+)
+def test_every_config_spelling_replaces_the_default_config(spelling, capsys):
+    """The embedded default config goes in front only when no config is given, however it is spelled."""
+    tiny = str(ROOT / "configs" / "test_tiny.yaml")
+    with pytest.raises(SystemExit):
+        main(["fit", *(part.format(tiny) for part in spelling), "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    default = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    assert default["data"]["init_args"]["label_noise"] == 0.15 and default["data"]["init_args"]["shuffle"]
+    assert config["data"]["class_path"] == "lipschitz_dd.data.SyntheticDataModule"
+    assert config["data"]["init_args"]["label_noise"] == 0.0  # not default.yaml's 0.15
+    assert config["data"]["init_args"]["shuffle"] is False  # not default.yaml's true
+    assert config["model"]["init_args"]["grad_clip_norm"] is not None  # not default.yaml's null
+    assert config["model"]["init_args"]["width"] == 16 and config["trainer"]["max_epochs"] == 3
+
+
+class _FolderOnlyLogger(Logger):
+    """Stands in for W&B in a test: creates `<run dir>/wandb` when built, as WandbLogger does, and logs nothing."""
+
+    def __init__(self, run_dir: str) -> None:
+        super().__init__()
+        os.makedirs(os.path.join(run_dir, "wandb"), exist_ok=True)
+
+    @property
+    def name(self) -> str:
+        return "wandb_stand_in"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics, step=None) -> None:
+        pass
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+
+def test_reusing_a_run_name_is_refused_and_keeps_the_earlier_run(tmp_path, monkeypatch, capsys, recwarn):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setattr(train_cli, "build_wandb_logger", lambda run_dir, *args: _FolderOnlyLogger(run_dir))
+    args = ["fit", "--config", str(ROOT / "configs" / "test_tiny.yaml"), "--trainer.max_epochs=1",
+            "--run_name", "same", "--snapshot=false"]
+    assert main(args) == 0
+    # the folder W&B made first is no earlier run: no "Previous log files ... will be deleted" warning
+    assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
+    run_dir = tmp_path / "runs" / "test_tiny" / "same"
+    first = {name: (run_dir / name).read_bytes() for name in ("metrics.csv", "config.yaml", "results.json")}
+    assert json.loads(first["results.json"])["status"] == "finished"
+    capsys.readouterr()
+    assert main([*args, "--trainer.max_epochs=2", "--model.width=8"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert str(Path("runs") / "test_tiny" / "same") in err and "--run_name" in err
+    assert {name: (run_dir / name).read_bytes() for name in first} == first  # the first run is untouched
+    assert [p.name for p in (tmp_path / "runs" / "test_tiny").iterdir()] == ["same"]
+
+
+def test_failed_download_is_one_line_and_recorded(tmp_path, monkeypatch, capsys):
+    def no_network(*args, **kwargs):
+        raise URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)  # what torchvision's download calls
+    code = main(["fit", "--config", str(ROOT / "configs" / "cnn_cifar10.yaml"), "--data.download", "true",
+                 "--run_name", "r", "--wandb=false"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("lipschitz-dd: error: ")
+    assert "download" in err and "Name or service not known" in err
+    assert str(Path("data") / "cifar-10-batches-py") in err
+    record = json.loads((tmp_path / "runs" / "cnn_cifar10" / "r" / "results.json").read_text())
+    assert record["status"] == "failed" and "Name or service not known" in record["error"]
 
 
 def test_default_config_is_the_cheap_double_descent_setting():

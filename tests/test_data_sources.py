@@ -3,7 +3,10 @@
 import gzip
 import pickle
 import random
+import socket
 import struct
+import urllib.request
+from urllib.error import URLError
 
 import numpy as np
 import pytest
@@ -21,7 +24,7 @@ from lipschitz_dd.data import (
     Toy2DDataModule,
     nested_subset_indices,
 )
-from lipschitz_dd.data.vision import CIFAR100_COARSE_OF_FINE
+from lipschitz_dd.data.vision import CIFAR100_COARSE_OF_FINE, DownloadError
 
 # ---------------------------------------------------------------- MNIST-1D
 
@@ -227,6 +230,25 @@ def test_missing_folder_is_one_clear_file_not_found_error(tmp_path, module, wher
     assert "\n" not in message
     if module is FashionMNISTDataModule:
         assert "/usr/share/datasets/fashion-mnist" in message
+
+
+@pytest.mark.parametrize(
+    "module, where",
+    [(MNISTDataModule, "MNIST/raw"), (FashionMNISTDataModule, "FashionMNIST/raw"),
+     (CIFAR10DataModule, "cifar-10-batches-py"), (CIFAR100DataModule, "cifar-100-python")],
+)  # fmt: skip
+def test_failed_download_is_one_clear_download_error(tmp_path, monkeypatch, module, where):
+    def no_network(*args, **kwargs):
+        raise URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)  # what torchvision's download calls
+    dm = module(data_dir=str(tmp_path / "data"), download=True)
+    with pytest.raises(DownloadError) as error:
+        dm.prepare_data()
+    message = str(error.value)
+    assert "\n" not in message
+    assert "download" in message and "failed ([Errno -2] Name or service not known)" in message
+    assert f"{tmp_path / 'data' / where}" in message  # where to put the files instead
 
 
 # ---------------------------------------------------------------- generated data

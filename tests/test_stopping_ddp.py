@@ -7,7 +7,6 @@ import csv
 
 import lightning.pytorch as pl
 import pytest
-import torch
 
 from callbacks import GradNormStopping
 from callbacks.stopping import full_batch_gradient_norm

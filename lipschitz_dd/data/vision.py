@@ -16,6 +16,7 @@ with the mean and standard deviation of the full training set.
 
 import gzip
 import pickle
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -35,6 +36,24 @@ CIFAR100_COARSE_OF_FINE = (
     10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
     16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13,
 )  # fmt: skip
+
+
+class DownloadError(RuntimeError):
+    """`download=True` could not fetch the files (no network, a server error, a corrupt file); one line."""
+
+
+def download_failure_reason(exc: BaseException) -> str:
+    """Why a torchvision download failed, in one line: the URLError's reason (e.g. "[Errno -2] Name or service
+    not known"), else the last line of the message (torchvision's MNIST lists every mirror's error, one per line)."""
+    from urllib.error import HTTPError, URLError
+
+    if isinstance(exc, URLError) and not isinstance(exc, HTTPError):
+        return str(exc.reason)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    wrapped = re.fullmatch(r"<urlopen error (.*)>", lines[-1])  # str() of a URLError
+    return wrapped.group(1) if wrapped else lines[-1]
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -92,14 +111,27 @@ class VisionDataModule(ArrayDataModule):
         """Download with torchvision into data_dir (needs internet)."""
         raise NotImplementedError
 
+    def placement(self) -> str:
+        """Where to put the files by hand ("put ... in ..."), for the messages."""
+        raise NotImplementedError
+
     def missing_message(self) -> str:
         """One line saying where the files must go."""
         raise NotImplementedError
 
     def prepare_data(self) -> None:
-        """Download with torchvision when `download` is set and the files are missing; otherwise nothing."""
+        """Download with torchvision when `download` is set and the files are missing; otherwise nothing.
+
+        A failed download (no network, ...) raises `DownloadError` with one line: why, and where to put the files.
+        """
         if self.download and self.find_files() is None:
-            self.fetch()
+            try:
+                self.fetch()
+            except (OSError, RuntimeError) as exc:  # URLError is an OSError; torchvision's MNIST raises RuntimeError
+                raise DownloadError(
+                    f"{self.title} download into {self.data_dir} failed ({download_failure_reason(exc)}); "
+                    f"instead, {self.placement()}"
+                ) from exc
 
     def load_arrays(self) -> Arrays:
         found = self.find_files()
@@ -140,10 +172,15 @@ class MNISTDataModule(VisionDataModule):
         dataset_class(self.data_dir, train=True, download=True)
         dataset_class(self.data_dir, train=False, download=True)
 
+    def placement(self) -> str:
+        return (
+            f"put {', '.join(IDX_FILES)} (plain or .gz) in {Path(self.data_dir) / self.folder_name / 'raw'} "
+            f"(torchvision layout) or directly in {self.data_dir}"
+        )
+
     def missing_message(self) -> str:
         return (
-            f"{self.title} not found in {Path(self.data_dir) / self.folder_name / 'raw'}; put "
-            f"{', '.join(IDX_FILES)} (plain or .gz) there (torchvision layout) or directly in {self.data_dir}, "
+            f"{self.title} not found in {Path(self.data_dir) / self.folder_name / 'raw'}; {self.placement()}, "
             "or pass --data.download true on a machine with internet"
         )
 
@@ -157,9 +194,9 @@ class FashionMNISTDataModule(MNISTDataModule):
 
     title, folder_name, torchvision_name = "Fashion-MNIST", "FashionMNIST", "FashionMNIST"
 
-    def missing_message(self) -> str:
+    def placement(self) -> str:
         return (
-            super().missing_message()
+            super().placement()
             + " (Debian: apt-get install dataset-fashion-mnist, then --data.data_dir /usr/share/datasets/fashion-mnist)"
         )
 
@@ -197,10 +234,14 @@ class CIFAR10DataModule(VisionDataModule):
 
         getattr(torchvision.datasets, self.torchvision_name)(self.data_dir, download=True)
 
+    def placement(self) -> str:
+        folder = Path(self.data_dir) / self.folder_name
+        return f"put the python version of {self.title} in {folder} (torchvision layout)"
+
     def missing_message(self) -> str:
         return (
-            f"{self.title} not found in {Path(self.data_dir) / self.folder_name}; put the python version of "
-            f"{self.title} there (torchvision layout) or pass --data.download true on a machine with internet"
+            f"{self.title} not found in {Path(self.data_dir) / self.folder_name}; {self.placement()} "
+            "or pass --data.download true on a machine with internet"
         )
 
 
