@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Optional
 
@@ -21,8 +22,33 @@ from typing import Optional
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 
 
+_UNION_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
+                "- Expected a <class 'NoneType'>")
+
+
+def _reason(message: str) -> str:
+    """The reason in jsonargparse's report on a model/data argument, on one line: it checks each alternative of
+    `LightningModule | None` and dumps them all; the None alternative and the dumped value are dropped."""
+    lines = [line.strip() for line in str(message).replace(_UNION_NOISE[0], "\n").splitlines()]
+    kept = [line.removeprefix("- ") for line in lines if line and not line.startswith(_UNION_NOISE)]
+    reason = " ".join(kept)
+    unknown_class = ("has no attribute", "not accessible or invalid", "Expected a dot import path")
+    for key, package, base in (('"model"', "lipschitz_dd.models", "LipschitzModule"),
+                               ('"data"', "lipschitz_dd.data", "ArrayDataModule")):
+        if f"Parser key {key}" in reason and any(words in reason for words in unknown_class):
+            import importlib
+
+            module = importlib.import_module(package)
+            parent = getattr(module, base)
+            names = [n for n in module.__all__ if n != base and isinstance(getattr(module, n), type)
+                     and issubclass(getattr(module, n), parent.__mro__[1])]
+            reason += f" (lipschitz_dd's: {', '.join(f'{package}.{n}' for n in names)}; or a class_path of your own)"
+    return reason
+
+
 def _one_line_error(exc: BaseException) -> int:
-    sys.stderr.write(f"lipschitz-dd: error: {type(exc).__name__}: {exc}\n")
+    kind = "" if isinstance(exc, ArgumentError) else f"{type(exc).__name__}: "
+    sys.stderr.write(f"lipschitz-dd: error: {kind}{_reason(str(exc))}\n")
     return 1
 
 
@@ -67,7 +93,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from lipschitz_dd.train_cli import run_training_cli
 
     bad_input = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, DownloadError,
-                 MisconfigurationException)
+                 MisconfigurationException, ArgumentError)
     try:
         run_training_cli(argv)
     except bad_input as exc:  # bad input (ours, or a Trainer flag Lightning refuses): one clear line

@@ -148,5 +148,6 @@ def run_training_cli(args: Optional[list[str]] = None) -> LipschitzCLI:
         trainer_defaults={"max_epochs": 100, "num_sanity_val_steps": 0, "log_every_n_steps": 1,
                           "deterministic": "warn"},
         auto_configure_optimizers=False,
+        parser_kwargs={"exit_on_error": False},  # main() turns a bad argument into one line, not 100 of usage
         args=args,
     )

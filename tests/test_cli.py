@@ -110,6 +110,8 @@ def test_environment_sets_run_location(tmp_path, monkeypatch):
         ("--data.train_subset=100000", "train_subset"),
         ("--trainer.gradient_clip_algorithm=foo", "gradient_clip_algorithm"),  # Lightning's own config error
         ("--trainer.accumulate_grad_batches=0", "accumulate_grad_batches"),
+        ("--model.widht=64", "Option 'widht' is not accepted"),  # was ~100 lines of usage before the reason
+        ("--model.loss=hinge", "Got value: hinge"),
     ],
 )
 def test_bad_input_gives_one_line_error(override, message, tmp_path):
@@ -118,9 +120,22 @@ def test_bad_input_gives_one_line_error(override, message, tmp_path):
          override, "--wandb=false", "--save_dir", str(tmp_path)],
         capture_output=True, text=True, cwd=tmp_path, env={**_env(), "WANDB_MODE": "disabled"},
     )
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    assert message in proc.stderr
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "usage:" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("lipschitz-dd: error:")]
+    assert len(errors) == 1 and message in errors[0]
+    # jsonargparse's report on `LightningModule | None` (the None alternative, the dumped value) is dropped
+    assert "NoneType" not in proc.stderr and "Given value" not in proc.stderr
+
+
+def test_model_validation_error_is_the_models_own_reason(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lipschitz_dd.cli", "fit", "--config", str(ROOT / "configs" / "vit_cifar10.yaml"),
+         "--model.width=16", "--wandb=false", "--save_dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path, env={**_env(), "WANDB_MODE": "disabled"},
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "NoneType" not in proc.stderr
+    assert "width must be a multiple of heads" in proc.stderr
 
 
 def test_unknown_model_class_is_rejected(tmp_path):
@@ -129,8 +144,9 @@ def test_unknown_model_class_is_rejected(tmp_path):
          "--model", "lipschitz_dd.models.NoSuchNet", "--wandb=false"],
         capture_output=True, text=True, cwd=tmp_path, env={**_env(), "WANDB_MODE": "disabled"},
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 1 and "usage:" not in proc.stderr
     assert "Traceback" not in proc.stderr and "NoSuchNet" in proc.stderr
+    assert "lipschitz_dd.models.FCN" in proc.stderr  # the classes to choose from
 
 
 def test_missing_data_folder_is_one_line_and_recorded(tmp_path, monkeypatch):
