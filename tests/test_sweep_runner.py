@@ -110,6 +110,18 @@ def test_failing_run_does_not_stop_the_sweep_and_retry_flag(tmp_path, capsys):
         assert run.exit_code == (3 if failing else 0)
         assert ("boom" in run.log_tail) == failing
         assert (run.results is None) == failing
+    # a run that died before writing its record still gets one (status, parameters, reason), so the report,
+    # which reads only the run folders, counts it as failed instead of leaving it out
+    from lipschitz_dd.report.records import load_runs
+
+    reported = {r.name: r for r in load_runs(tmp_path / "out" / "grid2x2" / "runs")}
+    assert sorted(r.status for r in reported.values()) == ["failed", "failed", "finished", "finished"]
+    for run in runs:
+        if run.values["fail"] is True:
+            folder = tmp_path / "out" / "grid2x2" / "runs" / "grid2x2" / run.id
+            record = json.loads((folder / "results.json").read_text())
+            assert "exit code 3" in record["error"] and "boom" in record["error"]
+            assert record["config"]["width"] == run.values["width"]
     # failed runs are not retried by default ...
     assert main([str(sweep_file), "--out", out, "--no_progress"]) == 0
     with SweepState(tmp_path / "out" / "grid2x2" / "sweep.db") as state:

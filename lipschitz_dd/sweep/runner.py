@@ -206,6 +206,21 @@ class SweepRunner:
             code = "no exit code" if outcome.exit_code is None else f"exit code {outcome.exit_code}"
             last = (outcome.log_tail.strip().splitlines() or [""])[-1]
             self._say(f"run {outcome.run_id} {outcome.state} ({code}): {last}")
+            if outcome.results is None:
+                record = next(r for r in state.runs() if r.id == outcome.run_id)
+                self._write_failure_record(record, outcome, f"{code}: {last}")
+
+    def _write_failure_record(self, record: RunRecord, outcome: RunOutcome, error: str) -> None:
+        """A run that ended before writing its results.json (e.g. a grid point the CLI rejects, such as width 0)
+        gets a minimal one, so the report lists it as failed, with its parameters and the reason (log tail)."""
+        run_dir = self.folder / "runs" / self.name / outcome.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        payload = {"status": "interrupted" if outcome.state == "killed" else "failed", "config": record.values,
+                   "final": {}, "max": {}, "epochs": 0, "seconds": 0.0, "versions": {}, "error": error,
+                   "written_by": "sweep runner (the run wrote no record of its own)"}
+        partial = run_dir / "results.json.partial"
+        partial.write_text(json.dumps(payload, indent=2, default=str))
+        os.replace(partial, run_dir / "results.json")
 
     def _spec(self, record: RunRecord, sweep: SweepRecord, slot: int) -> RunSpec:
         save_dir = self.folder / "runs"
