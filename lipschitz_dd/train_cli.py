@@ -100,6 +100,9 @@ class LipschitzCLI(LightningCLI):
         accumulate = trainer_cfg.get("accumulate_grad_batches", 1)
         if accumulate is not None and accumulate < 1:  # Lightning itself fails on it deep in its loop
             raise ValueError(f"trainer.accumulate_grad_batches must be >= 1, got {accumulate}")
+        if self.subcommand == "fit" and trainer_cfg.get("max_epochs") == 0:  # Lightning skips fit: no row at all
+            raise ValueError("trainer.max_epochs=0 trains nothing and records no epoch; to measure the untrained "
+                             "network, run `lipschitz-dd validate` with the same arguments")
         if trainer_cfg.get("logger") in (None, True) and "logger" not in kwargs:
             csv_logger = EpochCSVLogger(save_dir=save_dir, name=experiment, version=run_name)
             # Open the CSV writer now, while the run folder is still empty: W&B creates <run dir>/wandb when built,

@@ -110,6 +110,7 @@ def test_environment_sets_run_location(tmp_path, monkeypatch):
         ("--data.train_subset=100000", "train_subset"),
         ("--trainer.gradient_clip_algorithm=foo", "gradient_clip_algorithm"),  # Lightning's own config error
         ("--trainer.accumulate_grad_batches=0", "accumulate_grad_batches"),
+        ("--trainer.max_epochs=0", "lipschitz-dd validate"),  # finished with no metrics.csv at all before
         ("--model.widht=64", "Option 'widht' is not accepted"),  # was ~100 lines of usage before the reason
         ("--model.loss=hinge", "Got value: hinge"),
     ],
