@@ -263,9 +263,7 @@ class LipschitzCallback(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.current_epoch > 0 or trainer.global_step > 0 or self._last_measured_epoch == 0:
             return  # resumed: epoch 0 was measured by the original run
-        metrics = self.measure(trainer, pl_module, epoch=0, record_trajectory=True)
-        for logger in trainer.loggers if metrics else ():
-            logger.log_metrics(metrics, step=0)
+        self._write_to_loggers(trainer, self.measure(trainer, pl_module, epoch=0, record_trajectory=True), step=0)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
@@ -278,10 +276,7 @@ class LipschitzCallback(Callback):
         self._measure_epoch_end(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # no-op if the validation hook measured this epoch. A module that logs a "step" metric (lipschitz_dd's
-        # models: step = finished epochs) has already written this epoch's row, if validation ran: self.log here
-        # would open a row at Lightning's global step, so the values go straight to the loggers at that step.
-        self._measure_epoch_end(trainer, pl_module, direct="step" in trainer.callback_metrics)
+        self._measure_epoch_end(trainer, pl_module, in_validation=False)  # no-op if validation measured this epoch
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         finished = trainer.current_epoch
@@ -289,8 +284,7 @@ class LipschitzCallback(Callback):
             # stopped after the epoch-end hooks ran (e.g. a callback set should_stop late): the final weights
             metrics = self.measure(trainer, pl_module, epoch=finished, record_trajectory=True)
             step = finished if "step" in trainer.callback_metrics else self._last_epoch_row_step(trainer)
-            for logger in trainer.loggers if metrics else ():
-                logger.log_metrics(metrics, step=step)
+            self._write_to_loggers(trainer, metrics, step)
 
     @staticmethod
     def _last_epoch_row_step(trainer: Trainer) -> int:
@@ -303,16 +297,25 @@ class LipschitzCallback(Callback):
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._log(pl_module, self.measure(trainer, pl_module, epoch=trainer.current_epoch))
 
-    def _measure_epoch_end(self, trainer: Trainer, pl_module: LightningModule, direct: bool = False) -> None:
+    def _measure_epoch_end(self, trainer: Trainer, pl_module: LightningModule, in_validation: bool = True) -> None:
         finished = trainer.current_epoch + 1
         if self._last_measured_epoch == finished:
             return
         if self.is_scheduled(finished, last=self._is_last_epoch(trainer, finished)):
             metrics = self.measure(trainer, pl_module, epoch=finished, record_trajectory=True)
-            if not direct:
+            # A module that logs a "step" metric (lipschitz_dd's models: step = finished epochs) has already
+            # written this epoch's row if validation ran: self.log at the train-epoch end would open a row at
+            # Lightning's global step, so the values go straight to the loggers at that step.
+            if not in_validation and "step" in trainer.callback_metrics:
+                self._write_to_loggers(trainer, metrics, finished)
+            else:
                 self._log(pl_module, metrics)
-            for logger in trainer.loggers if direct and metrics else ():
-                logger.log_metrics(metrics, step=finished)
+
+    @staticmethod
+    def _write_to_loggers(trainer: Trainer, metrics: dict[str, float], step: int) -> None:
+        """Metrics straight to every logger at `step` (outside the hooks where `self.log` is allowed)."""
+        for logger in trainer.loggers if metrics else ():
+            logger.log_metrics(metrics, step=step)
 
     @staticmethod
     def _log(pl_module: LightningModule, metrics: dict[str, float]) -> None:

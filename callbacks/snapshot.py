@@ -41,10 +41,11 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torch.utils.data import IterableDataset, default_collate
+from torch.utils.data import default_collate
 
 from callbacks._isolation import measurement_mode, preserved_rng_state
-from callbacks._points import Key, batch_input, datamodule_tensors, seeded_subset, test_loader, train_loader
+from callbacks._points import (Key, batch_input, datamodule_tensors, is_streamed, seeded_subset, test_loader,
+                               train_loader)
 from lipschitz_dd.bounds import jacobian_rows
 
 __all__ = ["SNAPSHOT_FILE", "FunctionSnapshot"]
@@ -212,7 +213,7 @@ def _inputs_of(trainer: Trainer, kind: str, key: Optional[Key]) -> IndexedInputs
         return IndexedInputs.from_tensor(x)
     loader = train_loader(trainer) if kind == "train" else test_loader(trainer)
     dataset = getattr(loader, "dataset", None)
-    if dataset is None or isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+    if is_streamed(loader):
         raise ValueError(f"no {kind} inputs: the datamodule has no `{kind}_x` tensor and no loader with a "
                          f"map-style dataset")
     if len(dataset) == 0:

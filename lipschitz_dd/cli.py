@@ -33,15 +33,17 @@ def _reason(message: str) -> str:
     kept = [line.removeprefix("- ") for line in lines if line and not line.startswith(_UNION_NOISE)]
     reason = " ".join(kept)
     unknown_class = ("has no attribute", "not accessible or invalid", "Expected a dot import path")
-    for key, package, base in (('"model"', "lipschitz_dd.models", "LipschitzModule"),
-                               ('"data"', "lipschitz_dd.data", "ArrayDataModule")):
+    for key, package, shared_base in (('"model"', "lipschitz_dd.models", "LipschitzModule"),
+                                      ('"data"', "lipschitz_dd.data", "ArrayDataModule")):
         if f"Parser key {key}" in reason and any(words in reason for words in unknown_class):
             import importlib
 
+            from lightning.pytorch import LightningDataModule, LightningModule
+
             module = importlib.import_module(package)
-            parent = getattr(module, base)
-            names = [n for n in module.__all__ if n != base and isinstance(getattr(module, n), type)
-                     and issubclass(getattr(module, n), parent.__mro__[1])]
+            kind = LightningModule if key == '"model"' else LightningDataModule
+            names = [n for n in module.__all__ if n != shared_base and isinstance(getattr(module, n), type)
+                     and issubclass(getattr(module, n), kind)]
             reason += f" (lipschitz_dd's: {', '.join(f'{package}.{n}' for n in names)}; or a class_path of your own)"
     return reason
 

@@ -299,9 +299,7 @@ def module_rule(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[i
         return Fixed(activation_constant(name, **_ACTIVATION_MODULES[kind](module)))
     if isinstance(module, _IDENTITY_MODULES):
         return Fixed(1.0)
-    if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-                           nn.AdaptiveAvgPool3d, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
-                           nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)):
+    if isinstance(module, tuple(_POOL_DIMS)):
         return _pool_rule(module, in_shape, out_shape)
     if isinstance(module, nn.Upsample) and module.mode == "nearest":
         factors = [o / i for i, o in zip(in_shape[1:], out_shape[1:])]

@@ -62,8 +62,8 @@ def pairwise_lipschitz(
             input_distance = _exact_distances(inputs[start:stop], inputs)
             output_distance = _exact_distances(outputs[start:stop], outputs)
             resolved = torch.maximum(norms[start:stop, None], norms[None, :]) * resolution
-            distinct = (input_distance > resolved) & (input_distance > 0)
             safe_distance = input_distance.clamp_min(torch.finfo(input_distance.dtype).tiny)
-            ratio = torch.where(distinct, output_distance / safe_distance, 0.0)
+            # resolved >= 0, so this also skips identical inputs
+            ratio = torch.where(input_distance > resolved, output_distance / safe_distance, 0.0)
             best = torch.maximum(best, ratio.max())
     return float(best)

@@ -213,7 +213,7 @@ class SweepRunner:
     def _write_failure_record(self, record: RunRecord, outcome: RunOutcome, error: str) -> None:
         """A run that ended before writing its results.json (e.g. a grid point the CLI rejects, such as width 0)
         gets a minimal one, so the report lists it as failed, with its parameters and the reason (log tail)."""
-        run_dir = self.folder / "runs" / self.name / outcome.run_id
+        run_dir = self._run_dir(outcome.run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
         payload = {"status": "interrupted" if outcome.state == "killed" else "failed", "config": record.values,
                    "final": {}, "max": {}, "epochs": 0, "seconds": 0.0, "versions": {}, "error": error,
@@ -222,9 +222,13 @@ class SweepRunner:
         partial.write_text(json.dumps(payload, indent=2, default=str))
         os.replace(partial, run_dir / "results.json")
 
+    def _run_dir(self, run_id: str) -> Path:
+        """Where the training CLI writes a run's record (save_dir / experiment / run name)."""
+        return self.folder / "runs" / self.name / run_id
+
     def _spec(self, record: RunRecord, sweep: SweepRecord, slot: int) -> RunSpec:
         save_dir = self.folder / "runs"
-        run_dir = save_dir / self.name / record.id
+        run_dir = self._run_dir(record.id)
         log_path = self.folder / "logs" / f"{record.id}.log"
         if run_dir.exists() or log_path.exists():  # an earlier attempt: keep it, out of the report's way
             attempt = self.folder / "attempts" / f"{record.id}-{record.attempts}"
