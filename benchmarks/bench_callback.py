@@ -28,7 +28,7 @@ import warnings
 import lightning.pytorch as pl
 import torch
 
-from callbacks.lipschitz import LipschitzCallback
+from lipschitz_dd.callbacks.lipschitz import LipschitzCallback
 from lipschitz_dd.data import MNIST1DDataModule
 from lipschitz_dd.models import FCN
 
@@ -40,9 +40,17 @@ def fit_seconds(epochs: int, callback: LipschitzCallback | None) -> float:
     pl.seed_everything(0, verbose=False)
     model = FCN(width=256, bias=False, lr=0.01)
     data = MNIST1DDataModule(batch_size=512)
-    trainer = pl.Trainer(max_epochs=epochs, callbacks=[callback] if callback else [], logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                         num_sanity_val_steps=0, accelerator="cpu", devices=1)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        callbacks=[callback] if callback else [],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+    )
     data.prepare_data()
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)
@@ -86,12 +94,20 @@ def in_run_ratios(epochs: int, options: dict) -> list[float]:
     pl.seed_everything(0, verbose=False)
     model = FCN(width=256, bias=False, lr=0.01)
     data = MNIST1DDataModule(batch_size=512)
-    trainer = pl.Trainer(max_epochs=epochs, callbacks=[clock, callback], logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
-                         accelerator="cpu", devices=1)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        callbacks=[clock, callback],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(model, datamodule=data)
     ratios = []
-    for begin, end in zip(clock.marks[1:-1], clock.marks[2:]):
+    for begin, end in zip(clock.marks[1:-1], clock.marks[2:], strict=False):
         inside = sum(b - a for a, b in callback.spans if begin <= a < end)
         ratios.append((end - begin) / (end - begin - inside))
     return ratios
@@ -132,30 +148,42 @@ def main() -> None:
     own_per_measurement = (dflt - base) / m_short
     predicted_long_own = 1 + m_long * own_per_measurement / (LONG_RUN * per_epoch)
 
-    print(f"FCN 256 on MNIST-1D (4,000 train / 1,000 test), SGD batch 512, {args.epochs} epochs, "
-          f"{args.threads} thread(s), best of {args.repeats}")
+    print(
+        f"FCN 256 on MNIST-1D (4,000 train / 1,000 test), SGD batch 512, {args.epochs} epochs, "
+        f"{args.threads} thread(s), best of {args.repeats}"
+    )
     print(f"{'run':<44}{'seconds':>10}{'ratio':>9}{'target':>9}")
     print(f"{'no callback':<44}{base:>10.2f}{1.0:>9.2f}")
     print(f"{'lower (exact, train) + upper, every epoch':<44}{every:>10.2f}{every / base:>9.2f}{'<= 3':>9}")
-    print(f"{'default schedule (' + str(m_short) + ' measurements)':<44}{dflt:>10.2f}{dflt / base:>9.2f}"
-          f"{'':>9}   (predicted {predicted_short:.2f})")
-    print(f"{'default schedule, 1,000 epochs (extrapolated)':<44}{'':>10}{predicted_long:>9.2f}{'<= 1.3':>9}"
-          f"   (from the default run's own overhead: {predicted_long_own:.2f})")
+    print(
+        f"{'default schedule (' + str(m_short) + ' measurements)':<44}{dflt:>10.2f}{dflt / base:>9.2f}"
+        f"{'':>9}   (predicted {predicted_short:.2f})"
+    )
+    print(
+        f"{'default schedule, 1,000 epochs (extrapolated)':<44}{'':>10}{predicted_long:>9.2f}{'<= 1.3':>9}"
+        f"   (from the default run's own overhead: {predicted_long_own:.2f})"
+    )
     ratios = in_run_ratios(max(args.epochs, 20), every_epoch)
     quartiles = statistics.quantiles(ratios, n=4)
-    print(f"{'same, measured inside one run (median)':<44}{'':>10}{statistics.median(ratios):>9.2f}{'<= 3':>9}"
-          f"   (quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f} over {len(ratios)} epochs: epoch time / "
-          f"(epoch time - time in the callback))")
-    print(f"  seconds per epoch without the callback: {per_epoch:.4f}; per measurement: {per_measurement:.4f} "
-          f"({per_measurement / per_epoch:.2f} epochs); default schedule: every {schedule.every_n_epochs} epochs "
-          f"after the first {schedule.dense_epochs}: {m_long} measurements in {LONG_RUN} epochs")
+    print(
+        f"{'same, measured inside one run (median)':<44}{'':>10}{statistics.median(ratios):>9.2f}{'<= 3':>9}"
+        f"   (quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f} over {len(ratios)} epochs: epoch time / "
+        f"(epoch time - time in the callback))"
+    )
+    print(
+        f"  seconds per epoch without the callback: {per_epoch:.4f}; per measurement: {per_measurement:.4f} "
+        f"({per_measurement / per_epoch:.2f} epochs); default schedule: every {schedule.every_n_epochs} epochs "
+        f"after the first {schedule.dense_epochs}: {m_long} measurements in {LONG_RUN} epochs"
+    )
     if args.long_epochs:
         long_base = fit_seconds(args.long_epochs, None)
         long_default = fit_seconds(args.long_epochs, LipschitzCallback(**default))
         m = measured_epochs(schedule, args.long_epochs)
         predicted = 1 + m * per_measurement / (args.long_epochs * per_epoch)
-        print(f"{args.long_epochs} epochs, default schedule ({m} measurements): {long_default:.2f} s vs "
-              f"{long_base:.2f} s without: ratio {long_default / long_base:.2f} (predicted {predicted:.2f})")
+        print(
+            f"{args.long_epochs} epochs, default schedule ({m} measurements): {long_default:.2f} s vs "
+            f"{long_base:.2f} s without: ratio {long_default / long_base:.2f} (predicted {predicted:.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def cnn(width: int) -> nn.Sequential:
     except ImportError:  # models not written yet: the same architecture inline
         channels = [3, width, 2 * width, 4 * width, 8 * width]
         layers: list[nn.Module] = []
-        for c_in, c_out, pool in zip(channels[:-1], channels[1:], (1, 2, 2, 8)):
+        for c_in, c_out, pool in zip(channels[:-1], channels[1:], (1, 2, 2, 8), strict=False):
             layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(pool)]
         return nn.Sequential(*layers, nn.Flatten(), nn.Linear(8 * width, 10, bias=False))
     return build_cnn(width)
@@ -104,10 +104,12 @@ def throughput_rows(name, model, x, batch_size, loop_subset, vmap_subset, repeat
         pairs.append(t_vmap / t_ours_subset)
     vmap_norms = vmap_jacrev(model, x[:vmap_subset])
     rate = {"ours": len(x) / t_ours, "loop": loop_subset / t_loop, "vmap": vmap_subset / t_vmap}
-    print(f"{name:<26} {len(x):>6} {rate['ours']:>10.0f} {rate['loop']:>10.1f} {rate['vmap']:>10.1f} "
-          f"{rate['ours'] / rate['loop']:>8.1f}x {statistics.median(pairs):>8.1f}x "
-          f"{describe(relative_differences(norms[:loop_subset], loop_norms)):>14} "
-          f"{describe(relative_differences(norms[:vmap_subset], vmap_norms)):>14}")
+    print(
+        f"{name:<26} {len(x):>6} {rate['ours']:>10.0f} {rate['loop']:>10.1f} {rate['vmap']:>10.1f} "
+        f"{rate['ours'] / rate['loop']:>8.1f}x {statistics.median(pairs):>8.1f}x "
+        f"{describe(relative_differences(norms[:loop_subset], loop_norms)):>14} "
+        f"{describe(relative_differences(norms[:vmap_subset], vmap_norms)):>14}"
+    )
 
 
 def float64_agreement(name, model, x, n_points) -> None:
@@ -115,14 +117,16 @@ def float64_agreement(name, model, x, n_points) -> None:
     rounding puts on the other side (a neighbouring linear region), not errors of a method."""
     model, x = copy.deepcopy(model).double(), x[:n_points].double()
     norms = ours(model, x, n_points)
-    print(f"  float64, {name}, {n_points} points: max relative difference vs loop "
-          f"{float(relative_differences(norms, per_sample_loop(model, x)).max()):.1e}, vs vmap "
-          f"{float(relative_differences(norms, vmap_jacrev(model, x)).max()):.1e}")
+    print(
+        f"  float64, {name}, {n_points} points: max relative difference vs loop "
+        f"{float(relative_differences(norms, per_sample_loop(model, x)).max()):.1e}, vs vmap "
+        f"{float(relative_differences(norms, vmap_jacrev(model, x)).max()):.1e}"
+    )
 
 
 def training_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> None:
     optimiser = torch.optim.SGD(model.parameters(), lr=0.01)
-    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=False):
         optimiser.zero_grad()
         nn.functional.cross_entropy(model(xb), yb).backward()
         optimiser.step()
@@ -142,16 +146,19 @@ def epoch_cost(x: torch.Tensor, batch_size: int, pairs: int = 15) -> None:
         model.eval()
         with torch.no_grad():
             bounds.append(timed(ours, model, x, batch_size)[1])
-    ratios = [b / e for b, e in zip(bounds, epochs)]
+    ratios = [b / e for b, e in zip(bounds, epochs, strict=False)]
     quartiles = statistics.quantiles(ratios, n=4)
     print(f"\nexact train-set lower bound, {len(x)} MNIST-1D points, FCN 256 (K = 10), {pairs} alternating pairs:")
     print(f"  one training epoch (SGD, batch 512): {1e3 * statistics.median(epochs):8.1f} ms (median)")
-    print(f"  lower_bound (batch {batch_size}):           {1e3 * statistics.median(bounds):8.1f} ms (median)"
-          f"   = {statistics.median(ratios):.2f} epochs (median of pairs; quartiles {quartiles[0]:.2f}-"
-          f"{quartiles[2]:.2f}; target <= 5)")
+    print(
+        f"  lower_bound (batch {batch_size}):           {1e3 * statistics.median(bounds):8.1f} ms (median)"
+        f"   = {statistics.median(ratios):.2f} epochs (median of pairs; quartiles {quartiles[0]:.2f}-"
+        f"{quartiles[2]:.2f}; target <= 5)"
+    )
 
 
 # ------------------------------------------------------------------ memory (run in fresh subprocesses)
+
 
 def _resident_mib() -> float:
     with open("/proc/self/statm") as statm:
@@ -192,8 +199,20 @@ def memory_table(threads: int, width: int, small: int) -> None:
     print(f"  {'points':>7} {'batch':>6} {'MiB':>8}")
     for n_points, batch_size in [(small, 20), (10 * small, 20), (small, 200)]:
         output = subprocess.run(
-            [sys.executable, __file__, "--threads", str(threads), "--memory-probe", str(n_points), str(batch_size),
-             str(width)], check=True, capture_output=True, text=True).stdout.split()
+            [
+                sys.executable,
+                __file__,
+                "--threads",
+                str(threads),
+                "--memory-probe",
+                str(n_points),
+                str(batch_size),
+                str(width),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
         print(f"  {n_points:>7} {batch_size:>6} {float(output[-1]):>8.1f}")
 
 
@@ -202,8 +221,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--cifar-points", type=int, default=2000)
     parser.add_argument("--quick", action="store_true", help="smaller subsets, for a smoke run")
-    parser.add_argument("--memory-probe", type=int, nargs=3, metavar=("POINTS", "BATCH", "WIDTH"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-probe", type=int, nargs=3, metavar=("POINTS", "BATCH", "WIDTH"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_probe:
@@ -216,14 +236,30 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float32, CPU")
     print("throughput in points/s; rel = max relative difference of the values (share of points within 1e-5)")
-    print(f"{'model / points':<26} {'points':>6} {'ours':>10} {'loop':>10} {'vmap':>10} "
-          f"{'vs loop':>9} {'vs vmap':>9} {'rel loop':>14} {'rel vmap':>14}")
+    print(
+        f"{'model / points':<26} {'points':>6} {'ours':>10} {'loop':>10} {'vmap':>10} "
+        f"{'vs loop':>9} {'vs vmap':>9} {'rel loop':>14} {'rel vmap':>14}"
+    )
     fcn, cnn20 = fcn_256().eval(), cnn(20).eval()
     with torch.no_grad():  # as in Lightning validation: the estimator enables grad itself
-        throughput_rows("FCN 256, MNIST-1D (40)", fcn, mnist1d, 1000,
-                        loop_subset=200, vmap_subset=1000 if quick else 4000, repeats=5)
-        throughput_rows("CNN 20, CIFAR (3x32x32)", cnn20, cifar, 100,
-                        loop_subset=20 if quick else 100, vmap_subset=20 if quick else 200, repeats=3)
+        throughput_rows(
+            "FCN 256, MNIST-1D (40)",
+            fcn,
+            mnist1d,
+            1000,
+            loop_subset=200,
+            vmap_subset=1000 if quick else 4000,
+            repeats=5,
+        )
+        throughput_rows(
+            "CNN 20, CIFAR (3x32x32)",
+            cnn20,
+            cifar,
+            100,
+            loop_subset=20 if quick else 100,
+            vmap_subset=20 if quick else 200,
+            repeats=3,
+        )
         float64_agreement("FCN 256", fcn, mnist1d, 200)
         float64_agreement("CNN 20", cnn20, cifar, 20 if quick else 100)
     epoch_cost(mnist1d, 1000)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, Trainer, seed_everything
 
-from callbacks import GradNormStopping
+from lipschitz_dd.callbacks import GradNormStopping
 from lipschitz_dd.data import MNIST1DDataModule
 from lipschitz_dd.loggers import EpochCSVLogger
 from lipschitz_dd.models import FCN, build_fcn
@@ -87,9 +87,14 @@ def paired_run(epochs: int, tensors, width: int = 256) -> tuple[list[float], lis
     model = FCN(width=width, depth=1, bias=False, lr=0.01, grad_clip_norm=50.0)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(
-            max_epochs=epochs, logger=EpochCSVLogger(tmp, name="bench", version="run"),
-            callbacks=[GradNormStopping(target=None), twin], enable_progress_bar=False,
-            enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1,
+            max_epochs=epochs,
+            logger=EpochCSVLogger(tmp, name="bench", version="run"),
+            callbacks=[GradNormStopping(target=None), twin],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
         )
         data.prepare_data()
         trainer.fit(model, datamodule=data)
@@ -110,14 +115,16 @@ def main() -> None:
     tensors = (data.train_x, data.train_y, data.test_x, data.test_y)
     paired_run(5, tensors)  # warm-up
     plain, ours = paired_run(args.epochs, tensors, args.width)
-    ratios = sorted(o / p for o, p in zip(ours, plain))
+    ratios = sorted(o / p for o, p in zip(ours, plain, strict=False))
     quartiles = statistics.quantiles(ratios, n=4)
     print(f"FCN {args.width} on MNIST-1D, batch 512, {len(ours)} epoch pairs, {args.threads} thread(s)")
     print(f"{'':26s}{'median ms/epoch':>16s}")
     print(f"{'plain PyTorch loop':26s}{statistics.median(plain) * 1e3:16.2f}")
     print(f"{'lipschitz_dd (Lightning)':26s}{statistics.median(ours) * 1e3:16.2f}")
-    print(f"ratio lipschitz_dd / plain: median of epoch pairs {statistics.median(ratios):.2f}x "
-          f"(quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f}), total {sum(ours) / sum(plain):.2f}x (target <= 1.5x)")
+    print(
+        f"ratio lipschitz_dd / plain: median of epoch pairs {statistics.median(ratios):.2f}x "
+        f"(quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f}), total {sum(ours) / sum(plain):.2f}x (target <= 1.5x)"
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
    in units of one training epoch (SGD, batch 512, cross-entropy). Target: <= 2 % of an epoch.
 All figures come from one process, side by side.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,11 +30,21 @@ def sparse_conv_matrix(weight: np.ndarray, height: int, width: int, padding: int
     """The explicit (C_out H' W') x (C_in H W) matrix of a stride-1 2-d convolution (cross-correlation)."""
     c_out, c_in, kh, kw = weight.shape
     out_h, out_w = height + 2 * padding - kh + 1, width + 2 * padding - kw + 1
-    co, i, j, ci, a, b = np.meshgrid(np.arange(c_out), np.arange(out_h), np.arange(out_w), np.arange(c_in),
-                                     np.arange(kh), np.arange(kw), indexing="ij", sparse=True)
+    co, i, j, ci, a, b = np.meshgrid(
+        np.arange(c_out),
+        np.arange(out_h),
+        np.arange(out_w),
+        np.arange(c_in),
+        np.arange(kh),
+        np.arange(kw),
+        indexing="ij",
+        sparse=True,
+    )
     y, x = i + a - padding, j + b - padding
-    valid = np.broadcast_to((y >= 0) & (y < height) & (x >= 0) & (x < width), np.broadcast_shapes(
-        co.shape, i.shape, j.shape, ci.shape, a.shape, b.shape))
+    valid = np.broadcast_to(
+        (y >= 0) & (y < height) & (x >= 0) & (x < width),
+        np.broadcast_shapes(co.shape, i.shape, j.shape, ci.shape, a.shape, b.shape),
+    )
     rows = np.broadcast_to((co * out_h + i) * out_w + j, valid.shape)[valid]
     cols = np.broadcast_to((ci * height + y) * width + x, valid.shape)[valid]
     vals = np.broadcast_to(weight[co, ci, a, b], valid.shape)[valid]
@@ -54,9 +65,11 @@ def bench_conv_norms() -> None:
     torch.manual_seed(0)
     w = 20
     shapes = [(3, 20, 32), (20, 40, 32), (40, 80, 16), (80, 160, 8)]  # (c_in, c_out, input size) of CNN 20
-    print("\n== Conv operator norm, CNN 20 on 32x32 inputs (w = %d) ==" % w)
-    print(f"{'layer':>14} {'scipy build+svds':>17} {'certified':>10} {'x faster':>9} {'rel diff':>9} "
-          f"{'power cold':>11} {'x faster':>9} {'rel diff':>9} {'power warm':>11} {'x faster':>9}")
+    print(f"\n== Conv operator norm, CNN 20 on 32x32 inputs (w = {w}) ==")
+    print(
+        f"{'layer':>14} {'scipy build+svds':>17} {'certified':>10} {'x faster':>9} {'rel diff':>9} "
+        f"{'power cold':>11} {'x faster':>9} {'rel diff':>9} {'power warm':>11} {'x faster':>9}"
+    )
     for c_in, c_out, size in shapes:
         conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
         shape = (c_in, size, size)
@@ -71,11 +84,15 @@ def bench_conv_norms() -> None:
         with torch.no_grad():  # one epoch of training moves the weights a little
             conv.weight.add_(1e-3 * conv.weight.std() * torch.randn_like(conv.weight))
         t_warm, warm = timed(lambda: conv_operator_norm(conv, shape, tol=1e-6, max_iters=5, init=cold.vector), 3)
-        print(f"{f'{c_in}->{c_out} @{size}':>14} {t_scipy:16.3f}s {t_cert:9.4f}s {t_scipy / t_cert:9.1f} "
-              f"{(cert - exact) / exact:+9.1e} {t_cold:10.4f}s {t_scipy / t_cold:9.1f} "
-              f"{(cold.value - exact) / exact:+9.1e} {t_warm:10.4f}s {t_scipy / t_warm:9.1f} ({warm.iterations} it)")
-    print("certified: guaranteed >= the norm; power: Lanczos-accelerated power iteration, an estimate from "
-          "below (cold: random start, tol 1e-6; warm: <= 5 steps from the cold vector after a 1e-3 weight change)")
+        print(
+            f"{f'{c_in}->{c_out} @{size}':>14} {t_scipy:16.3f}s {t_cert:9.4f}s {t_scipy / t_cert:9.1f} "
+            f"{(cert - exact) / exact:+9.1e} {t_cold:10.4f}s {t_scipy / t_cold:9.1f} "
+            f"{(cold.value - exact) / exact:+9.1e} {t_warm:10.4f}s {t_scipy / t_warm:9.1f} ({warm.iterations} it)"
+        )
+    print(
+        "certified: guaranteed >= the norm; power: Lanczos-accelerated power iteration, an estimate from "
+        "below (cold: random start, tol 1e-6; warm: <= 5 steps from the cold vector after a 1e-3 weight change)"
+    )
 
 
 def bench_fcn_epoch() -> None:
@@ -101,14 +118,18 @@ def bench_fcn_epoch() -> None:
         epochs.append(t_epoch)
         bounds.append(t_bound)
     t_epoch, t_bound = statistics.median(epochs), statistics.median(bounds)
-    share = statistics.median(b / e for b, e in zip(bounds, epochs))  # per adjacent pair: drift cancels
+    share = statistics.median(b / e for b, e in zip(bounds, epochs, strict=False))  # per adjacent pair: drift cancels
     t_cert, cert = timed(lambda: estimator.compute(certified=True), 5)
     print("\n== Warm-started upper bound, FCN 256 (40 -> 256 -> 10), 4,000 points, batch 512 ==")
     print(f"one training epoch (8 SGD steps): {t_epoch * 1e3:8.2f} ms")
-    print(f"upper bound, power, warm:         {t_bound * 1e3:8.3f} ms = {100 * share:5.2f} % of an "
-          f"epoch (median of {len(bounds)} epoch / bound pairs; target <= 2 %); value {result.value:.5f}")
-    print(f"upper bound, certified:           {t_cert * 1e3:8.3f} ms = {100 * t_cert / t_epoch:5.2f} % of an "
-          f"epoch; value {cert.value:.5f}")
+    print(
+        f"upper bound, power, warm:         {t_bound * 1e3:8.3f} ms = {100 * share:5.2f} % of an "
+        f"epoch (median of {len(bounds)} epoch / bound pairs; target <= 2 %); value {result.value:.5f}"
+    )
+    print(
+        f"upper bound, certified:           {t_cert * 1e3:8.3f} ms = {100 * t_cert / t_epoch:5.2f} % of an "
+        f"epoch; value {cert.value:.5f}"
+    )
 
 
 def main() -> None:

@@ -6,24 +6,24 @@ same samples in the same order (a seeded subset), and under DDP only this rank's
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Iterator, Optional, Union
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Union
 
 import torch
-from torch import Tensor
 from lightning.pytorch import Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
-Key = Union[int, str]  # int first: a YAML `input_key: 0` stays an index
+Key = Union[int, str]  # noqa: UP007 (a runtime alias for jsonargparse); int first: a YAML `input_key: 0` stays an index
 BatchFn = Callable[[Any], Tensor]
 
 INPUT_KEYS = ("x", "input", "inputs", "image", "images")
 LABEL_KEYS = ("y", "label", "labels", "target", "targets")
 
 
-def batch_input(batch: Any, key: Optional[Key] = None, fn: Optional[BatchFn] = None) -> Tensor:
+def batch_input(batch: Any, key: Key | None = None, fn: BatchFn | None = None) -> Tensor:
     """The model input of a batch: `fn(batch)` if given; a tensor batch itself; `batch[key]` (default: element 0
     of a tuple/list, the first of "x", "input", "inputs", "image", "images" in a dict)."""
     if fn is not None:
@@ -47,7 +47,7 @@ def batch_input(batch: Any, key: Optional[Key] = None, fn: Optional[BatchFn] = N
     return x
 
 
-def batch_label(batch: Any, key: Optional[Key] = None, fn: Optional[BatchFn] = None) -> Optional[Tensor]:
+def batch_label(batch: Any, key: Key | None = None, fn: BatchFn | None = None) -> Tensor | None:
     """The labels of a batch, or None if it has none: `fn(batch)`; `batch[key]` (default: element 1 of a
     tuple/list, the first of "y", "label", "labels", "target", "targets" in a dict)."""
     if fn is not None:
@@ -61,7 +61,7 @@ def batch_label(batch: Any, key: Optional[Key] = None, fn: Optional[BatchFn] = N
     return None
 
 
-def datamodule_tensors(trainer: Trainer, kind: str) -> tuple[Optional[Tensor], Optional[Tensor]]:
+def datamodule_tensors(trainer: Trainer, kind: str) -> tuple[Tensor | None, Tensor | None]:
     """(x, y) tensors a datamodule holds in memory as `{kind}_x` / `{kind}_y` (lipschitz_dd's datamodules
     do, after setup); (None, None) otherwise."""
     datamodule = getattr(trainer, "datamodule", None)
@@ -114,7 +114,7 @@ def is_streamed(loader: Any) -> bool:
     return dataset is None or isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__")
 
 
-def seeded_subset(n: int, max_samples: Optional[int], seed: int) -> Tensor:
+def seeded_subset(n: int, max_samples: int | None, seed: int) -> Tensor:
     """Indices of a fixed random subset of `range(n)` of size min(n, max_samples) (all of them if None), in a
     random order drawn from `torch.Generator().manual_seed(seed)`: the same subset for the same (n, seed)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -124,50 +124,75 @@ def seeded_subset(n: int, max_samples: Optional[int], seed: int) -> Tensor:
 class PointSource:
     """Batches `(x, y)` of the points one rank measures. Build it with `from_tensors` or `from_loader`."""
 
-    def __init__(self, batches: Callable[[], Iterator[tuple[Tensor, Optional[Tensor]]]], num_points: Optional[int]):
+    def __init__(self, batches: Callable[[], Iterator[tuple[Tensor, Tensor | None]]], num_points: int | None):
         self._batches = batches
         self.num_points = num_points  # this rank's number of points, None if unknown (a stream)
 
-    def batches(self, device: torch.device) -> Iterator[tuple[Tensor, Optional[Tensor]]]:
+    def batches(self, device: torch.device) -> Iterator[tuple[Tensor, Tensor | None]]:
         """This rank's points, one batch at a time, moved to `device`."""
         for x, y in self._batches():
             yield x.to(device), (y.to(device) if isinstance(y, Tensor) else None)
 
     @classmethod
-    def from_tensors(cls, x: Tensor, y: Optional[Tensor], *, max_samples: Optional[int], seed: int,
-                     batch_size: int, rank: int = 0, world_size: int = 1) -> "PointSource":
+    def from_tensors(
+        cls,
+        x: Tensor,
+        y: Tensor | None,
+        *,
+        max_samples: int | None,
+        seed: int,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> PointSource:
         """The seeded subset of the rows of `x` (and `y`), split across ranks (rank r takes every world_size-th)."""
         if y is not None and len(y) != len(x):
             raise ValueError(f"LipschitzCallback: {len(x)} points but {len(y)} labels")
         indices = seeded_subset(len(x), max_samples, seed)[rank::world_size]
 
-        def batches() -> Iterator[tuple[Tensor, Optional[Tensor]]]:
+        def batches() -> Iterator[tuple[Tensor, Tensor | None]]:
             for chunk in indices.split(batch_size):
                 yield x[chunk], (y[chunk] if y is not None else None)
 
         return cls(batches, len(indices))
 
     @classmethod
-    def from_loader(cls, loader: DataLoader, *, max_samples: Optional[int], seed: int, batch_size: int,
-                    input_key: Optional[Key] = None, label_key: Optional[Key] = None,
-                    get_input: Optional[BatchFn] = None, get_label: Optional[BatchFn] = None,
-                    rank: int = 0, world_size: int = 1, max_batches: Optional[int] = None) -> "PointSource":
+    def from_loader(
+        cls,
+        loader: DataLoader,
+        *,
+        max_samples: int | None,
+        seed: int,
+        batch_size: int,
+        input_key: Key | None = None,
+        label_key: Key | None = None,
+        get_input: BatchFn | None = None,
+        get_label: BatchFn | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        max_batches: int | None = None,
+    ) -> PointSource:
         """Points of a DataLoader's dataset. A map-style dataset is re-read through a new loader (no shuffling,
         no workers, the loader's collate_fn) over the seeded subset of its indices, this rank's share of them.
         Otherwise (see `is_streamed`) the loader itself is iterated, up to max_samples samples and max_batches
         batches; under DDP each rank then measures whatever its loader yields."""
 
-        def split(batch: Any) -> tuple[Tensor, Optional[Tensor]]:
+        def split(batch: Any) -> tuple[Tensor, Tensor | None]:
             return batch_input(batch, input_key, get_input), batch_label(batch, label_key, get_label)
 
         dataset = getattr(loader, "dataset", None)
         if not is_streamed(loader):
             indices = seeded_subset(len(dataset), max_samples, seed)[rank::world_size].tolist()
-            subset_loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-                                       collate_fn=getattr(loader, "collate_fn", None), num_workers=0)
+            subset_loader = DataLoader(
+                Subset(dataset, indices),
+                batch_size=batch_size,
+                shuffle=False,
+                collate_fn=getattr(loader, "collate_fn", None),
+                num_workers=0,
+            )
             return cls(lambda: (split(b) for b in subset_loader), len(indices))
 
-        def stream() -> Iterator[tuple[Tensor, Optional[Tensor]]]:
+        def stream() -> Iterator[tuple[Tensor, Tensor | None]]:
             remaining = max_samples
             for index, batch in enumerate(loader):
                 if max_batches is not None and index >= max_batches:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,8 +27,8 @@ class ParameterTrajectory:
     """
 
     def __init__(self) -> None:
-        self.theta_0: Optional[Tensor] = None
-        self.previous: Optional[Tensor] = None
+        self.theta_0: Tensor | None = None
+        self.previous: Tensor | None = None
         self.path_length = 0.0
 
     def step(self, theta: Tensor) -> tuple[float, float]:

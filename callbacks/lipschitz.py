@@ -49,7 +49,8 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from typing import Any, Callable, Literal, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -59,10 +60,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from callbacks._distributed import Reduction, reduce_across_ranks
-from callbacks._isolation import measurement_mode, preserved_rng_state
-from callbacks._points import Key, PointSource, datamodule_tensors, is_streamed, test_loader, train_loader
-from callbacks._trajectory import ParameterTrajectory, flat_parameters
 from lipschitz_dd.bounds import (
     LowerBoundStats,
     UpperBoundEstimator,
@@ -72,6 +69,10 @@ from lipschitz_dd.bounds import (
     optimised_lower_bound,
     pgd_perturbations,
 )
+from lipschitz_dd.callbacks._distributed import Reduction, reduce_across_ranks
+from lipschitz_dd.callbacks._isolation import measurement_mode, preserved_rng_state
+from lipschitz_dd.callbacks._points import Key, PointSource, datamodule_tensors, is_streamed, test_loader, train_loader
+from lipschitz_dd.callbacks._trajectory import ParameterTrajectory, flat_parameters
 
 __all__ = ["LipschitzCallback"]
 
@@ -96,8 +97,8 @@ class TopPoints:
 
     def __init__(self, m: int) -> None:
         self.m = m
-        self.points: Optional[Tensor] = None
-        self.norms: Optional[Tensor] = None
+        self.points: Tensor | None = None
+        self.norms: Tensor | None = None
 
     def add(self, x: Tensor, norms: Tensor) -> None:
         points = x.detach() if self.points is None else torch.cat([self.points, x.detach()])
@@ -149,7 +150,7 @@ class LipschitzCallback(Callback):
         self,
         every_n_epochs: int = 10,
         dense_epochs: int = 10,
-        max_samples: Optional[int] = None,
+        max_samples: int | None = None,
         seed: int = 0,
         batch_size: int = 1024,
         lower: bool = True,
@@ -163,29 +164,34 @@ class LipschitzCallback(Callback):
         pgd: bool = False,
         pgd_eps: float = 0.5,
         pgd_steps: int = 10,
-        data_box: Optional[tuple[float, float]] = None,
+        data_box: tuple[float, float] | None = None,
         upper: bool = True,
         upper_certified: bool = False,
         optimised_every: int = 0,
         optimised_top_m: int = 8,
         optimised_steps: int = 50,
         track_params: bool = True,
-        input_key: Optional[Key] = None,
-        label_key: Optional[Key] = None,
-        get_input: Optional[Callable[[Any], Tensor]] = None,
-        get_label: Optional[Callable[[Any], Tensor]] = None,
-        train_points: Optional[Tensor] = None,
-        train_labels: Optional[Tensor] = None,
-        test_points: Optional[Tensor] = None,
-        test_labels: Optional[Tensor] = None,
+        input_key: Key | None = None,
+        label_key: Key | None = None,
+        get_input: Callable[[Any], Tensor] | None = None,
+        get_label: Callable[[Any], Tensor] | None = None,
+        train_points: Tensor | None = None,
+        train_labels: Tensor | None = None,
+        test_points: Tensor | None = None,
+        test_labels: Tensor | None = None,
         jacobian_method: Literal["auto", "exact", "iterative"] = "auto",
         progress_bar: bool = True,
-        network: Optional[str] = None,
-        output: Optional[Key] = None,
+        network: str | None = None,
+        output: Key | None = None,
     ) -> None:
-        for name, value in (("every_n_epochs", every_n_epochs), ("batch_size", batch_size),
-                            ("interp_points", interp_points), ("pgd_steps", pgd_steps),
-                            ("optimised_top_m", optimised_top_m), ("optimised_steps", optimised_steps)):
+        for name, value in (
+            ("every_n_epochs", every_n_epochs),
+            ("batch_size", batch_size),
+            ("interp_points", interp_points),
+            ("pgd_steps", pgd_steps),
+            ("optimised_top_m", optimised_top_m),
+            ("optimised_steps", optimised_steps),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"LipschitzCallback: {name} must be a positive integer, got {value!r}")
         for name, value in (("dense_epochs", dense_epochs), ("optimised_every", optimised_every)):
@@ -205,7 +211,10 @@ class LipschitzCallback(Callback):
         self.pgd, self.pgd_eps, self.pgd_steps, self.data_box = pgd, pgd_eps, pgd_steps, data_box
         self.upper, self.upper_certified = upper, upper_certified
         self.optimised_every, self.optimised_top_m, self.optimised_steps = (
-            optimised_every, optimised_top_m, optimised_steps)
+            optimised_every,
+            optimised_top_m,
+            optimised_steps,
+        )
         self.track_params = track_params
         self.input_key, self.label_key, self.get_input, self.get_label = input_key, label_key, get_input, get_label
         self.train_points, self.train_labels = train_points, train_labels
@@ -214,7 +223,7 @@ class LipschitzCallback(Callback):
         self.progress_bar = progress_bar
         self.network, self.output = network, output
 
-        self._module: Optional[weakref.ref] = None  # the LightningModule of the current run
+        self._module: weakref.ref | None = None  # the LightningModule of the current run
         self._reset_run_state()
 
     def _reset_run_state(self) -> None:
@@ -222,20 +231,24 @@ class LipschitzCallback(Callback):
         self.last_metrics: dict[str, float] = {}  # the latest measurement, as logged
         self.history: list[dict[str, float]] = []  # every measurement of this run: {"epoch": e, metric: value}
         self._trajectory = ParameterTrajectory()
-        self._estimator: Optional[UpperBoundEstimator] = None
-        self._estimator_state: Optional[dict[str, Any]] = None  # loaded before the estimator exists
-        self._upper_failure: Optional[str] = None
+        self._estimator: UpperBoundEstimator | None = None
+        self._estimator_state: dict[str, Any] | None = None  # loaded before the estimator exists
+        self._upper_failure: str | None = None
         self._measurements = 0
-        self._last_measured_epoch: Optional[int] = None
-        self._sources: dict[str, Optional[PointSource]] = {}
+        self._last_measured_epoch: int | None = None
+        self._sources: dict[str, PointSource | None] = {}
         self._warned: set[str] = set()
 
     @property
     def state_key(self) -> str:
         """Checkpoint key; differs between callbacks with different schedules, subsets or point sets."""
         return self._generate_state_key(
-            every_n_epochs=self.every_n_epochs, dense_epochs=self.dense_epochs, max_samples=self.max_samples,
-            seed=self.seed, explicit_points=(self.train_points is not None, self.test_points is not None))
+            every_n_epochs=self.every_n_epochs,
+            dense_epochs=self.dense_epochs,
+            max_samples=self.max_samples,
+            seed=self.seed,
+            explicit_points=(self.train_points is not None, self.test_points is not None),
+        )
 
     # ------------------------------------------------------------------ schedule
     def is_scheduled(self, epoch: int, last: bool = False) -> bool:
@@ -325,8 +338,9 @@ class LipschitzCallback(Callback):
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
 
     # ------------------------------------------------------------------ measurement
-    def measure(self, trainer: Trainer, pl_module: LightningModule, epoch: int,
-                record_trajectory: bool = False) -> dict[str, float]:
+    def measure(
+        self, trainer: Trainer, pl_module: LightningModule, epoch: int, record_trajectory: bool = False
+    ) -> dict[str, float]:
         """One measurement of the current parameters (all ranks must call it): returns the reduced metrics,
         stores them in `last_metrics` and `history`. `record_trajectory` adds the parameters to the path."""
         start = time.perf_counter()
@@ -349,8 +363,11 @@ class LipschitzCallback(Callback):
                     ) from error
                 raise
             except ValueError as error:  # the same on every rank: the model or its inputs, not this batch
-                self._warn_once("unmeasurable", f"LipschitzCallback: cannot measure this model ({error}); no "
-                                                "lipschitz/* metrics are logged, training goes on")
+                self._warn_once(
+                    "unmeasurable",
+                    f"LipschitzCallback: cannot measure this model ({error}); no "
+                    "lipschitz/* metrics are logged, training goes on",
+                )
                 return {}
         values["lipschitz/seconds"], ops["lipschitz/seconds"] = time.perf_counter() - start, "max"
         metrics = self._finalise(reduce_across_ranks(trainer, values, ops))
@@ -368,7 +385,7 @@ class LipschitzCallback(Callback):
         self.history.append({"epoch": float(epoch), **metrics})
         return metrics
 
-    def _measured_network(self, pl_module: LightningModule) -> Optional[nn.Module]:
+    def _measured_network(self, pl_module: LightningModule) -> nn.Module | None:
         """The function whose bounds are measured: `pl_module` or its submodule `network`, with the logits
         picked by `output`; None (warned once) if the module has no forward and no `network` is named."""
         module: nn.Module = pl_module
@@ -376,16 +393,28 @@ class LipschitzCallback(Callback):
             try:
                 module = pl_module.get_submodule(self.network)
             except AttributeError as error:
-                raise ValueError(f"LipschitzCallback: network={self.network!r} is not a submodule of "
-                                 f"{type(pl_module).__name__} ({error})") from error
+                raise ValueError(
+                    f"LipschitzCallback: network={self.network!r} is not a submodule of "
+                    f"{type(pl_module).__name__} ({error})"
+                ) from error
         elif type(pl_module).forward in (LightningModule.forward, nn.Module.forward):  # nn.Module's raises
-            self._warn_once("forward", f"LipschitzCallback: {type(pl_module).__name__} defines no forward(); set "
-                                       "network='<attribute>' to the submodule that maps inputs to logits")
+            self._warn_once(
+                "forward",
+                f"LipschitzCallback: {type(pl_module).__name__} defines no forward(); set "
+                "network='<attribute>' to the submodule that maps inputs to logits",
+            )
             return None
         return module if self.output is None else SelectedOutput(module, self.output)
 
-    def _measure_points(self, trainer: Trainer, model: nn.Module, epoch: int, finite_params: bool,
-                        values: dict[str, float], ops: dict[str, Reduction]) -> None:
+    def _measure_points(
+        self,
+        trainer: Trainer,
+        model: nn.Module,
+        epoch: int,
+        finite_params: bool,
+        values: dict[str, float],
+        ops: dict[str, Reduction],
+    ) -> None:
         """Per-point norms on this rank: one pass over the training points (lower, avg, rms, interp, noise,
         pgd, top points for the optimised bound), one over the test points."""
         run_opt = self.optimised_every > 0 and self._measurements % self.optimised_every == 0
@@ -401,8 +430,14 @@ class LipschitzCallback(Callback):
             generator_seed = int(np.random.SeedSequence([self.seed, epoch, trainer.global_rank]).generate_state(1)[0])
             generator = torch.Generator().manual_seed(generator_seed)  # CPU: the bounds engine draws on it
             total = sum(s.num_points or 0 for s in (train, testset) if s is not None)
-            bar = tqdm(total=total or None, desc="Lipschitz", unit="pt", leave=False, delay=2.0,
-                       disable=not (self.progress_bar and trainer.is_global_zero))
+            bar = tqdm(
+                total=total or None,
+                desc="Lipschitz",
+                unit="pt",
+                leave=False,
+                delay=2.0,
+                disable=not (self.progress_bar and trainer.is_global_zero),
+            )
             with bar:
                 if train is not None:
                     for x, y in train.batches(trainer.strategy.root_device):
@@ -427,14 +462,28 @@ class LipschitzCallback(Callback):
         if top is not None:  # no top points on this rank: 0.0, a trivial lower bound, with count 0
             opt, count = 0.0, 0 if top.points is None else len(top.points)
             if count:
-                opt = optimised_lower_bound(model, top.points, top_m=self.optimised_top_m, steps=self.optimised_steps,
-                                            data_box=self.data_box, method=self.jacobian_method,
-                                            generator=generator).value
+                opt = optimised_lower_bound(
+                    model,
+                    top.points,
+                    top_m=self.optimised_top_m,
+                    steps=self.optimised_steps,
+                    data_box=self.data_box,
+                    method=self.jacobian_method,
+                    generator=generator,
+                ).value
             values["opt/max"], ops["opt/max"] = opt, "max"
             values["opt/count"], ops["opt/count"] = float(count), "sum"
 
-    def _train_batch(self, model: nn.Module, x: Tensor, y: Optional[Tensor], sets: dict[str, LowerBoundStats],
-                     top: Optional[TopPoints], generator: torch.Generator, num_points: Optional[int]) -> None:
+    def _train_batch(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor | None,
+        sets: dict[str, LowerBoundStats],
+        top: TopPoints | None,
+        generator: torch.Generator,
+        num_points: int | None,
+    ) -> None:
         if "train" in sets or top is not None:
             norms = self._norms(model, x)
             if "train" in sets:
@@ -452,8 +501,7 @@ class LipschitzCallback(Callback):
             if y is None:
                 with torch.no_grad():
                     y = model(x).argmax(dim=-1)
-            points = pgd_perturbations(model, x, y, eps=self.pgd_eps, steps=self.pgd_steps,
-                                       data_box=self.data_box)
+            points = pgd_perturbations(model, x, y, eps=self.pgd_eps, steps=self.pgd_steps, data_box=self.data_box)
             sets["pgd"].update(self._norms(model, points))
 
     def _norms(self, model: nn.Module, x: Tensor) -> Tensor:
@@ -464,8 +512,14 @@ class LipschitzCallback(Callback):
             self._warn_once("linalg", f"LipschitzCallback: Jacobian norms failed ({error}); logging NaN")
             return torch.full((len(x),), float("nan"), device=x.device)
 
-    def _measure_upper(self, trainer: Trainer, model: nn.Module, finite_params: bool,
-                       values: dict[str, float], ops: dict[str, Reduction]) -> None:
+    def _measure_upper(
+        self,
+        trainer: Trainer,
+        model: nn.Module,
+        finite_params: bool,
+        values: dict[str, float],
+        ops: dict[str, Reduction],
+    ) -> None:
         """The upper bound of the estimator (identical on every rank); not available when the model cannot be
         bounded (warned once with the reason) or its parameters are not finite (warned as non-finite)."""
         value, available, reason = float("nan"), False, self._upper_failure
@@ -473,17 +527,23 @@ class LipschitzCallback(Callback):
             estimator = self._upper_estimator(trainer, model)
             if estimator is not None:
                 result = estimator.compute(certified=self.upper_certified)
-                value, available, reason = (result.value if result.value is not None else float("nan"),
-                                            bool(result.available), result.reason)
+                value, available, reason = (
+                    result.value if result.value is not None else float("nan"),
+                    bool(result.available),
+                    result.reason,
+                )
             else:
                 reason = self._upper_failure
         if finite_params and not available:
-            self._warn_once("upper", f"LipschitzCallback: no upper bound for this model ({reason}); "
-                                     "logging lipschitz/upper_available=0 and the lower bounds only")
+            self._warn_once(
+                "upper",
+                f"LipschitzCallback: no upper bound for this model ({reason}); "
+                "logging lipschitz/upper_available=0 and the lower bounds only",
+            )
         values["upper/value"], ops["upper/value"] = value, "max"
         values["upper/available"], ops["upper/available"] = float(available), "min"
 
-    def _upper_estimator(self, trainer: Trainer, model: nn.Module) -> Optional[UpperBoundEstimator]:
+    def _upper_estimator(self, trainer: Trainer, model: nn.Module) -> UpperBoundEstimator | None:
         """Built once, traced on one input sample (the first training point, else the first test point)."""
         if self._estimator is None:
             example = self._example_input(trainer, model)
@@ -500,7 +560,7 @@ class LipschitzCallback(Callback):
                 self._estimator_state = None
         return self._estimator
 
-    def _example_input(self, trainer: Trainer, model: nn.Module) -> Optional[Tensor]:
+    def _example_input(self, trainer: Trainer, model: nn.Module) -> Tensor | None:
         for kind in ("train", "test"):
             source = self._source(trainer, kind)
             if source is not None:
@@ -523,28 +583,42 @@ class LipschitzCallback(Callback):
             if reduced["upper/available"] > 0:
                 metrics["lipschitz/upper"] = reduced["upper/value"]
             metrics["lipschitz/upper_available"] = reduced["upper/available"]
-        for part, name in (("test", "lower_test"), ("interp", "lower_interp"), ("noise", "lower_noise"),
-                           ("pgd", "lower_pgd"), ("opt", "lower_opt")):
+        for part, name in (
+            ("test", "lower_test"),
+            ("interp", "lower_interp"),
+            ("noise", "lower_noise"),
+            ("pgd", "lower_pgd"),
+            ("opt", "lower_opt"),
+        ):
             if measured(part):
                 metrics[f"lipschitz/{name}"] = reduced[f"{part}/max"]
         metrics["lipschitz/seconds"] = reduced["lipschitz/seconds"]
         return metrics
 
     # ------------------------------------------------------------------ points
-    def _source(self, trainer: Trainer, kind: str) -> Optional[PointSource]:
+    def _source(self, trainer: Trainer, kind: str) -> PointSource | None:
         """This rank's training ("train") or test ("test") points, resolved once per fit/validate/test."""
         if kind not in self._sources:
             self._sources[kind] = self._make_source(trainer, kind)
             if self._sources[kind] is None:
-                self._warn_once(f"no-{kind}", f"LipschitzCallback: no {kind} points found (no datamodule or "
-                                              f"loader, no {kind}_points); skipping the {kind}-set bounds")
+                self._warn_once(
+                    f"no-{kind}",
+                    f"LipschitzCallback: no {kind} points found (no datamodule or "
+                    f"loader, no {kind}_points); skipping the {kind}-set bounds",
+                )
         return self._sources[kind]
 
-    def _make_source(self, trainer: Trainer, kind: str) -> Optional[PointSource]:
-        common = dict(max_samples=self.max_samples, seed=self.seed, batch_size=self.batch_size,
-                      rank=trainer.global_rank, world_size=trainer.world_size)
-        points, labels = (self.train_points, self.train_labels) if kind == "train" else (
-            self.test_points, self.test_labels)
+    def _make_source(self, trainer: Trainer, kind: str) -> PointSource | None:
+        common = dict(
+            max_samples=self.max_samples,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+        )
+        points, labels = (
+            (self.train_points, self.train_labels) if kind == "train" else (self.test_points, self.test_labels)
+        )
         if points is None:
             points, labels = datamodule_tensors(trainer, kind)
         if points is not None:
@@ -558,12 +632,21 @@ class LipschitzCallback(Callback):
             max_batches = int(limit) if isinstance(limit, (int, float)) and math.isfinite(limit) else None
             if max_batches is None and self.max_samples is None:
                 common["max_samples"] = STREAM_SAMPLES
-                self._warn_once(f"stream-{kind}", f"LipschitzCallback: the {kind} loader can only be iterated and "
-                                                  f"has no length; measuring its first {STREAM_SAMPLES} samples "
-                                                  "(set max_samples to choose)")
-        return PointSource.from_loader(loader, input_key=self.input_key, label_key=self.label_key,
-                                       get_input=self.get_input, get_label=self.get_label,
-                                       max_batches=max_batches, **common)
+                self._warn_once(
+                    f"stream-{kind}",
+                    f"LipschitzCallback: the {kind} loader can only be iterated and "
+                    f"has no length; measuring its first {STREAM_SAMPLES} samples "
+                    "(set max_samples to choose)",
+                )
+        return PointSource.from_loader(
+            loader,
+            input_key=self.input_key,
+            label_key=self.label_key,
+            get_input=self.get_input,
+            get_label=self.get_label,
+            max_batches=max_batches,
+            **common,
+        )
 
     # ------------------------------------------------------------------ warnings, state
     def _warn_once(self, key: str, message: str) -> None:
@@ -574,8 +657,11 @@ class LipschitzCallback(Callback):
     def _warn_non_finite(self, epoch: int, metrics: dict[str, float]) -> None:
         bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
         if bad:
-            self._warn_once("non-finite", f"LipschitzCallback: non-finite values at epoch {epoch} (the run has "
-                                          f"probably diverged); logging them as they are: {bad}")
+            self._warn_once(
+                "non-finite",
+                f"LipschitzCallback: non-finite values at epoch {epoch} (the run has "
+                f"probably diverged); logging them as they are: {bad}",
+            )
 
     def state_dict(self) -> dict[str, Any]:
         """theta_0, previous theta and path length; the upper-bound warm-start state; the subset seed; counters

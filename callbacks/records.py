@@ -9,7 +9,7 @@ import os
 import platform
 import time
 from importlib import metadata
-from typing import Any, Optional
+from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
@@ -72,12 +72,12 @@ class RunRecord(Callback):
     set `converged = True`, "interrupted" on KeyboardInterrupt, "failed" on any other exception, else "finished".
     """
 
-    def __init__(self, run_dir: Optional[str] = None, config: Optional[dict[str, Any]] = None) -> None:
+    def __init__(self, run_dir: str | None = None, config: dict[str, Any] | None = None) -> None:
         self.run_dir = run_dir
         self.config = dict(config or {})
         self._start = time.time()
         self._written = False
-        self.error: Optional[str] = None
+        self.error: str | None = None
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.time()
@@ -102,7 +102,7 @@ class RunRecord(Callback):
             return "interrupted"
         return "finished"
 
-    def _metrics_csv(self, trainer: Trainer) -> Optional[str]:
+    def _metrics_csv(self, trainer: Trainer) -> str | None:
         for lg in trainer.loggers:
             if hasattr(lg, "flush"):
                 lg.flush()

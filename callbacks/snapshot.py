@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,10 +44,17 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
-from callbacks._isolation import measurement_mode, preserved_rng_state
-from callbacks._points import (Key, batch_input, datamodule_tensors, is_streamed, seeded_subset, test_loader,
-                               train_loader)
 from lipschitz_dd.bounds import jacobian_rows
+from lipschitz_dd.callbacks._isolation import measurement_mode, preserved_rng_state
+from lipschitz_dd.callbacks._points import (
+    Key,
+    batch_input,
+    datamodule_tensors,
+    is_streamed,
+    seeded_subset,
+    test_loader,
+    train_loader,
+)
 
 __all__ = ["SNAPSHOT_FILE", "FunctionSnapshot"]
 
@@ -69,11 +77,22 @@ class FunctionSnapshot(Callback):
     After fit, `path` is the file written (None if none) and `seconds` the time it took.
     """
 
-    def __init__(self, run_dir: Optional[str] = None, test_points: int = 1000, train_points: int = 256,
-                 max_jacobian_numbers: int = 2_000_000, subset_seed: int = 0, batch_size: int = 256,
-                 input_key: Optional[Key] = None) -> None:
-        for name, value in (("test_points", test_points), ("train_points", train_points),
-                            ("max_jacobian_numbers", max_jacobian_numbers), ("batch_size", batch_size)):
+    def __init__(
+        self,
+        run_dir: str | None = None,
+        test_points: int = 1000,
+        train_points: int = 256,
+        max_jacobian_numbers: int = 2_000_000,
+        subset_seed: int = 0,
+        batch_size: int = 256,
+        input_key: Key | None = None,
+    ) -> None:
+        for name, value in (
+            ("test_points", test_points),
+            ("train_points", train_points),
+            ("max_jacobian_numbers", max_jacobian_numbers),
+            ("batch_size", batch_size),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"FunctionSnapshot: {name} must be a positive integer, got {value!r}")
         self.run_dir = run_dir
@@ -83,8 +102,8 @@ class FunctionSnapshot(Callback):
         self.subset_seed = subset_seed
         self.batch_size = batch_size
         self.input_key = input_key
-        self.path: Optional[str] = None
-        self.seconds: Optional[float] = None
+        self.path: str | None = None
+        self.seconds: float | None = None
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -96,8 +115,12 @@ class FunctionSnapshot(Callback):
         start = time.perf_counter()
         try:
             with preserved_rng_state(), measurement_mode(pl_module):
-                arrays = self.snapshot(pl_module, _inputs_of(trainer, "train", self.input_key),
-                                       _inputs_of(trainer, "test", self.input_key), pl_module.device)
+                arrays = self.snapshot(
+                    pl_module,
+                    _inputs_of(trainer, "train", self.input_key),
+                    _inputs_of(trainer, "test", self.input_key),
+                    pl_module.device,
+                )
             arrays["seconds"] = np.float32(time.perf_counter() - start)
             self.path = _save_atomic(os.path.join(run_dir, SNAPSHOT_FILE), arrays)
         except Exception as error:  # any failure: the training result is worth more than the snapshot
@@ -105,8 +128,9 @@ class FunctionSnapshot(Callback):
             return
         self.seconds = float(arrays["seconds"])
 
-    def snapshot(self, model: nn.Module, train: "IndexedInputs", test: "IndexedInputs",
-                 device: torch.device) -> dict[str, np.ndarray]:
+    def snapshot(
+        self, model: nn.Module, train: IndexedInputs, test: IndexedInputs, device: torch.device
+    ) -> dict[str, np.ndarray]:
         """The arrays of snapshot.npz (without `seconds`) for `model`, which must already be in eval mode with
         autograd on: exact logits and exact input Jacobians (K batched backward passes) at the fixed subsets."""
         test_indices = _sorted_subset(len(test), self.test_points, self.subset_seed)
@@ -116,9 +140,11 @@ class FunctionSnapshot(Callback):
         affordable = self.max_jacobian_numbers // (n_out * n_in)
         train_points = min(self.train_points, len(train))
         if affordable < train_points:
-            rank_zero_warn(f"FunctionSnapshot: Jacobians at {train_points} training points would hold "
-                           f"{train_points * n_out * n_in:,} numbers (> max_jacobian_numbers="
-                           f"{self.max_jacobian_numbers:,}); saving {affordable} points instead")
+            rank_zero_warn(
+                f"FunctionSnapshot: Jacobians at {train_points} training points would hold "
+                f"{train_points * n_out * n_in:,} numbers (> max_jacobian_numbers="
+                f"{self.max_jacobian_numbers:,}); saving {affordable} points instead"
+            )
             train_points = affordable
         train_indices = _sorted_subset(len(train), train_points, self.subset_seed)
         jacobians = self._jacobians(model, train, train_indices, device, n_out, n_in)
@@ -135,16 +161,19 @@ class FunctionSnapshot(Callback):
 
     def _outputs(self, model: nn.Module, x: Tensor, device: torch.device) -> Tensor:
         with torch.no_grad():
-            chunks = [_logits(model, chunk.to(device)).reshape(len(chunk), -1).cpu()
-                      for chunk in x.split(self.batch_size)]
+            chunks = [
+                _logits(model, chunk.to(device)).reshape(len(chunk), -1).cpu() for chunk in x.split(self.batch_size)
+            ]
         return torch.cat(chunks)
 
-    def _jacobians(self, model: nn.Module, train: "IndexedInputs", indices: Tensor, device: torch.device,
-                   n_out: int, n_in: int) -> Tensor:
+    def _jacobians(
+        self, model: nn.Module, train: IndexedInputs, indices: Tensor, device: torch.device, n_out: int, n_in: int
+    ) -> Tensor:
         if len(indices) == 0:
             return torch.zeros(0, n_out, n_in)
-        return torch.cat([jacobian_rows(model, train.rows(chunk).to(device)).cpu()
-                          for chunk in indices.split(self.batch_size)])
+        return torch.cat(
+            [jacobian_rows(model, train.rows(chunk).to(device)).cpu() for chunk in indices.split(self.batch_size)]
+        )
 
 
 class IndexedInputs:
@@ -162,8 +191,9 @@ class IndexedInputs:
         """Inputs at the given row indices, [len(indices), ...], floating point, on the CPU or where they are."""
         x = self._rows(indices)
         if not isinstance(x, Tensor) or not x.is_floating_point():
-            raise ValueError(f"FunctionSnapshot: inputs must be a floating-point Tensor, got "
-                             f"{getattr(x, 'dtype', type(x).__name__)}")
+            raise ValueError(
+                f"FunctionSnapshot: inputs must be a floating-point Tensor, got {getattr(x, 'dtype', type(x).__name__)}"
+            )
         return x.detach()
 
     def mean_sq_norm(self, batch_size: int) -> float:
@@ -174,11 +204,11 @@ class IndexedInputs:
         return total / self.size
 
     @classmethod
-    def from_tensor(cls, x: Tensor) -> "IndexedInputs":
+    def from_tensor(cls, x: Tensor) -> IndexedInputs:
         return cls(len(x), lambda indices: x[indices.to(x.device)])
 
     @classmethod
-    def from_dataset(cls, dataset: Any, collate_fn: Optional[Callable], key: Optional[Key]) -> "IndexedInputs":
+    def from_dataset(cls, dataset: Any, collate_fn: Callable | None, key: Key | None) -> IndexedInputs:
         collate = collate_fn or default_collate
         return cls(len(dataset), lambda indices: batch_input(collate([dataset[i] for i in indices.tolist()]), key))
 
@@ -187,8 +217,10 @@ def _logits(model: nn.Module, x: Tensor) -> Tensor:
     """model(x), which must be one Tensor (the logits); a TypeError naming what it is otherwise."""
     out = model(x)
     if not isinstance(out, Tensor):
-        raise TypeError(f"the model output is a {type(out).__name__}, not a Tensor: FunctionSnapshot needs "
-                        f"forward(x) to return the logits as one Tensor")
+        raise TypeError(
+            f"the model output is a {type(out).__name__}, not a Tensor: FunctionSnapshot needs "
+            f"forward(x) to return the logits as one Tensor"
+        )
     return out
 
 
@@ -206,7 +238,7 @@ def _sorted_subset(n: int, size: int, seed: int) -> Tensor:
     return seeded_subset(n, size, seed).sort().values
 
 
-def _inputs_of(trainer: Trainer, kind: str, key: Optional[Key]) -> IndexedInputs:
+def _inputs_of(trainer: Trainer, kind: str, key: Key | None) -> IndexedInputs:
     """The training ("train") or test ("test") inputs of the fit (see the module docstring for the order)."""
     x, _ = datamodule_tensors(trainer, kind)
     if x is not None:
@@ -214,8 +246,9 @@ def _inputs_of(trainer: Trainer, kind: str, key: Optional[Key]) -> IndexedInputs
     loader = train_loader(trainer) if kind == "train" else test_loader(trainer)
     dataset = getattr(loader, "dataset", None)
     if is_streamed(loader):
-        raise ValueError(f"no {kind} inputs: the datamodule has no `{kind}_x` tensor and no loader with a "
-                         f"map-style dataset")
+        raise ValueError(
+            f"no {kind} inputs: the datamodule has no `{kind}_x` tensor and no loader with a map-style dataset"
+        )
     if len(dataset) == 0:
         raise ValueError(f"the {kind} set is empty")
     return IndexedInputs.from_dataset(dataset, getattr(loader, "collate_fn", None), key)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -12,7 +13,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_info
 from lightning.pytorch.utilities.data import extract_batch_size
 
-from callbacks._isolation import preserved_rng_state
+from lipschitz_dd.callbacks._isolation import preserved_rng_state
 
 
 def _summed_loss_gradient(
@@ -29,7 +30,7 @@ def _summed_loss_gradient(
             n = extract_batch_size(batch)
             loss = batch_loss(batch)
             parts = torch.autograd.grad(loss * n, params, allow_unused=True)
-            for g, part in zip(grads, parts):
+            for g, part in zip(grads, parts, strict=False):
                 if part is not None:
                     g.add_(part)
             total_loss += float(loss.detach()) * n
@@ -42,7 +43,7 @@ def full_batch_gradient_norm(
     module: torch.nn.Module,
     batches: Iterable[Any],
     batch_loss: Callable[[Any], torch.Tensor],
-    reduce_sum: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[float, float]:
     """(||grad_theta L(theta)||_2, L(theta)) for the mean loss L over all samples of `batches`. Exact.
 
@@ -82,7 +83,7 @@ class GradNormStopping(Callback):
 
     def __init__(
         self,
-        target: Optional[float] = 0.01,
+        target: float | None = 0.01,
         min_epochs: int = 0,
         every_n_epochs: int = 1,
         enabled: bool = True,
@@ -96,7 +97,7 @@ class GradNormStopping(Callback):
         self.every_n_epochs = every_n_epochs
         self.enabled = enabled
         self.converged = False
-        self.last_grad_norm: Optional[float] = None
+        self.last_grad_norm: float | None = None
 
     def _training_batches(self, trainer: Trainer) -> Iterable[Any]:
         """The datamodule's `train_eval_dataloader()` if it has one, else `trainer.train_dataloader`."""
@@ -112,9 +113,7 @@ class GradNormStopping(Callback):
         if epoch % self.every_n_epochs != 0:
             return
         if not hasattr(pl_module, "batch_loss"):
-            raise AttributeError(
-                "GradNormStopping needs the LightningModule to define batch_loss(batch) -> mean loss"
-            )
+            raise AttributeError("GradNormStopping needs the LightningModule to define batch_loss(batch) -> mean loss")
         loader = self._training_batches(trainer)
         was_training = pl_module.training
         pl_module.eval()
@@ -123,8 +122,12 @@ class GradNormStopping(Callback):
         # set's gradient on every rank, so all ranks take the same stopping decision. One process: unchanged.
         with _untouched_randomness(loader):
             batches = (move_data_to_device(b, device) for b in loader)
-            grad_norm, _ = full_batch_gradient_norm(pl_module, batches, pl_module.batch_loss,
-                                                    reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
+            grad_norm, _ = full_batch_gradient_norm(
+                pl_module,
+                batches,
+                pl_module.batch_loss,
+                reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"),
+            )
         pl_module.train(was_training)
         self.last_grad_norm = grad_norm
         pl_module.log("train/grad_norm", grad_norm, on_epoch=True, sync_dist=True)

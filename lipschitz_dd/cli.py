@@ -16,14 +16,18 @@ import sys
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
-from typing import Optional
 
 # `lipschitz-dd fit` with no config and no model/data: paper.md's cheap double-descent setting at width 256.
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 
 
-_UNION_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
-                "- Expected a <class 'NoneType'>")
+_UNION_NOISE = (
+    "Does not validate against any of the Union subtypes",
+    "Subtypes:",
+    "Errors:",
+    "Given value",
+    "- Expected a <class 'NoneType'>",
+)
 
 
 def _reason(message: str) -> str:
@@ -33,8 +37,10 @@ def _reason(message: str) -> str:
     kept = [line.removeprefix("- ") for line in lines if line and not line.startswith(_UNION_NOISE)]
     reason = " ".join(kept)
     unknown_class = ("has no attribute", "not accessible or invalid", "Expected a dot import path")
-    for key, package, shared_base in (('"model"', "lipschitz_dd.models", "LipschitzModule"),
-                                      ('"data"', "lipschitz_dd.data", "ArrayDataModule")):
+    for key, package, shared_base in (
+        ('"model"', "lipschitz_dd.models", "LipschitzModule"),
+        ('"data"', "lipschitz_dd.data", "ArrayDataModule"),
+    ):
         if f"Parser key {key}" in reason and any(words in reason for words in unknown_class):
             import importlib
 
@@ -42,8 +48,11 @@ def _reason(message: str) -> str:
 
             module = importlib.import_module(package)
             kind = LightningModule if key == '"model"' else LightningDataModule
-            names = [n for n in module.__all__ if n != shared_base and isinstance(getattr(module, n), type)
-                     and issubclass(getattr(module, n), kind)]
+            names = [
+                n
+                for n in module.__all__
+                if n != shared_base and isinstance(getattr(module, n), type) and issubclass(getattr(module, n), kind)
+            ]
             reason += f" (lipschitz_dd's: {', '.join(f'{package}.{n}' for n in names)}; or a class_path of your own)"
     return reason
 
@@ -69,7 +78,7 @@ def _chooses_config_or_classes(args: list[str]) -> bool:
     return False
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """`lipschitz-dd` console script: `sweep ...`, `report ...`, or LightningCLI's fit/validate/test."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "sweep":
@@ -94,8 +103,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     from lipschitz_dd.data.vision import DownloadError
     from lipschitz_dd.train_cli import run_training_cli
 
-    bad_input = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, DownloadError,
-                 MisconfigurationException, ArgumentError)
+    bad_input = (
+        ValueError,
+        FileNotFoundError,
+        NotADirectoryError,
+        FileExistsError,
+        DownloadError,
+        MisconfigurationException,
+        ArgumentError,
+    )
     try:
         run_training_cli(argv)
     except bad_input as exc:  # bad input (ours, or a Trainer flag Lightning refuses): one clear line

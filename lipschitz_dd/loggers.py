@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
 class _RowMergingWriter(ExperimentWriter):
@@ -19,9 +19,9 @@ class _RowMergingWriter(ExperimentWriter):
 
     def __init__(self, log_dir: str) -> None:
         super().__init__(log_dir)
-        self._pending: Optional[dict[str, Any]] = None
+        self._pending: dict[str, Any] | None = None
 
-    def log_metrics(self, metrics_dict: dict[str, float], step: Optional[int] = None) -> None:
+    def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
         values = {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics_dict.items()}
         if step is None:
             step = len(self.metrics)

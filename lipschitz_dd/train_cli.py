@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from callbacks import FunctionSnapshot, GradNormStopping, LipschitzCallback, RunRecord
+from lipschitz_dd.callbacks import FunctionSnapshot, GradNormStopping, LipschitzCallback, RunRecord
 from lipschitz_dd.loggers import EpochCSVLogger, build_wandb_logger
 
 ENV_SAVE_DIR = "LIPSCHITZ_DD_SAVE_DIR"
@@ -48,17 +48,37 @@ class LipschitzCLI(LightningCLI):
     record wired in."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--save_dir", type=str, default=os.environ.get(ENV_SAVE_DIR, "runs"),
-                            help="root of the run folders (env LIPSCHITZ_DD_SAVE_DIR)")
-        parser.add_argument("--experiment", type=Optional[str], default=os.environ.get(ENV_EXPERIMENT),
-                            help="experiment folder name (env LIPSCHITZ_DD_EXPERIMENT; default: the config's stem)")
-        parser.add_argument("--run_name", type=Optional[str], default=os.environ.get(ENV_RUN_NAME),
-                            help="run folder name (env LIPSCHITZ_DD_RUN_NAME, else WANDB_RUN_ID, else a time stamp)")
-        parser.add_argument("--wandb", type=bool, default=True,
-                            help="also log to W&B (offline unless W&B is configured on this machine)")
-        parser.add_argument("--snapshot", type=bool, default=True,
-                            help="at the end of fit, save logits and input Jacobians at fixed points to "
-                                 "<run dir>/snapshot.npz (the report's seed-ensemble bias-variance bound)")
+        parser.add_argument(
+            "--save_dir",
+            type=str,
+            default=os.environ.get(ENV_SAVE_DIR, "runs"),
+            help="root of the run folders (env LIPSCHITZ_DD_SAVE_DIR)",
+        )
+        parser.add_argument(
+            "--experiment",
+            type=str | None,
+            default=os.environ.get(ENV_EXPERIMENT),
+            help="experiment folder name (env LIPSCHITZ_DD_EXPERIMENT; default: the config's stem)",
+        )
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=os.environ.get(ENV_RUN_NAME),
+            help="run folder name (env LIPSCHITZ_DD_RUN_NAME, else WANDB_RUN_ID, else a time stamp)",
+        )
+        parser.add_argument(
+            "--wandb",
+            type=bool,
+            default=True,
+            help="also log to W&B (offline unless W&B is configured on this machine)",
+        )
+        parser.add_argument(
+            "--snapshot",
+            type=bool,
+            default=True,
+            help="at the end of fit, save logits and input Jacobians at fixed points to "
+            "<run dir>/snapshot.npz (the report's seed-ensemble bias-variance bound)",
+        )
         # GradNormStopping first: when it stops the run, the Lipschitz callback then measures the final epoch.
         parser.add_lightning_class_args(GradNormStopping, "stopping")
         parser.add_lightning_class_args(LipschitzCallback, "lipschitz")
@@ -101,8 +121,10 @@ class LipschitzCLI(LightningCLI):
         if accumulate is not None and accumulate < 1:  # Lightning itself fails on it deep in its loop
             raise ValueError(f"trainer.accumulate_grad_batches must be >= 1, got {accumulate}")
         if self.subcommand == "fit" and trainer_cfg.get("max_epochs") == 0:  # Lightning skips fit: no row at all
-            raise ValueError("trainer.max_epochs=0 trains nothing and records no epoch; to measure the untrained "
-                             "network, run `lipschitz-dd validate` with the same arguments")
+            raise ValueError(
+                "trainer.max_epochs=0 trains nothing and records no epoch; to measure the untrained "
+                "network, run `lipschitz-dd validate` with the same arguments"
+            )
         if trainer_cfg.get("logger") in (None, True) and "logger" not in kwargs:
             csv_logger = EpochCSVLogger(save_dir=save_dir, name=experiment, version=run_name)
             # Open the CSV writer now, while the run folder is still empty: W&B creates <run dir>/wandb when built,
@@ -123,9 +145,11 @@ class LipschitzCLI(LightningCLI):
     def after_fit(self) -> None:
         results = os.path.join(self.run_dir, "results.json")
         final = self._final_metrics(results)
-        rank_zero_info(f"\nRun finished. Results: {results}\n  (metrics per epoch: "
-                       f"{os.path.join(self.run_dir, 'metrics.csv')}; config: "
-                       f"{os.path.join(self.run_dir, 'config.yaml')})" + final)
+        rank_zero_info(
+            f"\nRun finished. Results: {results}\n  (metrics per epoch: "
+            f"{os.path.join(self.run_dir, 'metrics.csv')}; config: "
+            f"{os.path.join(self.run_dir, 'config.yaml')})" + final
+        )
 
     @staticmethod
     def _final_metrics(results_path: str) -> str:
@@ -140,7 +164,7 @@ class LipschitzCLI(LightningCLI):
         return f"\n  status: {record.get('status')}; final: " + ", ".join(shown) if shown else ""
 
 
-def run_training_cli(args: Optional[list[str]] = None) -> LipschitzCLI:
+def run_training_cli(args: list[str] | None = None) -> LipschitzCLI:
     """Build and run the LightningCLI (used by `main` and by tests)."""
     return LipschitzCLI(
         LightningModule,
@@ -148,8 +172,12 @@ def run_training_cli(args: Optional[list[str]] = None) -> LipschitzCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"max_epochs": 100, "num_sanity_val_steps": 0, "log_every_n_steps": 1,
-                          "deterministic": "warn"},
+        trainer_defaults={
+            "max_epochs": 100,
+            "num_sanity_val_steps": 0,
+            "log_every_n_steps": 1,
+            "deterministic": "warn",
+        },
         auto_configure_optimizers=False,
         parser_kwargs={"exit_on_error": False},  # main() turns a bad argument into one line, not 100 of usage
         args=args,

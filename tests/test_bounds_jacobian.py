@@ -29,17 +29,26 @@ def mlp(outputs=5):
 def cnn_with_maxpool():
     torch.manual_seed(1)
     return nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=1),
-        nn.Flatten(), nn.Linear(6 * 2 * 2, 7),
+        nn.Conv2d(2, 4, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, stride=1),
+        nn.Flatten(),
+        nn.Linear(6 * 2 * 2, 7),
     )
 
 
 def cnn_with_batchnorm():
     torch.manual_seed(2)
     model = nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(4 * 3 * 3, 3),
+        nn.Conv2d(2, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 3),
     )
     batchnorm = model[1]
     batchnorm.running_mean.uniform_(-1, 1)
@@ -123,8 +132,10 @@ def test_power_iteration_warm_start_converges_immediately():
 def test_power_iteration_is_reproducible_with_generator():
     model = mlp(outputs=9).double().eval()
     x = torch.randn(3, 6, dtype=torch.float64)
-    runs = [power_iteration_spectral_norms(model, x, max_iter=2, tol=0.0,
-                                           generator=torch.Generator().manual_seed(11)).norms for _ in range(2)]
+    runs = [
+        power_iteration_spectral_norms(model, x, max_iter=2, tol=0.0, generator=torch.Generator().manual_seed(11)).norms
+        for _ in range(2)
+    ]
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
 
 
@@ -210,7 +221,8 @@ def test_training_mode_batchnorm_is_refused():
 def test_batchnorm_without_running_statistics_is_refused_in_eval_mode():
     """It normalises by batch statistics even in eval mode, so the 'per-sample' norms depended on the batch
     size (0.49 / 0.84 / 2.49 at batch sizes 64 / 8 / 1)."""
-    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3, track_running_stats=False), nn.Flatten(),
-                          nn.Linear(48, 2)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3, track_running_stats=False), nn.Flatten(), nn.Linear(48, 2)
+    ).eval()
     with pytest.raises(ValueError, match="running statistics"):
         jacobian_spectral_norms(model, torch.randn(4, 2, 6, 6))

@@ -25,13 +25,14 @@ def seeded(seed):
 
 # ---------------------------------------------------------------- convex combinations
 
+
 def test_convex_combinations_are_chunked_and_reproducible():
     x = torch.randn(6, 3, generator=seeded(0))
     first = list(convex_combinations(x, 23, generator=seeded(5), chunk_size=10))
     again = list(convex_combinations(x, 23, generator=seeded(5), chunk_size=10))
     other = torch.cat(list(convex_combinations(x, 23, generator=seeded(6), chunk_size=10)))
     assert [chunk.shape for chunk in first] == [(10, 3), (10, 3), (3, 3)]
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=False))
     assert not torch.equal(torch.cat(first), other)
 
 
@@ -40,8 +41,9 @@ def test_convex_combinations_lie_on_segments_with_given_lambdas():
     lambdas = (0.1, 0.3, 0.5)
     points = torch.cat(list(convex_combinations(x, 40, lambdas=lambdas, generator=seeded(2), chunk_size=16)))
     # every point equals lam * x_i + (1 - lam) * x_j for some i != j and lam in lambdas
-    candidates = torch.stack([lam * x[i] + (1 - lam) * x[j]
-                              for i, j in itertools.permutations(range(5), 2) for lam in lambdas])
+    candidates = torch.stack(
+        [lam * x[i] + (1 - lam) * x[j] for i, j in itertools.permutations(range(5), 2) for lam in lambdas]
+    )
     distance = (points.flatten(1)[:, None, :] - candidates.flatten(1)[None]).norm(dim=2)
     assert bool((distance.min(dim=1).values < 1e-12).all())
     # and never the trivial point x_i itself (pairs are distinct)
@@ -59,6 +61,7 @@ def test_convex_combinations_validate_inputs():
 
 # ---------------------------------------------------------------- Gaussian perturbations
 
+
 def test_gaussian_perturbations_are_seeded_scaled_and_boxed():
     x = torch.zeros(2000, 5)
     noisy = gaussian_perturbations(x, 0.3, generator=seeded(3))
@@ -71,6 +74,7 @@ def test_gaussian_perturbations_are_seeded_scaled_and_boxed():
 
 
 # ---------------------------------------------------------------- PGD
+
 
 @pytest.fixture
 def classifier():
@@ -108,6 +112,7 @@ def test_pgd_validates_labels(classifier):
 
 # ---------------------------------------------------------------- grid
 
+
 def test_grid_2d_covers_the_rectangle():
     grid = grid_2d((-1.0, 1.0), (0.0, 2.0), resolution=(3, 5), dtype=torch.float64)
     assert grid.shape == (15, 2)
@@ -117,6 +122,7 @@ def test_grid_2d_covers_the_rectangle():
 
 
 # ---------------------------------------------------------------- optimised lower bound
+
 
 def relu_net_2d(seed, hidden=8):
     """A one-hidden-layer ReLU net on R^2 whose hidden lines cross the square [-1, 1]^2."""
@@ -174,6 +180,7 @@ def test_optimised_bound_with_no_steps_is_the_data_max():
 
 # ---------------------------------------------------------------- pairwise
 
+
 def test_pairwise_skips_pairs_closer_than_rounding_can_resolve():
     """float32 points one ulp apart: the rounding of f(x) - f(y), divided by their distance, gave 45 for a net
     whose Lipschitz constant is at most 2.3. Now every ratio stays below the exact norm of the weights."""
@@ -193,8 +200,7 @@ def test_pairwise_matches_brute_force_over_pairs():
     x = torch.randn(9, 2, dtype=torch.float64, generator=seeded(7))
     with torch.no_grad():
         out = net(x)
-    brute = max(float((out[i] - out[j]).norm() / (x[i] - x[j]).norm())
-                for i, j in itertools.combinations(range(9), 2))
+    brute = max(float((out[i] - out[j]).norm() / (x[i] - x[j]).norm()) for i, j in itertools.combinations(range(9), 2))
     assert pairwise_lipschitz(net, x, batch_size=4) == pytest.approx(brute, rel=1e-12)
 
 

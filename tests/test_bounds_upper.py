@@ -1,4 +1,5 @@
 """The graph-composed upper bound against independent computations (SVDs, explicit Jacobians, closed forms)."""
+
 import math
 
 import pytest
@@ -23,7 +24,7 @@ def jacobian_norms(model, x):
 
 def fcn(widths, bias=False):
     layers = []
-    for a, b in zip(widths[:-1], widths[1:]):
+    for a, b in zip(widths[:-1], widths[1:], strict=False):
         layers += [nn.Linear(a, b, bias=bias), nn.ReLU()]
     return nn.Sequential(*layers)
 
@@ -226,6 +227,7 @@ def test_preact_resnet18_with_residual_adds_and_projection_shortcuts():
     assert jacobian_norms(model, torch.randn(8, 3, 32, 32)).max().item() <= certified.value
 
 
+@pytest.mark.slow
 def test_torchvision_resnet18_gives_a_finite_positive_value():
     torch.manual_seed(8)
     model = torchvision.models.resnet18(num_classes=10)
@@ -237,8 +239,9 @@ def test_torchvision_resnet18_gives_a_finite_positive_value():
 
 def test_vit_is_not_available_and_names_attention():
     torch.manual_seed(9)
-    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=2,
-                                                hidden_dim=8, mlp_dim=16, num_classes=10)
+    vit = torchvision.models.VisionTransformer(
+        image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16, num_classes=10
+    )
     result = upper_bound(vit, torch.randn(1, 3, 16, 16))
     assert isinstance(result, UpperBoundResult)
     assert not result.available and result.value is None
@@ -282,11 +285,15 @@ class TwoInputs(nn.Module):
         return self.bilinear(x, x)
 
 
-@pytest.mark.parametrize("model, words", [
-    (Product(), ["mul", "product"]), (WithLayerNorm(), ["LayerNorm", "norm"]),
-    (UsesUnknown(), ["cumsum", "no Lipschitz rule"]),
-    (TwoInputs(), ["Bilinear"]),
-])
+@pytest.mark.parametrize(
+    "model, words",
+    [
+        (Product(), ["mul", "product"]),
+        (WithLayerNorm(), ["LayerNorm", "norm"]),
+        (UsesUnknown(), ["cumsum", "no Lipschitz rule"]),
+        (TwoInputs(), ["Bilinear"]),
+    ],
+)
 def test_unsupported_operations_make_the_bound_unavailable_with_a_reason(model, words):
     result = upper_bound(model, torch.randn(1, 3))
     assert not result.available and result.value is None
@@ -331,8 +338,13 @@ def test_untraceable_non_chain_is_not_available():
 
 # ---------------------------------------------------------------------------- warm start and state
 def small_conv_net():
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(3, 3, 3, stride=2),
-                         nn.Flatten(), nn.Linear(27, 4, bias=False)).double()
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.Conv2d(3, 3, 3, stride=2),
+        nn.Flatten(),
+        nn.Linear(27, 4, bias=False),
+    ).double()
 
 
 def exact_product(model, shape):
@@ -343,8 +355,11 @@ def exact_product(model, shape):
             n = math.prod(shape)
             basis = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
             with torch.no_grad():
-                out = F.linear(basis, layer.weight) if isinstance(layer, nn.Linear) else \
-                    layer._conv_forward(basis, layer.weight, None)
+                out = (
+                    F.linear(basis, layer.weight)
+                    if isinstance(layer, nn.Linear)
+                    else layer._conv_forward(basis, layer.weight, None)
+                )
             total *= spectral_norm(out.reshape(n, -1))
         shape = tuple(layer(torch.zeros(1, *shape, dtype=torch.float64)).shape[1:])
     return total
@@ -353,8 +368,9 @@ def exact_product(model, shape):
 def test_warm_start_reaches_the_value_with_few_iterations():
     torch.manual_seed(11)
     model = small_conv_net()
-    estimator = UpperBoundEstimator(model, torch.randn(1, 2, 8, 8, dtype=torch.float64), iters=5000,
-                                    warm_iters=3, tol=1e-12)
+    estimator = UpperBoundEstimator(
+        model, torch.randn(1, 2, 8, 8, dtype=torch.float64), iters=5000, warm_iters=3, tol=1e-12
+    )
     first = estimator.compute().value
     assert first == pytest.approx(exact_product(model, (2, 8, 8)), rel=1e-6)
     assert estimator.compute().value == pytest.approx(first, rel=1e-9)  # second call: same value
@@ -434,10 +450,13 @@ def test_scale_computed_from_the_shape_and_functional_activations():
     assert jacobian_norms(ShapeScaled(), torch.randn(32, 16)).max().item() <= result.value
 
 
-@pytest.mark.parametrize("layer, in_shape", [
-    (nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1, output_padding=1), (3, 4, 4)),
-    (nn.ConvTranspose1d(4, 6, 4, stride=3, padding=2, groups=2, dilation=2), (4, 5)),
-])
+@pytest.mark.parametrize(
+    "layer, in_shape",
+    [
+        (nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1, output_padding=1), (3, 4, 4)),
+        (nn.ConvTranspose1d(4, 6, 4, stride=3, padding=2, groups=2, dilation=2), (4, 5)),
+    ],
+)
 def test_transposed_convolution_norm_against_the_explicit_matrix(layer, in_shape):
     torch.manual_seed(15)
     model = nn.Sequential(layer, nn.Flatten()).double()
@@ -484,16 +503,19 @@ def _buffer(module):
     module.register_buffer("c", torch.zeros(100, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("fn, setup, shape, exact", [
-    # each input entry copied to r outputs: a factor sqrt(r) (the old rule gave 5, 1, 3: below the truth)
-    (lambda s, x: x * s.w, _weights, (1,), math.sqrt(55.0)),  # J = w: bound max|w| sqrt(5) >= ||w||
-    (lambda s, x: x + s.c, _buffer, (1,), 10.0),
-    (lambda s, x: x + x.sum(1, keepdim=True), None, (4,), 5.0),  # J = I + 1 1^T
-    (lambda s, x: torch.add(1.0, x, alpha=3), None, (3,), 3.0),  # alpha scales the input-dependent second operand
-    (lambda s, x: torch.sub(1.0, x, alpha=4), None, (3,), 4.0),
-    (lambda s, x: F.avg_pool2d(x, 2, ceil_mode=True).flatten(1), None, (1, 5, 5), 1.0),  # corner window: 1 entry
-    (lambda s, x: nn.functional.max_pool1d(x, 3, 1), None, (10,), math.sqrt(3.0)),  # no channel dim: rows pooled
-])
+@pytest.mark.parametrize(
+    "fn, setup, shape, exact",
+    [
+        # each input entry copied to r outputs: a factor sqrt(r) (the old rule gave 5, 1, 3: below the truth)
+        (lambda s, x: x * s.w, _weights, (1,), math.sqrt(55.0)),  # J = w: bound max|w| sqrt(5) >= ||w||
+        (lambda s, x: x + s.c, _buffer, (1,), 10.0),
+        (lambda s, x: x + x.sum(1, keepdim=True), None, (4,), 5.0),  # J = I + 1 1^T
+        (lambda s, x: torch.add(1.0, x, alpha=3), None, (3,), 3.0),  # alpha scales the input-dependent second operand
+        (lambda s, x: torch.sub(1.0, x, alpha=4), None, (3,), 4.0),
+        (lambda s, x: F.avg_pool2d(x, 2, ceil_mode=True).flatten(1), None, (1, 5, 5), 1.0),  # corner window: 1 entry
+        (lambda s, x: nn.functional.max_pool1d(x, 3, 1), None, (10,), math.sqrt(3.0)),  # no channel dim: rows pooled
+    ],
+)
 def test_broadcasts_alpha_and_pool_call_forms_are_bounded_from_above(fn, setup, shape, exact):
     torch.manual_seed(20)
     model = Lambda(fn, setup).double()
@@ -505,8 +527,9 @@ def test_broadcasts_alpha_and_pool_call_forms_are_bounded_from_above(fn, setup, 
         assert result.value == pytest.approx(exact, rel=1e-9)
 
 
-@pytest.mark.parametrize("pool, shape, exact", [(nn.MaxPool1d(3, 1), (10,), math.sqrt(3.0)),
-                                                (nn.MaxPool2d(3, 2), (9, 9), 2.0)])
+@pytest.mark.parametrize(
+    "pool, shape, exact", [(nn.MaxPool1d(3, 1), (10,), math.sqrt(3.0)), (nn.MaxPool2d(3, 2), (9, 9), 2.0)]
+)
 def test_pool_modules_on_samples_without_a_channel_dim(pool, shape, exact):
     model = nn.Sequential(pool).double()
     assert upper_bound(model, torch.randn(1, *shape, dtype=torch.float64)).value == pytest.approx(exact)
@@ -525,12 +548,15 @@ class InPlace(nn.Module):
         return self.b(view.view(x.shape[0], -1) if self.reread else out)
 
 
-@pytest.mark.parametrize("update, reread, available", [
-    (lambda h, x: h.add_(x), True, False),  # later readers of h see h + x
-    (lambda h, x: h.mul_(10.0), True, False),
-    (lambda h, x: h.relu_(), True, True),  # a pointwise map with constant 1: readers of h stay bounded
-    (lambda h, x: h.__iadd__(x), False, True),  # out += identity, as in torchvision's ResNet: nobody rereads h
-])
+@pytest.mark.parametrize(
+    "update, reread, available",
+    [
+        (lambda h, x: h.add_(x), True, False),  # later readers of h see h + x
+        (lambda h, x: h.mul_(10.0), True, False),
+        (lambda h, x: h.relu_(), True, True),  # a pointwise map with constant 1: readers of h stay bounded
+        (lambda h, x: h.__iadd__(x), False, True),  # out += identity, as in torchvision's ResNet: nobody rereads h
+    ],
+)
 def test_in_place_updates_read_again_later_are_refused(update, reread, available):
     torch.manual_seed(21)
     model = InPlace(update, reread).double()
@@ -570,8 +596,14 @@ def test_hook_fallback_refuses_unseen_in_place_changes_and_overridden_forwards()
     assert not second.available and "ScaledLinear overrides the forward of Linear" in second.reason
 
 
-@pytest.mark.parametrize("fn", [lambda s, x: torch.div(x, 0.01, rounding_mode="floor"), lambda s, x: x // 0.5,
-                                lambda s, x: torch.remainder(x, 1.0)])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda s, x: torch.div(x, 0.01, rounding_mode="floor"),
+        lambda s, x: x // 0.5,
+        lambda s, x: torch.remainder(x, 1.0),
+    ],
+)
 def test_discontinuous_divisions_are_not_available(fn):
     result = upper_bound(Lambda(fn), torch.randn(1, 3))
     assert not result.available and "discontinuous" in result.reason

@@ -38,16 +38,28 @@ def _synthetic_args(config_path: Path) -> list[str]:
         return []
     shape, classes = replacement
     return [
-        "--data", "lipschitz_dd.data.SyntheticDataModule",
-        f"--data.input_shape={json.dumps(shape)}", f"--data.num_classes={classes}",
-        "--data.num_train=16", "--data.num_test=8", "--data.batch_size=8", "--data.eval_batch_size=8",
+        "--data",
+        "lipschitz_dd.data.SyntheticDataModule",
+        f"--data.input_shape={json.dumps(shape)}",
+        f"--data.num_classes={classes}",
+        "--data.num_train=16",
+        "--data.num_test=8",
+        "--data.batch_size=8",
+        "--data.eval_batch_size=8",
     ]
 
 
 def test_every_config_parses_and_names_known_classes():
     assert {p.stem for p in CONFIGS} >= {
-        "fcn_mnist1d", "fcn_mnist1d_mse", "fcn_mnist1d_dd", "cnn_cifar10", "cnn_cifar100_coarse", "cnn_mnist",
-        "resnet18k_cifar10", "vit_cifar10", "toy2d",
+        "fcn_mnist1d",
+        "fcn_mnist1d_mse",
+        "fcn_mnist1d_dd",
+        "cnn_cifar10",
+        "cnn_cifar100_coarse",
+        "cnn_mnist",
+        "resnet18k_cifar10",
+        "vit_cifar10",
+        "toy2d",
     }
     for path in CONFIGS:
         data_class = yaml.safe_load(path.read_text())["data"]["class_path"].rsplit(".", 1)[-1]
@@ -57,9 +69,20 @@ def test_every_config_parses_and_names_known_classes():
 @pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_config_smoke_fast_dev_run(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = ["fit", "--config", str(config), *_synthetic_args(config), "--trainer.fast_dev_run=true",
-            "--trainer.enable_progress_bar=false", "--save_dir", str(tmp_path / "runs"), "--run_name", "smoke",
-            "--lipschitz.max_samples=16", "--wandb=false"]
+    args = [
+        "fit",
+        "--config",
+        str(config),
+        *_synthetic_args(config),
+        "--trainer.fast_dev_run=true",
+        "--trainer.enable_progress_bar=false",
+        "--save_dir",
+        str(tmp_path / "runs"),
+        "--run_name",
+        "smoke",
+        "--lipschitz.max_samples=16",
+        "--wandb=false",
+    ]
     if "vit" in config.stem:
         args += ["--model.width=12"]  # keep the ViT tiny; width must stay a multiple of its 6 heads
     if "resnet" in config.stem:
@@ -72,8 +95,20 @@ def test_config_smoke_fast_dev_run(config, tmp_path, monkeypatch):
 
 def test_run_folder_contents_and_overrides(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = main(["fit", "--config", str(ROOT / "configs" / "test_tiny.yaml"), "--model.width=8",
-                 "--trainer.max_epochs=2", "--experiment", "exp", "--run_name", "r1", "--wandb=false"])
+    code = main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "test_tiny.yaml"),
+            "--model.width=8",
+            "--trainer.max_epochs=2",
+            "--experiment",
+            "exp",
+            "--run_name",
+            "r1",
+            "--wandb=false",
+        ]
+    )
     assert code == 0
     run_dir = tmp_path / "runs" / "exp" / "r1"
     assert {"metrics.csv", "config.yaml", "results.json"} <= {p.name for p in run_dir.iterdir()}
@@ -97,8 +132,10 @@ def test_environment_sets_run_location(tmp_path, monkeypatch):
     monkeypatch.setenv("LIPSCHITZ_DD_SAVE_DIR", str(tmp_path / "elsewhere"))
     monkeypatch.setenv("LIPSCHITZ_DD_EXPERIMENT", "sweep_x")
     monkeypatch.setenv("LIPSCHITZ_DD_RUN_NAME", "run_7")
-    assert main(["fit", "--config", str(ROOT / "configs" / "test_tiny.yaml"), "--trainer.max_epochs=1",
-                 "--wandb=false"]) == 0
+    assert (
+        main(["fit", "--config", str(ROOT / "configs" / "test_tiny.yaml"), "--trainer.max_epochs=1", "--wandb=false"])
+        == 0
+    )
     assert (tmp_path / "elsewhere" / "sweep_x" / "run_7" / "results.json").is_file()
 
 
@@ -115,11 +152,25 @@ def test_environment_sets_run_location(tmp_path, monkeypatch):
         ("--model.loss=hinge", "Got value: hinge"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_gives_one_line_error(override, message, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "lipschitz_dd.cli", "fit", "--config", str(ROOT / "configs" / "test_tiny.yaml"),
-         override, "--wandb=false", "--save_dir", str(tmp_path)],
-        capture_output=True, text=True, cwd=tmp_path, env={**_env(), "WANDB_MODE": "disabled"},
+        [
+            sys.executable,
+            "-m",
+            "lipschitz_dd.cli",
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "test_tiny.yaml"),
+            override,
+            "--wandb=false",
+            "--save_dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**_env(), "WANDB_MODE": "disabled"},
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "usage:" not in proc.stderr
@@ -129,21 +180,48 @@ def test_bad_input_gives_one_line_error(override, message, tmp_path):
     assert "NoneType" not in proc.stderr and "Given value" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_model_validation_error_is_the_models_own_reason(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "lipschitz_dd.cli", "fit", "--config", str(ROOT / "configs" / "vit_cifar10.yaml"),
-         "--model.width=16", "--wandb=false", "--save_dir", str(tmp_path)],
-        capture_output=True, text=True, cwd=tmp_path, env={**_env(), "WANDB_MODE": "disabled"},
+        [
+            sys.executable,
+            "-m",
+            "lipschitz_dd.cli",
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "vit_cifar10.yaml"),
+            "--model.width=16",
+            "--wandb=false",
+            "--save_dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**_env(), "WANDB_MODE": "disabled"},
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "NoneType" not in proc.stderr
     assert "width must be a multiple of heads" in proc.stderr
 
 
+@pytest.mark.slow
 def test_unknown_model_class_is_rejected(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "lipschitz_dd.cli", "fit", "--config", str(ROOT / "configs" / "test_tiny.yaml"),
-         "--model", "lipschitz_dd.models.NoSuchNet", "--wandb=false"],
-        capture_output=True, text=True, cwd=tmp_path, env={**_env(), "WANDB_MODE": "disabled"},
+        [
+            sys.executable,
+            "-m",
+            "lipschitz_dd.cli",
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "test_tiny.yaml"),
+            "--model",
+            "lipschitz_dd.models.NoSuchNet",
+            "--wandb=false",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**_env(), "WANDB_MODE": "disabled"},
     )
     assert proc.returncode == 1 and "usage:" not in proc.stderr
     assert "Traceback" not in proc.stderr and "NoSuchNet" in proc.stderr
@@ -152,8 +230,18 @@ def test_unknown_model_class_is_rejected(tmp_path):
 
 def test_missing_data_folder_is_one_line_and_recorded(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = main(["fit", "--config", str(ROOT / "configs" / "cnn_cifar10.yaml"), "--data.data_dir", "nowhere",
-                 "--run_name", "r", "--wandb=false"])
+    code = main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "cnn_cifar10.yaml"),
+            "--data.data_dir",
+            "nowhere",
+            "--run_name",
+            "r",
+            "--wandb=false",
+        ]
+    )
     assert code == 1
     record = json.loads((tmp_path / "runs" / "cnn_cifar10" / "r" / "results.json").read_text())
     assert record["status"] == "failed" and "cifar-10-batches-py" in record["error"]
@@ -205,8 +293,15 @@ def test_reusing_a_run_name_is_refused_and_keeps_the_earlier_run(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setattr(train_cli, "build_wandb_logger", lambda run_dir, *args: _FolderOnlyLogger(run_dir))
-    args = ["fit", "--config", str(ROOT / "configs" / "test_tiny.yaml"), "--trainer.max_epochs=1",
-            "--run_name", "same", "--snapshot=false"]
+    args = [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "test_tiny.yaml"),
+        "--trainer.max_epochs=1",
+        "--run_name",
+        "same",
+        "--snapshot=false",
+    ]
     assert main(args) == 0
     # the folder W&B made first is no earlier run: no "Previous log files ... will be deleted" warning
     assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
@@ -228,8 +323,18 @@ def test_failed_download_is_one_line_and_recorded(tmp_path, monkeypatch, capsys)
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(urllib.request, "urlopen", no_network)  # what torchvision's download calls
-    code = main(["fit", "--config", str(ROOT / "configs" / "cnn_cifar10.yaml"), "--data.download", "true",
-                 "--run_name", "r", "--wandb=false"])
+    code = main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "cnn_cifar10.yaml"),
+            "--data.download",
+            "true",
+            "--run_name",
+            "r",
+            "--wandb=false",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("lipschitz-dd: error: ")

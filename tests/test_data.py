@@ -54,7 +54,7 @@ def test_noisy_sets_are_nested_deterministic_and_of_size_round_alpha_n(mode):
         again, again_mask = corrupt_labels(labels, alpha, 10, mode, seed=7)
         assert torch.equal(again, noisy) and torch.equal(again_mask, mask)
         masks.append(mask)
-    for smaller, larger in zip(masks, masks[1:]):
+    for smaller, larger in zip(masks, masks[1:], strict=False):
         assert not (smaller & ~larger).any()
     assert torch.equal(labels, balanced_labels(1000))  # input untouched
     other_seed = corrupt_labels(labels, 0.25, 10, mode, seed=8)[1]

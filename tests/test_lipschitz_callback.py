@@ -11,7 +11,6 @@ import copy
 import csv
 import math
 import os
-from typing import Optional
 
 import lightning.pytorch as pl
 import pytest
@@ -21,8 +20,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from callbacks._points import PointSource, batch_input, batch_label, seeded_subset
-from callbacks.lipschitz import LipschitzCallback
+from lipschitz_dd.callbacks._points import PointSource, batch_input, batch_label, seeded_subset
+from lipschitz_dd.callbacks.lipschitz import LipschitzCallback
 
 N_TRAIN, N_TEST, DIM, CLASSES = 30, 12, 5, 3
 
@@ -102,9 +101,17 @@ class ToyNet(pl.LightningModule):
 
 
 def make_trainer(tmp_path, callbacks, max_epochs: int = 3, logger: bool = True, **kwargs) -> pl.Trainer:
-    options = dict(max_epochs=max_epochs, callbacks=callbacks, enable_progress_bar=False,
-                   enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
-                   log_every_n_steps=1, accelerator="cpu", devices=1)
+    options = dict(
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        accelerator="cpu",
+        devices=1,
+    )
     options.update(kwargs)
     return pl.Trainer(logger=CSVLogger(str(tmp_path), name="run", version=0) if logger else False, **options)
 
@@ -130,15 +137,16 @@ def dense_jacobian_norms(model: nn.Module, x: Tensor) -> Tensor:
 
 def product_of_linear_norms(model: nn.Module) -> float:
     """prod ||W||_2 over the Linear layers (dense SVD): the AutoLip upper bound of Linear/ReLU/Dropout nets."""
-    return math.prod(float(torch.linalg.svdvals(m.weight.detach().double())[0])
-                     for m in model.modules() if isinstance(m, nn.Linear))
+    return math.prod(
+        float(torch.linalg.svdvals(m.weight.detach().double())[0]) for m in model.modules() if isinstance(m, nn.Linear)
+    )
 
 
 def without_timing(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k != "lipschitz/seconds"}
 
 
-def assert_close_dicts(a: dict[str, float], b: dict[str, float], rel: float = 1e-6, keys: Optional[set] = None):
+def assert_close_dicts(a: dict[str, float], b: dict[str, float], rel: float = 1e-6, keys: set | None = None):
     keys = keys if keys is not None else set(a) | set(b)
     assert set(a) >= keys and set(b) >= keys, (sorted(a), sorted(b))
     for k in keys:
@@ -148,15 +156,36 @@ def assert_close_dicts(a: dict[str, float], b: dict[str, float], rel: float = 1e
 # ---------------------------------------------------------------------------------------------- tests
 
 ALL_KEYS = {
-    "lipschitz/lower", "lipschitz/avg", "lipschitz/rms", "lipschitz/upper", "lipschitz/upper_available",
-    "lipschitz/lower_test", "lipschitz/lower_interp", "lipschitz/lower_noise", "lipschitz/lower_pgd",
-    "lipschitz/lower_opt", "lipschitz/seconds", "params/dist_init", "params/path_length",
+    "lipschitz/lower",
+    "lipschitz/avg",
+    "lipschitz/rms",
+    "lipschitz/upper",
+    "lipschitz/upper_available",
+    "lipschitz/lower_test",
+    "lipschitz/lower_interp",
+    "lipschitz/lower_noise",
+    "lipschitz/lower_pgd",
+    "lipschitz/lower_opt",
+    "lipschitz/seconds",
+    "params/dist_init",
+    "params/path_length",
 }
 
 
 def full_callback(**kwargs) -> LipschitzCallback:
-    options = dict(every_n_epochs=1, test=True, interp=True, interp_points=40, noise=True, pgd=True, pgd_steps=3,
-                   optimised_every=1, optimised_top_m=2, optimised_steps=3, progress_bar=False)
+    options = dict(
+        every_n_epochs=1,
+        test=True,
+        interp=True,
+        interp_points=40,
+        noise=True,
+        pgd=True,
+        pgd_steps=3,
+        optimised_every=1,
+        optimised_top_m=2,
+        optimised_steps=3,
+        progress_bar=False,
+    )
     options.update(kwargs)
     return LipschitzCallback(**options)
 
@@ -341,15 +370,17 @@ def test_dict_batches_and_custom_input_function(tmp_path):
 
     model = ToyNet()
     by_key = LipschitzCallback(every_n_epochs=1, test=True, pgd=True, pgd_steps=2, upper=False, progress_bar=False)
-    by_fn = LipschitzCallback(every_n_epochs=1, test=True, upper=False, progress_bar=False, seed=1,
-                              get_input=lambda batch: batch["image"])
+    by_fn = LipschitzCallback(
+        every_n_epochs=1, test=True, upper=False, progress_bar=False, seed=1, get_input=lambda batch: batch["image"]
+    )
     trainer = make_trainer(tmp_path, [by_key, by_fn], max_epochs=1, logger=False)
     trainer.fit(model, datamodule=DictData())
     norms = dense_jacobian_norms(model, x)
     for callback in (by_key, by_fn):
         assert callback.last_metrics["lipschitz/lower"] == pytest.approx(float(norms.max()), rel=1e-5)
         assert callback.last_metrics["lipschitz/lower_test"] == pytest.approx(
-            float(dense_jacobian_norms(model, tx).max()), rel=1e-5)
+            float(dense_jacobian_norms(model, tx).max()), rel=1e-5
+        )
 
 
 def test_batch_reading_rules():
@@ -369,16 +400,23 @@ def test_subsets_are_fixed_and_ranks_partition_them():
     a, b = seeded_subset(50, 20, seed=4), seeded_subset(50, 20, seed=4)
     assert torch.equal(a, b) and len(set(a.tolist())) == 20 and not torch.equal(a, seeded_subset(50, 20, seed=5))
     x = torch.arange(50.0)[:, None]
-    shards = [PointSource.from_tensors(x, None, max_samples=20, seed=4, batch_size=3, rank=r, world_size=3)
-              for r in range(3)]
+    shards = [
+        PointSource.from_tensors(x, None, max_samples=20, seed=4, batch_size=3, rank=r, world_size=3) for r in range(3)
+    ]
     seen = torch.cat([bx for s in shards for bx, _ in s.batches(torch.device("cpu"))]).reshape(-1)
     assert sorted(seen.long().tolist()) == sorted(a.tolist())
     assert sum(s.num_points for s in shards) == 20
 
 
 def test_invalid_arguments_fail_with_one_line_errors():
-    for kwargs in ({"every_n_epochs": 0}, {"max_samples": 0}, {"dense_epochs": -1}, {"pgd_eps": 0.0},
-                   {"interp_lambdas": (1.5,)}, {"batch_size": 2.5}):
+    for kwargs in (
+        {"every_n_epochs": 0},
+        {"max_samples": 0},
+        {"dense_epochs": -1},
+        {"pgd_eps": 0.0},
+        {"interp_lambdas": (1.5,)},
+        {"batch_size": 2.5},
+    ):
         with pytest.raises(ValueError, match="LipschitzCallback"):
             LipschitzCallback(**kwargs)
 
@@ -450,8 +488,9 @@ def test_validate_and_test_measure_the_current_weights(tmp_path):
     expected = float(dense_jacobian_norms(model, data.train_x).max())
     assert validated["lipschitz/lower"] == pytest.approx(expected, rel=1e-5)
     assert tested["lipschitz/lower"] == pytest.approx(expected, rel=1e-5)
-    assert validated["lipschitz/lower_test"] == pytest.approx(float(dense_jacobian_norms(model, data.test_x).max()),
-                                                              rel=1e-5)
+    assert validated["lipschitz/lower_test"] == pytest.approx(
+        float(dense_jacobian_norms(model, data.test_x).max()), rel=1e-5
+    )
     assert "params/path_length" not in validated
 
 
@@ -490,16 +529,18 @@ def test_in_memory_datamodule_tensors_are_used(tmp_path):
     trainer = make_trainer(tmp_path, [callback], max_epochs=1, logger=False, limit_val_batches=0)
     trainer.fit(model, datamodule=data)
     assert callback.last_metrics["lipschitz/lower"] == pytest.approx(
-        float(dense_jacobian_norms(model, data.train_x).max()), rel=1e-5)
+        float(dense_jacobian_norms(model, data.train_x).max()), rel=1e-5
+    )
     assert callback.last_metrics["lipschitz/lower_test"] == pytest.approx(
-        float(dense_jacobian_norms(model, data.test_x).max()), rel=1e-5)
+        float(dense_jacobian_norms(model, data.test_x).max()), rel=1e-5
+    )
 
 
 class BatchList:
     """A re-iterable list of (x, y) batches with no `.dataset`: the callback streams it as it is."""
 
     def __init__(self, x, y, batch_size):
-        self.batches = list(zip(x.split(batch_size), y.split(batch_size)))
+        self.batches = list(zip(x.split(batch_size), y.split(batch_size), strict=False))
 
     def __iter__(self):
         return iter(self.batches)
@@ -523,9 +564,14 @@ def test_configurable_from_a_lightning_cli_style_config():
 
     parser = ArgumentParser()
     parser.add_argument("--callback", type=LipschitzCallback)
-    config = parser.parse_args(["--callback", '{"class_path": "callbacks.lipschitz.LipschitzCallback", "init_args": '
-                                '{"every_n_epochs": 5, "test": true, "input_key": 0, "data_box": [0, 1], '
-                                '"interp_lambdas": [0.1, 0.3]}}'])
+    config = parser.parse_args(
+        [
+            "--callback",
+            '{"class_path": "lipschitz_dd.callbacks.lipschitz.LipschitzCallback", "init_args": '
+            '{"every_n_epochs": 5, "test": true, "input_key": 0, "data_box": [0, 1], '
+            '"interp_lambdas": [0.1, 0.3]}}',
+        ]
+    )
     callback = parser.instantiate(config).callback
     assert isinstance(callback, LipschitzCallback)
     assert (callback.every_n_epochs, callback.test, callback.input_key) == (5, True, 0)

@@ -7,9 +7,11 @@ import copy
 
 import pytest
 import torch
-
-from callbacks.lipschitz import LipschitzCallback
 from test_lipschitz_callback import ToyData, ToyNet, dense_jacobian_norms, make_trainer, read_rows
+
+from lipschitz_dd.callbacks.lipschitz import LipschitzCallback
+
+pytestmark = pytest.mark.slow  # DDP processes
 
 
 def test_ddp_values_equal_single_process_values_over_the_whole_set(tmp_path):
@@ -29,7 +31,8 @@ def test_ddp_values_equal_single_process_values_over_the_whole_set(tmp_path):
         assert row["lipschitz/lower"] == pytest.approx(float(norms.max()), rel=1e-5)
         assert row["lipschitz/avg"] == pytest.approx(float(norms.mean()), rel=1e-5)
         assert row["lipschitz/rms"] == pytest.approx(float(norms.square().mean().sqrt()), rel=1e-5)
-        assert row["lipschitz/lower_test"] == pytest.approx(float(dense_jacobian_norms(net, data.test_x).max()),
-                                                            rel=1e-5)
+        assert row["lipschitz/lower_test"] == pytest.approx(
+            float(dense_jacobian_norms(net, data.test_x).max()), rel=1e-5
+        )
         assert row["lipschitz/upper_available"] == 1.0 and row["lipschitz/upper"] >= row["lipschitz/lower"]
     assert rows[-1]["params/dist_init"] > 0

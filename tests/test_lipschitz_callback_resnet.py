@@ -9,11 +9,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torchvision
+from test_lipschitz_callback import DictDataset, dense_jacobian_norms, make_trainer, read_rows
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.lipschitz import LipschitzCallback
-from test_lipschitz_callback import DictDataset, dense_jacobian_norms, make_trainer, read_rows
+from lipschitz_dd.callbacks.lipschitz import LipschitzCallback
+
+pytestmark = pytest.mark.slow  # torchvision ResNet-18
 
 
 class ResNetClassifier(pl.LightningModule):

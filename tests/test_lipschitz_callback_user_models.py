@@ -9,12 +9,12 @@ import warnings
 
 import pytest
 import torch
+from test_lipschitz_callback import CLASSES, DIM, ToyData, ToyNet, dense_jacobian_norms, make_trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from callbacks.lipschitz import LipschitzCallback
 from lipschitz_dd.bounds import upper_bound
-from test_lipschitz_callback import CLASSES, DIM, ToyData, ToyNet, dense_jacobian_norms, make_trainer
+from lipschitz_dd.callbacks.lipschitz import LipschitzCallback
 
 
 class TupleOutput(ToyNet):
@@ -108,8 +108,7 @@ class Endless(IterableDataset):
 def test_an_endless_stream_is_measured_up_to_the_trainer_limit(tmp_path):
     callback = LipschitzCallback(upper=False, progress_bar=False)
     loader = DataLoader(Endless(), batch_size=4)
-    trainer = make_trainer(tmp_path, [callback], max_epochs=2, logger=False, limit_train_batches=3,
-                           limit_val_batches=0)
+    trainer = make_trainer(tmp_path, [callback], max_epochs=2, logger=False, limit_train_batches=3, limit_val_batches=0)
     trainer.fit(ToyNet(batchnorm=False), loader)  # hung forever before: the stream was read to its end
     points = [x for x, _ in itertools.islice(iter(loader), 3)]
     expected = dense_jacobian_norms(trainer.lightning_module, torch.cat(points))
@@ -125,7 +124,8 @@ def test_a_reused_callback_starts_afresh_for_every_fit(tmp_path):
     assert [h["epoch"] for h in callback.history] == [0.0, 1.0, 2.0]
     second.eval()
     assert callback.last_metrics["lipschitz/upper"] == pytest.approx(
-        upper_bound(second, ToyData().train_x[:1]).value, rel=1e-4)
+        upper_bound(second, ToyData().train_x[:1]).value, rel=1e-4
+    )
     theta = torch.cat([p.detach().flatten() for p in second.parameters()])
     assert callback.last_metrics["params/dist_init"] == pytest.approx(float((theta - theta_0).norm()), rel=1e-5)
 
@@ -139,8 +139,9 @@ def test_validate_with_loaders_only_omits_the_training_set_bounds(tmp_path):
         warnings.simplefilter("always")
         metrics = trainer.validate(model, data.val_dataloader(), verbose=False)[0]
     assert "lipschitz/lower" not in metrics and "lipschitz/avg" not in metrics  # was NaN
-    assert metrics["lipschitz/lower_test"] == pytest.approx(float(dense_jacobian_norms(model, data.test_x).max()),
-                                                            rel=1e-5)
+    assert metrics["lipschitz/lower_test"] == pytest.approx(
+        float(dense_jacobian_norms(model, data.test_x).max()), rel=1e-5
+    )
     assert all(math.isfinite(v) for k, v in metrics.items() if k.startswith("lipschitz/"))
     assert not any("diverged" in str(w.message) for w in caught)
 
@@ -164,4 +165,5 @@ def test_trainer_test_measures_the_test_loader(tmp_path):
     trainer = make_trainer(tmp_path, [LipschitzCallback(test=True, progress_bar=False)], logger=False)
     tested = trainer.test(model, datamodule=data, verbose=False)[0]
     assert tested["lipschitz/lower_test"] == pytest.approx(
-        float(dense_jacobian_norms(model, data.train_x[:10]).max()), rel=1e-5)
+        float(dense_jacobian_norms(model, data.train_x[:10]).max()), rel=1e-5
+    )

@@ -33,8 +33,13 @@ def n_params(module: nn.Module) -> int:
 
 def make_trainer(tmp_path=None, **kwargs) -> Trainer:
     defaults = dict(
-        accelerator="cpu", devices=1, max_epochs=1, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, logger=False if tmp_path is None else CSVLogger(tmp_path, name="run"),
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False if tmp_path is None else CSVLogger(tmp_path, name="run"),
     )
     defaults.update(kwargs)
     return Trainer(**defaults)
@@ -145,7 +150,9 @@ def test_same_seed_same_initial_weights_as_plain_builder(name):
         assert torch.equal(module_state[key], plain_state[key]), key
     seed_everything(124)
     other = make_module()
-    assert any(not torch.equal(a, b) for a, b in zip(other.net.state_dict().values(), plain_state.values()))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(other.net.state_dict().values(), plain_state.values(), strict=False)
+    )
 
 
 # ------------------------------------------------------------------ hyper-parameters and CLI signature
@@ -157,7 +164,6 @@ def test_hparams_and_cli_signature_include_base_arguments():
     cfg = parser.parse_args(["--model.width", "5", "--model.lr", "0.1", "--model.lr_schedule", "cont100"])
     assert cfg.model.width == 5 and cfg.model.lr == 0.1 and cfg.model.lr_schedule == "cont100"
     assert cfg.model.grad_clip_norm == 50.0
-
 
 
 def test_attribute_fast_path_keeps_module_registration():
@@ -270,15 +276,18 @@ def test_diverging_run_keeps_one_row_per_epoch_with_the_lipschitz_bounds(tmp_pat
     """A run cut short mid-epoch by a NaN loss: the validation row of that epoch is written, then the
     callback measures at the train-epoch end. Its values used to land in an extra row at Lightning's global step
     (with an `epoch` column), out of order; they must join the row step = finished epochs."""
-    from callbacks import LipschitzCallback
+    from lipschitz_dd.callbacks import LipschitzCallback
     from lipschitz_dd.data import SyntheticDataModule
     from lipschitz_dd.loggers import EpochCSVLogger
 
     seed_everything(0)
     data = SyntheticDataModule(input_shape=(40,), num_classes=10, num_train=256, num_test=64, batch_size=64)
     model = FCN(width=16, lr=1e6, grad_clip_norm=None)
-    trainer = make_trainer(max_epochs=5, logger=EpochCSVLogger(str(tmp_path), name="d", version="r"),
-                           callbacks=[LipschitzCallback(progress_bar=False)])
+    trainer = make_trainer(
+        max_epochs=5,
+        logger=EpochCSVLogger(str(tmp_path), name="d", version="r"),
+        callbacks=[LipschitzCallback(progress_bar=False)],
+    )
     trainer.fit(model, datamodule=data)
     assert model.diverged and trainer.current_epoch < 5
     with open(tmp_path / "d" / "r" / "metrics.csv", newline="") as f:
@@ -300,7 +309,7 @@ def test_nan_loss_stops_cleanly_and_marks_diverged(caplog):
         trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=4))
     assert model.diverged is True
     assert trainer.current_epoch == 1  # stopped in the first of 5 epochs (the counter counts it as finished)
-    for p, q in zip(model.parameters(), reference.parameters()):
+    for p, q in zip(model.parameters(), reference.parameters(), strict=False):
         assert torch.equal(p, q)  # the NaN batch made no update
     assert any("non-finite training loss" in r.getMessage() and "epoch 0" in r.getMessage() for r in caplog.records)
 
@@ -332,8 +341,10 @@ def test_csv_rows_at_epochs_0_to_E_match_direct_evaluation(tmp_path):
     x_train, y_train = torch.randn(20, 40), torch.randint(0, 10, (20,))
     x_test, y_test = torch.randn(15, 40), torch.randint(0, 10, (15,))
     train_loader = DataLoader(TensorDataset(x_train, y_train), batch_size=5)
-    val_loaders = [DataLoader(TensorDataset(x_test, y_test), batch_size=4),
-                   DataLoader(TensorDataset(x_train, y_train), batch_size=7)]
+    val_loaders = [
+        DataLoader(TensorDataset(x_test, y_test), batch_size=4),
+        DataLoader(TensorDataset(x_train, y_train), batch_size=7),
+    ]
     model = FCN(width=8, lr=0.1, output_activation="none")
     initial = copy.deepcopy(model)
     trainer = make_trainer(tmp_path, max_epochs=2)  # default sanity check runs: must not log a row

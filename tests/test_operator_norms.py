@@ -1,4 +1,5 @@
 """Layer norms and layer constants against independent computations (explicit matrices, SVD, brute force)."""
+
 import math
 
 import pytest
@@ -64,8 +65,7 @@ def _conv_case(index):
 @pytest.mark.parametrize("index", range(len(CONV_CASES)))
 def test_conv_power_iteration_matches_svd_of_explicit_matrix(index):
     conv, shape, exact = _conv_case(index)
-    estimate = conv_operator_norm(conv, shape, tol=1e-13, max_iters=4000,
-                                  generator=torch.Generator().manual_seed(0))
+    estimate = conv_operator_norm(conv, shape, tol=1e-13, max_iters=4000, generator=torch.Generator().manual_seed(0))
     assert not estimate.certified
     assert estimate.value <= exact * (1 + 1e-9)  # power iteration errs low
     assert estimate.value == pytest.approx(exact, rel=1e-5)
@@ -129,8 +129,7 @@ def test_linear_norm_power_and_certified_against_svd():
     w = torch.randn(30, 17, dtype=torch.float64)
     exact = spectral_norm(w)
     power = linear_operator_norm(w, tol=1e-14, max_iters=5000)
-    certified = linear_operator_norm(nn.Linear(17, 30).double().requires_grad_(False).weight.copy_(w),
-                                     certified=True)
+    certified = linear_operator_norm(nn.Linear(17, 30).double().requires_grad_(False).weight.copy_(w), certified=True)
     assert power.value <= exact * (1 + 1e-12) and power.value == pytest.approx(exact, rel=1e-8)
     assert certified.certified and exact * (1 - 1e-12) <= certified.value <= exact * (1 + 1e-6)
     with pytest.raises(ValueError):
@@ -178,19 +177,25 @@ def test_max_pool_constant_overlapping_3x3_stride_2_is_2_and_attained():
     rule = lc.module_rule(pool, in_shape, out_shape)
     assert rule == lc.Fixed(2.0)
     gen = torch.Generator().manual_seed(0)
-    random_max = max(jacobian_norm(pool, torch.randn(1, 1, 7, 7, dtype=torch.float64, generator=gen))
-                     for _ in range(20))
+    random_max = max(
+        jacobian_norm(pool, torch.randn(1, 1, 7, 7, dtype=torch.float64, generator=gen)) for _ in range(20)
+    )
     assert random_max <= 2.0 + 1e-12
     x = torch.randn(1, 1, 7, 7, dtype=torch.float64, generator=gen) * 0.1
     x[0, 0, 2, 2] = 10.0  # the corner shared by four windows is the max of all of them
     assert jacobian_norm(pool, x) == pytest.approx(2.0, rel=1e-12)
 
 
-@pytest.mark.parametrize("pool, in_shape", [
-    (nn.MaxPool2d(2), (3, 8, 8)), (nn.MaxPool2d(8), (2, 8, 8)), (nn.MaxPool1d(3, stride=1, padding=1), (1, 9)),
-    (nn.MaxPool2d(3, stride=2, padding=1, dilation=1, ceil_mode=True), (1, 6, 6)),
-    (nn.AdaptiveMaxPool2d((3, 2)), (1, 7, 5)),
-])
+@pytest.mark.parametrize(
+    "pool, in_shape",
+    [
+        (nn.MaxPool2d(2), (3, 8, 8)),
+        (nn.MaxPool2d(8), (2, 8, 8)),
+        (nn.MaxPool1d(3, stride=1, padding=1), (1, 9)),
+        (nn.MaxPool2d(3, stride=2, padding=1, dilation=1, ceil_mode=True), (1, 6, 6)),
+        (nn.AdaptiveMaxPool2d((3, 2)), (1, 7, 5)),
+    ],
+)
 def test_max_pool_constant_is_attained_by_a_peak_and_bounds_random_jacobians(pool, in_shape):
     x = torch.randn(1, *in_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     out_shape = tuple(pool(x).shape[1:])
@@ -205,11 +210,18 @@ def test_max_pool_constant_is_attained_by_a_peak_and_bounds_random_jacobians(poo
     assert jacobian_norm(pool, x) <= constant + 1e-12
 
 
-@pytest.mark.parametrize("pool, in_shape", [
-    (nn.AvgPool2d(2), (1, 8, 8)), (nn.AvgPool2d(3), (1, 9, 9)), (nn.AvgPool2d(3, stride=1, padding=1), (1, 6, 6)),
-    (nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False), (1, 7, 7)), (nn.AvgPool1d(4, 2), (1, 10)),
-    (nn.AdaptiveAvgPool2d(1), (1, 4, 4)), (nn.AdaptiveAvgPool2d((3, 2)), (1, 7, 5)),
-])
+@pytest.mark.parametrize(
+    "pool, in_shape",
+    [
+        (nn.AvgPool2d(2), (1, 8, 8)),
+        (nn.AvgPool2d(3), (1, 9, 9)),
+        (nn.AvgPool2d(3, stride=1, padding=1), (1, 6, 6)),
+        (nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False), (1, 7, 7)),
+        (nn.AvgPool1d(4, 2), (1, 10)),
+        (nn.AdaptiveAvgPool2d(1), (1, 4, 4)),
+        (nn.AdaptiveAvgPool2d((3, 2)), (1, 7, 5)),
+    ],
+)
 def test_avg_pool_constants_against_the_explicit_matrix(pool, in_shape):
     exact = spectral_norm(explicit_matrix(pool, in_shape))
     out_shape = tuple(pool(torch.zeros(1, *in_shape)).shape[1:])
@@ -232,16 +244,27 @@ def test_batchnorm_constant_closed_form_and_explicit_jacobian():
     assert isinstance(lc.module_rule(nn.BatchNorm1d(3, track_running_stats=False), (3,), (3,)), lc.Unavailable)
 
 
-@pytest.mark.parametrize("module, expected", [
-    (nn.ReLU(), 1.0), (nn.LeakyReLU(0.2), 1.0), (nn.LeakyReLU(-3.0), 3.0), (nn.Tanh(), 1.0),
-    (nn.Sigmoid(), 0.25), (nn.ELU(2.0), 2.0), (nn.Hardswish(), 1.5), (nn.Softplus(), 1.0),
-])
+@pytest.mark.parametrize(
+    "module, expected",
+    [
+        (nn.ReLU(), 1.0),
+        (nn.LeakyReLU(0.2), 1.0),
+        (nn.LeakyReLU(-3.0), 3.0),
+        (nn.Tanh(), 1.0),
+        (nn.Sigmoid(), 0.25),
+        (nn.ELU(2.0), 2.0),
+        (nn.Hardswish(), 1.5),
+        (nn.Softplus(), 1.0),
+    ],
+)
 def test_simple_activation_constants(module, expected):
     assert lc.module_rule(module, (4,), (4,)).value == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("module", [nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.Mish(), nn.Sigmoid(),
-                                    nn.ELU(), nn.SELU(), nn.Hardswish()])
+@pytest.mark.parametrize(
+    "module",
+    [nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.Mish(), nn.Sigmoid(), nn.ELU(), nn.SELU(), nn.Hardswish()],
+)
 def test_smooth_activation_constants_against_a_dense_derivative_grid(module):
     x = torch.linspace(-12, 12, 2_000_001, dtype=torch.float64, requires_grad=True)
     (grad,) = torch.autograd.grad(module(x).sum(), x)
@@ -258,16 +281,20 @@ def test_gelu_and_silu_constants_have_the_known_values():
 
 def test_softmax_constant_half_bounds_jacobians():
     gen = torch.Generator().manual_seed(0)
-    worst = max(jacobian_norm(lambda z: torch.softmax(z, -1), torch.randn(5, dtype=torch.float64, generator=gen) * 3)
-                for _ in range(50))
+    worst = max(
+        jacobian_norm(lambda z: torch.softmax(z, -1), torch.randn(5, dtype=torch.float64, generator=gen) * 3)
+        for _ in range(50)
+    )
     assert worst <= 0.5
-    assert jacobian_norm(lambda z: torch.softmax(z, -1), torch.tensor([0.0, 0.0, -50.0], dtype=torch.float64)) == \
-        pytest.approx(0.5, rel=1e-9)
+    assert jacobian_norm(
+        lambda z: torch.softmax(z, -1), torch.tensor([0.0, 0.0, -50.0], dtype=torch.float64)
+    ) == pytest.approx(0.5, rel=1e-9)
     assert lc.module_rule(nn.Softmax(-1), (5,), (5,)).value == 0.5
 
 
-@pytest.mark.parametrize("module", [nn.LayerNorm(4), nn.MultiheadAttention(4, 1), nn.GroupNorm(2, 4),
-                                    nn.Hardshrink(), nn.Embedding(3, 4)])
+@pytest.mark.parametrize(
+    "module", [nn.LayerNorm(4), nn.MultiheadAttention(4, 1), nn.GroupNorm(2, 4), nn.Hardshrink(), nn.Embedding(3, 4)]
+)
 def test_not_lipschitz_or_unknown_modules_are_unavailable_with_a_reason(module):
     rule = lc.module_rule(module, (4,), (4,))
     assert isinstance(rule, lc.Unavailable) and rule.reason

@@ -8,8 +8,8 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.records import RunRecord, read_metric_rows, summarise, write_json_atomic
-from callbacks.stopping import GradNormStopping, full_batch_gradient_norm
+from lipschitz_dd.callbacks.records import RunRecord, read_metric_rows, summarise, write_json_atomic
+from lipschitz_dd.callbacks.stopping import GradNormStopping, full_batch_gradient_norm
 from lipschitz_dd.loggers import EpochCSVLogger
 
 
@@ -58,8 +58,15 @@ class TinyModule(LightningModule):
 def _fit(tmp_path, module, epochs=3, callbacks=()):
     logger = EpochCSVLogger(save_dir=str(tmp_path), name="exp", version="run")
     record = RunRecord(config={"model.width": 4})
-    trainer = Trainer(max_epochs=epochs, logger=logger, callbacks=[record, *callbacks], enable_progress_bar=False,
-                      enable_checkpointing=False, num_sanity_val_steps=0, enable_model_summary=False)
+    trainer = Trainer(
+        max_epochs=epochs,
+        logger=logger,
+        callbacks=[record, *callbacks],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+    )
     data = _batches()
     trainer.fit(module, train_dataloaders=data, val_dataloaders=_batches(seed=1))
     return tmp_path / "exp" / "run", trainer

@@ -4,6 +4,7 @@
 Synthetic double descent: the final test loss and C_lower peak at width 64 (log2 width = 6) and the peak
 grows with label noise; every bound grows as c * epoch**EXPONENT from epoch FIT_FROM on (constant before).
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,16 @@ import pandas as pd
 import pytest
 
 from lipschitz_dd.report import (
-    aggregate_over_seeds, bias_variance_table, config_axes, fit_power_law, load_run, load_runs,
-    output_at_zero_variance, read_metrics_csv, runs_table, variance_bound,
+    aggregate_over_seeds,
+    bias_variance_table,
+    config_axes,
+    fit_power_law,
+    load_run,
+    load_runs,
+    output_at_zero_variance,
+    read_metrics_csv,
+    runs_table,
+    variance_bound,
 )
 from lipschitz_dd.report.build import build_report
 from lipschitz_dd.report.cli import main
@@ -55,8 +64,15 @@ def bound_at(metric: str, final: float, epoch: int) -> float:
     return final * (max(epoch, FIT_FROM) / EPOCHS) ** k
 
 
-def write_run(folder: Path, config: dict, final: dict, status: str = "finished", epochs: int = EPOCHS,
-              extra_final: dict | None = None, error: str | None = None) -> Path:
+def write_run(
+    folder: Path,
+    config: dict,
+    final: dict,
+    status: str = "finished",
+    epochs: int = EPOCHS,
+    extra_final: dict | None = None,
+    error: str | None = None,
+) -> Path:
     """One run folder; metrics.csv has two rows per step (losses, then bounds) like CSVLogger writes."""
     folder.mkdir(parents=True)
     losses = ["test/loss", "train/loss", "test/acc", "train/acc"]
@@ -67,10 +83,16 @@ def write_run(folder: Path, config: dict, final: dict, status: str = "finished",
         for epoch in range(epochs + 1):
             scale = 1.0 + (epochs - epoch) / max(epochs, 1)  # losses fall to their final values
             writer.writerow([epoch, epoch, *[final[m] * scale for m in losses], *[""] * len(bounds)])
-            writer.writerow([epoch, epoch, *[""] * len(losses),
-                             *[bound_at(m, final[m], epoch) for m in bounds]])
-    results = {"status": status, "config": config, "final": {**final, **(extra_final or {})},
-               "max": {}, "epochs": epochs, "seconds": 1.5, "versions": {"torch": "x"}}
+            writer.writerow([epoch, epoch, *[""] * len(losses), *[bound_at(m, final[m], epoch) for m in bounds]])
+    results = {
+        "status": status,
+        "config": config,
+        "final": {**final, **(extra_final or {})},
+        "max": {},
+        "epochs": epochs,
+        "seconds": 1.5,
+        "versions": {"torch": "x"},
+    }
     if error:
         results["error"] = error
     (folder / "results.json").write_text(json.dumps(results))
@@ -87,23 +109,42 @@ def write_sweep(root: Path, with_bias_variance_records: bool = False) -> Path:
             for seed in SEEDS:
                 extra = {}
                 if with_bias_variance_records:
-                    extra = {"data/mean_sq_norm": 4.0, "f0/0": 0.1 * seed, "f0/1": -0.2 * seed,
-                             "params/count": 50 * width, "data/train_size": 4000}
-                config = {"model.width": width, "data.label_noise": noise, "seed_everything": seed,
-                          "trainer.max_epochs": EPOCHS, "run_name": run_name(width, noise, seed)}
-                write_run(runs / run_name(width, noise, seed), config, final_values(width, noise, seed),
-                          extra_final=extra)
-    failed_config = {"model.width": 512, "data.label_noise": 0.0, "seed_everything": 0,
-                     "trainer.max_epochs": EPOCHS}
-    write_run(runs / "w512_failed", failed_config, final_values(512, 0.0, 0), status="failed", epochs=3,
-              error="Traceback ...\nRuntimeError: CUDA out of memory")
+                    extra = {
+                        "data/mean_sq_norm": 4.0,
+                        "f0/0": 0.1 * seed,
+                        "f0/1": -0.2 * seed,
+                        "params/count": 50 * width,
+                        "data/train_size": 4000,
+                    }
+                config = {
+                    "model.width": width,
+                    "data.label_noise": noise,
+                    "seed_everything": seed,
+                    "trainer.max_epochs": EPOCHS,
+                    "run_name": run_name(width, noise, seed),
+                }
+                write_run(
+                    runs / run_name(width, noise, seed), config, final_values(width, noise, seed), extra_final=extra
+                )
+    failed_config = {"model.width": 512, "data.label_noise": 0.0, "seed_everything": 0, "trainer.max_epochs": EPOCHS}
+    write_run(
+        runs / "w512_failed",
+        failed_config,
+        final_values(512, 0.0, 0),
+        status="failed",
+        epochs=3,
+        error="Traceback ...\nRuntimeError: CUDA out of memory",
+    )
     diverged = {**final_values(512, 0.15, 0), "test/loss": float("nan")}
-    write_run(runs / "w512_diverged", {**failed_config, "data.label_noise": 0.15}, diverged,
-              status="diverged", epochs=7)
+    write_run(
+        runs / "w512_diverged", {**failed_config, "data.label_noise": 0.15}, diverged, status="diverged", epochs=7
+    )
     partial = write_run(runs / "w512_partial", failed_config, final_values(512, 0.0, 1), epochs=2)
     (partial / "results.json").unlink()  # killed hard: only LightningCLI's config.yaml and metrics.csv
-    (partial / "config.yaml").write_text(f"seed_everything: 1\ntrainer:\n  max_epochs: {EPOCHS}\nmodel:\n"
-                                         "  init_args:\n    width: 512\ndata:\n  label_noise: 0.0\n")
+    (partial / "config.yaml").write_text(
+        f"seed_everything: 1\ntrainer:\n  max_epochs: {EPOCHS}\nmodel:\n"
+        "  init_args:\n    width: 512\ndata:\n  label_noise: 0.0\n"
+    )
     (sweep / "sweep.db").write_bytes(b"")  # the sweep runner's state; the report ignores it
     return sweep
 
@@ -128,8 +169,7 @@ def report(sweep, tmp_path_factory) -> Path:
 # ---------------------------------------------------------------- records
 def test_rows_of_the_same_step_are_merged(tmp_path):
     path = tmp_path / "metrics.csv"
-    path.write_text("epoch,step,test/loss,lipschitz/lower\n0,0,2.0,\n0,0,,7.0\n1,1,1.5,\n1,1,,9.0\n"
-                    ",,,\n")
+    path.write_text("epoch,step,test/loss,lipschitz/lower\n0,0,2.0,\n0,0,,7.0\n1,1,1.5,\n1,1,,9.0\n,,,\n")
     metrics = read_metrics_csv(path)
     assert list(metrics.index) == [0, 1]
     assert metrics.loc[0, "test/loss"] == 2.0 and metrics.loc[0, "lipschitz/lower"] == 7.0
@@ -156,10 +196,15 @@ def test_config_yaml_is_read_when_results_json_is_missing(tmp_path):
     (folder / "metrics.csv").write_text("step,test/loss\n0,2.0\n1,1.25\n")
     (folder / "config.yaml").write_text(
         "seed_everything: 3\nmodel:\n  class_path: lipschitz_dd.models.FCN\n  init_args:\n    width: 32\n"
-        "data:\n  init_args:\n    label_noise: 0.1\n")
+        "data:\n  init_args:\n    label_noise: 0.1\n"
+    )
     record = load_run(folder)
-    assert record.config == {"seed_everything": 3, "model.class_path": "lipschitz_dd.models.FCN",
-                             "model.width": 32, "data.label_noise": 0.1}
+    assert record.config == {
+        "seed_everything": 3,
+        "model.class_path": "lipschitz_dd.models.FCN",
+        "model.width": 32,
+        "data.label_noise": 0.1,
+    }
     assert record.final_value("test/loss") == 1.25  # last logged value stands in for the missing final
     assert math.isnan(record.final_value("lipschitz/lower"))
 
@@ -200,13 +245,13 @@ def test_power_law_fit_recovers_a_known_exponent(exponent, prefactor):
     fit = fit_power_law(epochs, values, from_epoch=10)
     assert fit.exponent == pytest.approx(exponent, rel=1e-10)
     assert fit.prefactor == pytest.approx(prefactor, rel=1e-8)
-    assert fit.n_points == 190 and fit(np.array([50.0]))[0] == pytest.approx(prefactor * 50 ** exponent)
+    assert fit.n_points == 190 and fit(np.array([50.0]))[0] == pytest.approx(prefactor * 50**exponent)
 
 
 def test_power_law_fit_matches_least_squares_on_noisy_data():
     rng = np.random.default_rng(0)
     epochs = np.arange(1, 100, dtype=float)
-    values = 2.0 * epochs ** 0.7 * np.exp(rng.normal(0, 0.1, epochs.size))
+    values = 2.0 * epochs**0.7 * np.exp(rng.normal(0, 0.1, epochs.size))
     design = np.stack([np.ones_like(epochs), np.log(epochs)], axis=1)
     (log_c, k), *_ = np.linalg.lstsq(design, np.log(values), rcond=None)
     fit = fit_power_law(epochs, values)
@@ -239,8 +284,9 @@ def test_output_at_zero_variance_and_bound_closed_forms():
 
 def test_bias_variance_table_uses_what_is_recorded(sweep):
     records = load_runs(sweep)
-    table, notes = bias_variance_table(records, ["model.width", "data.label_noise", "seed_everything"],
-                                       "seed_everything")
+    table, notes = bias_variance_table(
+        records, ["model.width", "data.label_noise", "seed_everything"], "seed_everything"
+    )
     assert len(table) == len(WIDTHS) * len(NOISES)  # w512 has no two completed seeds
     row = table[(table["model.width"] == 16) & (table["data.label_noise"] == 0.0)].iloc[0]
     lower = np.array([final_values(16, 0.0, s)["lipschitz/lower"] for s in SEEDS])
@@ -249,9 +295,11 @@ def test_bias_variance_table_uses_what_is_recorded(sweep):
     var_f0 = np.mean(np.sum((f0 - f0.mean(0)) ** 2, axis=1))
     assert row["Var f(0)"] == pytest.approx(var_f0)
     assert row["bound (proxy, C_bar = mean C_lower)"] == pytest.approx(
-        3 * (lower.mean() ** 2 + np.mean(lower ** 2)) * 4.0 + 3 * var_f0)
+        3 * (lower.mean() ** 2 + np.mean(lower**2)) * 4.0 + 3 * var_f0
+    )
     assert row["bound (guaranteed, C_upper)"] == pytest.approx(
-        3 * (upper.mean() ** 2 + np.mean(upper ** 2)) * 4.0 + 3 * var_f0)
+        3 * (upper.mean() ** 2 + np.mean(upper**2)) * 4.0 + 3 * var_f0
+    )
     assert math.isnan(row["bound (paper)"])  # C_bar needs the seed-averaged network: not recorded
     tests = [final_values(16, 0.0, s)["test/loss"] for s in SEEDS]
     assert row["test loss variance over seeds"] == pytest.approx(np.var(tests, ddof=1))
@@ -275,7 +323,7 @@ def test_report_writes_figures_and_tables(report):
     row = runs[runs["run"] == run_name(64, 0.15, 1)].iloc[0]
     assert row["test/loss"] == pytest.approx(final_values(64, 0.15, 1)["test/loss"], rel=1e-12)
     assert row["status"] == "finished" and row["epochs"] == EPOCHS and row["seconds"] == 1.5
-    statuses = dict(zip(runs["run"], runs["status"]))
+    statuses = dict(zip(runs["run"], runs["status"], strict=False))
     assert statuses["w512_failed"] == "failed" and statuses["w512_diverged"] == "diverged"
     assert statuses["w512_partial"] == "incomplete"
     markdown = (report / "report.md").read_text()
@@ -297,8 +345,7 @@ def test_report_without_noise_axis_and_with_a_categorical_x_axis(tmp_path, capsy
     runs = tmp_path / "runs" / "optimisers"
     widths = {"sgd": 8, "adam": 64}
     for optimiser, width in widths.items():
-        write_run(runs / optimiser, {"model.optimizer": optimiser, "seed_everything": 0},
-                  final_values(width, 0.0, 0))
+        write_run(runs / optimiser, {"model.optimizer": optimiser, "seed_everything": 0}, final_values(width, 0.0, 0))
     main([str(tmp_path / "runs"), "--x", "model.optimizer"])
     out = tmp_path / "runs" / "report"
     assert (out / "double_descent.png").exists() and (out / "bounds_vs_epoch.png").exists()
@@ -307,7 +354,7 @@ def test_report_without_noise_axis_and_with_a_categorical_x_axis(tmp_path, capsy
     assert "heatmap.png skipped" in printed and "no run has the config key 'data.label_noise'" in printed
     assert "at least two completed seeds" in printed and "model.optimizer is not numeric" in printed
     table = pd.read_csv(out / "runs.csv")
-    for optimiser, lower in zip(table["model.optimizer"], table["lipschitz/lower"]):
+    for optimiser, lower in zip(table["model.optimizer"], table["lipschitz/lower"], strict=False):
         assert lower == pytest.approx(final_values(widths[optimiser], 0.0, 0)["lipschitz/lower"])
 
 
@@ -321,10 +368,13 @@ def test_report_survives_runs_without_any_metric(tmp_path):
     assert "failed" in (summary.out / "report.md").read_text()
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda root: root / "missing", "does not exist"),
-    (lambda root: root, "no run folders"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda root: root / "missing", "does not exist"),
+        (lambda root: root, "no run folders"),
+    ],
+)
 def test_bad_folder_gives_a_one_line_error(tmp_path, make, message):
     with pytest.raises(SystemExit) as exit_info:
         main([str(make(tmp_path))])
@@ -332,20 +382,26 @@ def test_bad_folder_gives_a_one_line_error(tmp_path, make, message):
     assert message in text and "\n" not in text and text.startswith("lipschitz-dd report: error:")
 
 
-
 def test_report_with_list_valued_config_keys_that_differ_between_runs(tmp_path):
     """`--model.widths "[8,8]"` vs `"[16,4]"` (and a differing data.input_shape) used to crash the report
     with `TypeError: unhashable type: 'list'` when sorting/grouping the runs table."""
     runs = tmp_path / "runs" / "fcn_widths"
     for name, widths, shape in [("wide_last", [16, 4], [40, 1]), ("even", [8, 8], [40])]:
-        config = {"model.width": 16, "model.widths": widths, "data.input_shape": shape,
-                  "data.label_noise": 0.0, "seed_everything": 0}
+        config = {
+            "model.width": 16,
+            "model.widths": widths,
+            "data.input_shape": shape,
+            "data.label_noise": 0.0,
+            "seed_everything": 0,
+        }
         write_run(runs / name, config, final_values(16, 0.0, 0), epochs=5)
     # the same keys in a LightningCLI config.yaml (nested, with init_args) give the same values
     partial = write_run(runs / "from_yaml", {}, final_values(16, 0.0, 1), epochs=2)
     (partial / "results.json").unlink()
-    (partial / "config.yaml").write_text("seed_everything: 1\nmodel:\n  init_args:\n    width: 16\n"
-                                         "    widths: [8, 8]\ndata:\n  label_noise: 0.0\n  input_shape: [40]\n")
+    (partial / "config.yaml").write_text(
+        "seed_everything: 1\nmodel:\n  init_args:\n    width: 16\n"
+        "    widths: [8, 8]\ndata:\n  label_noise: 0.0\n  input_shape: [40]\n"
+    )
 
     records = load_runs(tmp_path / "runs")
     axes = config_axes(records)
@@ -357,9 +413,9 @@ def test_report_with_list_valued_config_keys_that_differ_between_runs(tmp_path):
     assert summary.runs == 3
     written = pd.read_csv(summary.out / "runs.csv")
     assert set(written["run"]) == {"even", "wide_last", "from_yaml"}
-    shown = dict(zip(written["run"], written["model.widths"]))
+    shown = dict(zip(written["run"], written["model.widths"], strict=False))
     assert shown == {"even": "[8, 8]", "wide_last": "[16, 4]", "from_yaml": "[8, 8]"}
     means = pd.read_csv(summary.out / "runs_mean_over_seeds.csv")
-    assert dict(zip(means["model.widths"], means["runs"])) == {"[8, 8]": 2, "[16, 4]": 1}  # seeds merged
+    assert dict(zip(means["model.widths"], means["runs"], strict=False)) == {"[8, 8]": 2, "[16, 4]": 1}  # seeds merged
     markdown = (summary.out / "report.md").read_text()
     assert "| even |" in markdown and "| wide_last |" in markdown and "[16, 4]" in markdown

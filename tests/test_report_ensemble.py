@@ -4,6 +4,7 @@ Snapshots are written by the real FunctionSnapshot; C_bar and V are checked agai
 torch module (its Jacobians by torch.autograd.functional.jacobian, spectral norms by torch.linalg.svdvals) and,
 for linear networks, against closed forms, where the paper's inequality V <= bound must hold.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,13 +17,17 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from callbacks.snapshot import FunctionSnapshot, IndexedInputs
+from lipschitz_dd.callbacks.snapshot import FunctionSnapshot, IndexedInputs
 from lipschitz_dd.cli import main
 from lipschitz_dd.report import load_runs, variance_bound
 from lipschitz_dd.report.bias_variance import FUNCTION_VARIANCE, PAPER_BOUND, bias_variance_table
 from lipschitz_dd.report.build import build_report
 from lipschitz_dd.report.ensemble import (
-    SNAPSHOT_FILE, SnapshotMismatch, ensemble_from_snapshots, function_variance, spectral_norms,
+    SNAPSHOT_FILE,
+    SnapshotMismatch,
+    ensemble_from_snapshots,
+    function_variance,
+    spectral_norms,
     with_ensemble_quantities,
 )
 
@@ -61,8 +66,9 @@ def write_snapshots(root: Path, nets: list[nn.Module], train_x: Tensor, test_x: 
     """snapshot.npz of each net, made by the callback's own computation, in root/seed<s>/."""
     paths = []
     for seed, net in enumerate(nets):
-        arrays = FunctionSnapshot(**options).snapshot(net, IndexedInputs.from_tensor(train_x),
-                                                      IndexedInputs.from_tensor(test_x), torch.device("cpu"))
+        arrays = FunctionSnapshot(**options).snapshot(
+            net, IndexedInputs.from_tensor(train_x), IndexedInputs.from_tensor(test_x), torch.device("cpu")
+        )
         path = root / f"seed{seed}" / SNAPSHOT_FILE
         path.parent.mkdir(parents=True)
         np.savez_compressed(path, **arrays)
@@ -78,8 +84,9 @@ def indices(path: Path, key: str) -> Tensor:
 # ---------------------------------------------------------------- the numerical pieces
 def test_function_variance_is_the_mean_squared_deviation_from_the_seed_average():
     outputs = np.random.default_rng(0).normal(size=(3, 5, 4))
-    expected = np.mean([[np.sum((outputs[s, i] - outputs[:, i].mean(axis=0)) ** 2) for s in range(3)]
-                        for i in range(5)])
+    expected = np.mean(
+        [[np.sum((outputs[s, i] - outputs[:, i].mean(axis=0)) ** 2) for s in range(3)] for i in range(5)]
+    )
     assert function_variance(outputs) == pytest.approx(expected, rel=1e-12)
     with pytest.raises(ValueError, match="S >= 2"):
         function_variance(outputs[:1])
@@ -124,11 +131,12 @@ def test_linear_networks_closed_forms_and_the_paper_inequality(tmp_path):
     x = test_x.double().numpy()
     second_moment, mean_x = x.T @ x / len(x), x.mean(axis=0)
     d_w, d_b = weights - weights.mean(axis=0), biases - biases.mean(axis=0)
-    variance = np.mean([np.trace(dw @ second_moment @ dw.T) + 2 * db @ dw @ mean_x + db @ db
-                        for dw, db in zip(d_w, d_b)])
+    variance = np.mean(
+        [np.trace(dw @ second_moment @ dw.T) + 2 * db @ dw @ mean_x + db @ db for dw, db in zip(d_w, d_b, strict=False)]
+    )
     assert ensemble.function_variance == pytest.approx(variance, rel=1e-5)
     assert ensemble.c_bar == pytest.approx(np.linalg.norm(weights.mean(axis=0), 2), rel=1e-5)
-    assert ensemble.var_f0 == pytest.approx(np.mean(np.sum(d_b ** 2, axis=1)), rel=1e-5)
+    assert ensemble.var_f0 == pytest.approx(np.mean(np.sum(d_b**2, axis=1)), rel=1e-5)
     lipschitz_sq = np.mean([np.linalg.norm(w, 2) ** 2 for w in weights])  # exact constants of linear maps
     bound = variance_bound(ensemble.c_bar, lipschitz_sq, ensemble.mean_sq_norm, ensemble.var_f0)
     assert ensemble.function_variance <= bound
@@ -162,10 +170,22 @@ def sweep(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ensemble_sweep")
     for width in (4, 12):
         for seed in (0, 1):
-            args = ["fit", "--config", str(ROOT / "configs" / "test_tiny.yaml"), f"--model.width={width}",
-                    f"--seed_everything={seed}", "--trainer.max_epochs=2", "--lipschitz.max_samples=32",
-                    "--save_dir", str(root / "runs"), "--experiment", "tiny", "--run_name", f"w{width}_s{seed}",
-                    "--wandb=false"]
+            args = [
+                "fit",
+                "--config",
+                str(ROOT / "configs" / "test_tiny.yaml"),
+                f"--model.width={width}",
+                f"--seed_everything={seed}",
+                "--trainer.max_epochs=2",
+                "--lipschitz.max_samples=32",
+                "--save_dir",
+                str(root / "runs"),
+                "--experiment",
+                "tiny",
+                "--run_name",
+                f"w{width}_s{seed}",
+                "--wandb=false",
+            ]
             assert main(args) == 0
     return root / "runs"
 
@@ -195,8 +215,10 @@ def test_report_fills_the_paper_bound_and_the_function_variance(sweep, tmp_path)
 
 def test_grid_points_without_snapshots_stay_empty_and_are_named(sweep):
     records = load_runs(sweep)
-    kept = [dataclasses.replace(r, path=r.path.parent / "elsewhere" / r.name) if r.name.startswith("w4_") else r
-            for r in records]  # the width-4 runs now point to folders without snapshot.npz
+    kept = [
+        dataclasses.replace(r, path=r.path.parent / "elsewhere" / r.name) if r.name.startswith("w4_") else r
+        for r in records
+    ]  # the width-4 runs now point to folders without snapshot.npz
     updated, notes = with_ensemble_quantities(kept, AXES, "seed_everything")
     table, _ = bias_variance_table(updated, AXES, "seed_everything")
     by_width = table.set_index("model.width")

@@ -58,7 +58,9 @@ def test_cont100_decays_every_100_epochs_and_respects_floor():
 def test_lambda_lr_stepped_per_update_gives_closed_form_lr():
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=0.2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, make_lr_lambda("warmup20000step25", base_lr=0.2, updates_per_epoch=4))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, make_lr_lambda("warmup20000step25", base_lr=0.2, updates_per_epoch=4)
+    )
     for update in range(5):
         assert opt.param_groups[0]["lr"] == pytest.approx(0.2 * (update + 1) / 20000)
         opt.step()
@@ -80,8 +82,12 @@ def test_trainer_steps_schedule_per_update_with_loader_length():
     loader = DataLoader(TensorDataset(x, y), batch_size=4)  # 3 updates per epoch
     model = FCN(width=4, lr=0.5, lr_schedule="warmup20000step25")
     trainer = Trainer(
-        max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     trainer.fit(model, loader)
     scheduler = trainer.lr_scheduler_configs[0].scheduler

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks import FunctionSnapshot
-from callbacks.snapshot import SNAPSHOT_FILE
+from lipschitz_dd.callbacks import FunctionSnapshot
+from lipschitz_dd.callbacks.snapshot import SNAPSHOT_FILE
 
 N_TRAIN, N_TEST, DIM, CLASSES = 40, 30, 6, 3
 IMAGE = (2, 5, 5)
@@ -43,8 +43,14 @@ def mlp() -> nn.Module:
 
 
 def cnn() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(IMAGE[0], 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(4 * 2 * 2, CLASSES))
+    return nn.Sequential(
+        nn.Conv2d(IMAGE[0], 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 2 * 2, CLASSES),
+    )
 
 
 class InMemoryData(pl.LightningDataModule):
@@ -79,12 +85,20 @@ class LoaderOnlyData(InMemoryData):
         return DataLoader(TensorDataset(self.arrays[2], self.arrays[3]), batch_size=10)
 
 
-def fit(net: nn.Module, data: pl.LightningDataModule, snapshot: FunctionSnapshot, seed: int = 0,
-        epochs: int = 2) -> Classifier:
+def fit(
+    net: nn.Module, data: pl.LightningDataModule, snapshot: FunctionSnapshot, seed: int = 0, epochs: int = 2
+) -> Classifier:
     pl.seed_everything(seed, verbose=False)
     model = Classifier(net())
-    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[snapshot])
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[snapshot],
+    )
     trainer.fit(model, datamodule=data)
     return model
 
@@ -96,8 +110,9 @@ def load(run_dir) -> dict[str, np.ndarray]:
 
 def autograd_jacobians(model: nn.Module, x: Tensor) -> Tensor:
     """[B, K, d] one sample at a time with torch.autograd.functional.jacobian (independent of the callback)."""
-    rows = [torch.autograd.functional.jacobian(lambda v: model(v[None])[0].flatten(), xi).reshape(CLASSES, -1)
-            for xi in x]
+    rows = [
+        torch.autograd.functional.jacobian(lambda v: model(v[None])[0].flatten(), xi).reshape(CLASSES, -1) for xi in x
+    ]
     return torch.stack(rows)
 
 
@@ -179,8 +194,7 @@ def test_cnn_from_loaders_only(tmp_path):
     d = int(np.prod(IMAGE))
     assert arrays["jacobians"].shape == (9, CLASSES, d) and arrays["test_outputs"].shape == (7, CLASSES)
     train_x = data.arrays[0][torch.as_tensor(arrays["train_indices"])]
-    np.testing.assert_allclose(arrays["jacobians"], autograd_jacobians(model, train_x).numpy(),
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(arrays["jacobians"], autograd_jacobians(model, train_x).numpy(), rtol=1e-4, atol=1e-6)
     expected = (data.arrays[2].double().numpy() ** 2).reshape(N_TEST, -1).sum(axis=1).mean()
     assert float(arrays["mean_sq_norm"]) == pytest.approx(expected, rel=1e-6)
 
@@ -198,9 +212,15 @@ def test_no_affordable_jacobian_leaves_an_empty_array(tmp_path):
 def test_run_dir_defaults_to_log_dir(tmp_path):
     pl.seed_everything(0, verbose=False)
     model = Classifier(mlp())
-    trainer = pl.Trainer(max_epochs=1, default_root_dir=str(tmp_path), enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         callbacks=[FunctionSnapshot(test_points=5, train_points=5)])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        default_root_dir=str(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[FunctionSnapshot(test_points=5, train_points=5)],
+    )
     trainer.fit(model, datamodule=InMemoryData())
     assert (tmp_path / "lightning_logs" / "version_0" / SNAPSHOT_FILE).exists()
 
@@ -237,8 +257,15 @@ class PairClassifier(Classifier):
 
 def test_non_tensor_model_output_is_a_warning_not_a_failed_run(tmp_path):
     snapshot = FunctionSnapshot(run_dir=str(tmp_path), test_points=5, train_points=5)
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[snapshot])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[snapshot],
+    )
     with pytest.warns(UserWarning, match="model output is a tuple, not a Tensor"):
         trainer.fit(PairClassifier(PairOutput()), datamodule=InMemoryData())
     assert trainer.state.finished and snapshot.path is None and not (tmp_path / SNAPSHOT_FILE).exists()

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.stopping import GradNormStopping, full_batch_gradient_norm
+from lipschitz_dd.callbacks.stopping import GradNormStopping, full_batch_gradient_norm
 
 
 def _data(n: int, seed: int) -> TensorDataset:
@@ -42,9 +42,16 @@ class Net(pl.LightningModule):
 
 
 def _trainer(callbacks, epochs: int = 2) -> pl.Trainer:
-    return pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                      callbacks=callbacks)
+    return pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+    )
 
 
 @pytest.mark.parametrize("own_generator", [False, True], ids=["global-rng", "loader-generator"])
@@ -58,7 +65,7 @@ def test_training_is_the_same_with_and_without_it(own_generator):
         return [p.detach().clone() for p in model.parameters()], torch.rand(3)
 
     (with_params, with_draw), (without_params, without_draw) = run([GradNormStopping(target=None)]), run([])
-    assert all(torch.equal(a, b) for a, b in zip(with_params, without_params))
+    assert all(torch.equal(a, b) for a, b in zip(with_params, without_params, strict=False))
     assert torch.equal(with_draw, without_draw)  # the global RNG ends where it would have
 
 

@@ -8,11 +8,13 @@ import csv
 import lightning.pytorch as pl
 import pytest
 
-from callbacks import GradNormStopping
-from callbacks.stopping import full_batch_gradient_norm
+from lipschitz_dd.callbacks import GradNormStopping
+from lipschitz_dd.callbacks.stopping import full_batch_gradient_norm
 from lipschitz_dd.data import SyntheticDataModule
 from lipschitz_dd.loggers import EpochCSVLogger
 from lipschitz_dd.models import FCN
+
+pytestmark = pytest.mark.slow  # DDP processes
 
 
 def test_ddp_grad_norm_is_the_whole_training_sets(tmp_path):
@@ -20,9 +22,18 @@ def test_ddp_grad_norm_is_the_whole_training_sets(tmp_path):
     data = SyntheticDataModule(num_train=21, num_test=6, input_shape=(40,), batch_size=5, eval_batch_size=4)
     model = FCN(width=8, lr=0.05)
     logger = EpochCSVLogger(tmp_path, name="run", version="v")
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_fork", logger=logger,
-                         callbacks=[GradNormStopping(target=None)], enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_fork",
+        logger=logger,
+        callbacks=[GradNormStopping(target=None)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, datamodule=data)  # ddp_fork hands the trained weights back to this process
     with open(next(tmp_path.rglob("metrics.csv"))) as handle:
         rows = [r for r in csv.DictReader(handle) if r.get("train/grad_norm")]

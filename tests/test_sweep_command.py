@@ -74,8 +74,7 @@ def test_command_args_equal_wandb_for_every_format():
 def test_expand_command_equals_wandb_agent(command):
     environ = {"MY_DIR": "/data/here"}
     ours = expand_command(command, RUN_CONFIG, program="train.py", args_json_file="/tmp/a.json", environ=environ)
-    theirs = wandb_agent_argv(command or list(DEFAULT_SWEEP_COMMAND), RUN_CONFIG, "train.py", "/tmp/a.json",
-                              environ)
+    theirs = wandb_agent_argv(command or list(DEFAULT_SWEEP_COMMAND), RUN_CONFIG, "train.py", "/tmp/a.json", environ)
     assert ours == theirs
 
 
@@ -86,8 +85,7 @@ def test_documented_formats():
     assert argv == ["/usr/bin/env", "python", "t.py", "--model.width=64", "--model.bias=False", "--x=None"]
     assert expand_command(["${args_no_hyphens}"], cfg) == ["model.width=64", "model.bias=False", "x=None"]
     assert expand_command(["${args_no_boolean_flags}"], cfg) == ["--model.width=64", "--x=None"]
-    assert json.loads(expand_command(["${args_json}"], cfg)[0]) == {"model.width": 64, "model.bias": False,
-                                                                     "x": None}
+    assert json.loads(expand_command(["${args_json}"], cfg)[0]) == {"model.width": 64, "model.bias": False, "x": None}
 
 
 def test_missing_value_is_a_clear_error():

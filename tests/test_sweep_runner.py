@@ -52,8 +52,12 @@ FAKE_PROGRAM = textwrap.dedent(
 def make_sweep(tmp_path, parameters, method="grid", name="grid2x2"):
     program = tmp_path / "fake_train.py"
     program.write_text(FAKE_PROGRAM)
-    config = {"method": method, "metric": {"name": "test/loss", "goal": "minimize"}, "program": str(program),
-              "parameters": parameters}
+    config = {
+        "method": method,
+        "metric": {"name": "test/loss", "goal": "minimize"},
+        "program": str(program),
+        "parameters": parameters,
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -146,6 +150,7 @@ def test_count_limits_new_runs_and_status(tmp_path, capsys):
     assert line[:6] == ["grid2x2", "grid", "1", "0", "0", "3"]
 
 
+@pytest.mark.slow
 def test_resume_after_runner_is_killed(tmp_path, monkeypatch):
     """SIGKILL the runner while a run is in progress; rerunning finishes the grid, each point exactly once."""
     sweep_file = make_sweep(tmp_path, GRID)
@@ -154,8 +159,18 @@ def test_resume_after_runner_is_killed(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_SLEEP", "1.5")
     db_path = tmp_path / "out" / "grid2x2" / "sweep.db"
     runner = subprocess.Popen(
-        [sys.executable, "-m", "lipschitz_dd.sweep.cli", str(sweep_file), "--out", str(tmp_path / "out"),
-         "--no_progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "lipschitz_dd.sweep.cli",
+            str(sweep_file),
+            "--out",
+            str(tmp_path / "out"),
+            "--no_progress",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     killed_run = None
     deadline = time.time() + 60
     while time.time() < deadline and killed_run is None:
@@ -192,8 +207,7 @@ def test_resume_after_runner_is_killed(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("method", ["random", "bayes"])
 def test_random_and_bayes_with_count(tmp_path, method):
-    sweep_file = make_sweep(tmp_path, {"width": {"distribution": "int_uniform", "min": 1, "max": 100}},
-                            method=method)
+    sweep_file = make_sweep(tmp_path, {"width": {"distribution": "int_uniform", "min": 1, "max": 100}}, method=method)
     result = run_sweep(sweep_file, out=tmp_path / "out", count=3, workers=2, progress=False)
     assert len(result.runs) == 3 and len({r.id for r in result.runs}) == 3
     assert all(r.state == "finished" and 1 <= r.values["width"] <= 100 for r in result.runs)
@@ -217,8 +231,15 @@ def test_thread_share_and_environment(monkeypatch):
     assert thread_share(2, cores=16) == 8
     with pytest.raises(ValueError, match="workers"):
         thread_share(0)
-    env = run_environment({"WANDB_MODE": "online", "PATH": "/bin"}, sweep_id="s", sweep_name="n", run_id="r",
-                          save_dir=Path("/o/runs"), threads=3, gpu="1")
+    env = run_environment(
+        {"WANDB_MODE": "online", "PATH": "/bin"},
+        sweep_id="s",
+        sweep_name="n",
+        run_id="r",
+        save_dir=Path("/o/runs"),
+        threads=3,
+        gpu="1",
+    )
     assert env["WANDB_MODE"] == "offline" and env["CUDA_VISIBLE_DEVICES"] == "1" and "WANDB_SWEEP_ID" not in env
     assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env["TORCH_NUM_THREADS"]) == ("3", "3", "3")
     assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent) and env["PATH"].endswith("/bin")

@@ -15,6 +15,7 @@ from lipschitz_dd.bounds.jacobian import (
     top_singular_triplets,
 )
 from lipschitz_dd.bounds.lower import LowerBoundStats, iterate_batches, lower_bound
+from lipschitz_dd.bounds.operator_norms import NormEstimate, conv_operator_norm, linear_operator_norm
 from lipschitz_dd.bounds.optimised import OptimisedLowerBound, optimised_lower_bound
 from lipschitz_dd.bounds.pairwise import pairwise_lipschitz
 from lipschitz_dd.bounds.points import (
@@ -24,7 +25,6 @@ from lipschitz_dd.bounds.points import (
     pgd_perturbations,
     project_to_box,
 )
-from lipschitz_dd.bounds.operator_norms import NormEstimate, conv_operator_norm, linear_operator_norm
 from lipschitz_dd.bounds.upper import LayerConstant, UpperBoundEstimator, UpperBoundResult, upper_bound
 
 __all__ = [

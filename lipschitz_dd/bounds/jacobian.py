@@ -87,8 +87,10 @@ def check_eval_mode(model: nn.Module) -> None:
         if isinstance(module, stochastic) and module.training:
             raise ValueError(f"{label} is in training mode; call model.eval() before computing Lipschitz bounds")
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None:
-            raise ValueError(f"{label} has no running statistics (track_running_stats=False), so it normalises "
-                             "by batch statistics even in eval mode: per-sample Jacobians are not defined")
+            raise ValueError(
+                f"{label} has no running statistics (track_running_stats=False), so it normalises "
+                "by batch statistics even in eval mode: per-sample Jacobians are not defined"
+            )
 
 
 def _input_leaf(x: Tensor) -> Tensor:
@@ -238,8 +240,9 @@ def _start_vectors(init, batch, n_in, like: Tensor, generator) -> Tensor:
     if init is None:
         return _unit_rows(random)
     if init.numel() != batch * n_in:
-        raise ValueError(f"init must hold {batch} x {n_in} numbers (one start vector per sample), got shape "
-                         f"{tuple(init.shape)}")
+        raise ValueError(
+            f"init must hold {batch} x {n_in} numbers (one start vector per sample), got shape {tuple(init.shape)}"
+        )
     init = init.detach().reshape(batch, n_in).to(like)
     usable = (init.norm(dim=1, keepdim=True) > 0) & torch.isfinite(init).all(dim=1, keepdim=True)
     return _unit_rows(torch.where(usable, init, random))

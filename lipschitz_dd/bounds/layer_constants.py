@@ -8,12 +8,13 @@ Each rule says how a layer's constant is obtained:
                  (power iteration or a certified bound, see operator_norms).
 * ``Unavailable`` no finite global constant (attention, LayerNorm, discontinuities) or no rule known.
 """
+
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +74,7 @@ def max_derivative(fn: Callable[[Tensor], Tensor], lo: float = -20.0, hi: float 
     A float64 grid of 400,001 points locates the maximum, then golden-section search refines it; the
     result is accurate to ~1e-12 and is padded by a relative 1e-9 so that it errs high.
     """
+
     def derivative(x: Tensor) -> Tensor:
         with torch.inference_mode(False), torch.enable_grad():
             x = x.detach().clone().requires_grad_(True)
@@ -93,7 +95,7 @@ def max_derivative(fn: Callable[[Tensor], Tensor], lo: float = -20.0, hi: float 
     return best * (1 + 1e-9)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _smooth_constant(name: str) -> float:
     fns = {
         "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -115,11 +117,23 @@ def activation_constant(name: str, **kw) -> float | None:
     u^T J u = Var(u_X) <= (max u - min u)^2 / 4 <= 2/4 for ||u|| = 1 (Popoviciu), attained at p = (1/2, 1/2).
     """
     constants: dict[str, Callable[[], float]] = {
-        "relu": lambda: 1.0, "relu6": lambda: 1.0, "hardtanh": lambda: 1.0, "tanh": lambda: 1.0,
-        "softsign": lambda: 1.0, "tanhshrink": lambda: 1.0, "softshrink": lambda: 1.0, "logsigmoid": lambda: 1.0,
-        "softplus": lambda: 1.0, "celu": lambda: 1.0, "identity": lambda: 1.0, "dropout": lambda: 1.0,
-        "sigmoid": lambda: 0.25, "hardsigmoid": lambda: 1.0 / 6.0, "hardswish": lambda: 1.5,
-        "softmax": lambda: 0.5, "softmin": lambda: 0.5,
+        "relu": lambda: 1.0,
+        "relu6": lambda: 1.0,
+        "hardtanh": lambda: 1.0,
+        "tanh": lambda: 1.0,
+        "softsign": lambda: 1.0,
+        "tanhshrink": lambda: 1.0,
+        "softshrink": lambda: 1.0,
+        "logsigmoid": lambda: 1.0,
+        "softplus": lambda: 1.0,
+        "celu": lambda: 1.0,
+        "identity": lambda: 1.0,
+        "dropout": lambda: 1.0,
+        "sigmoid": lambda: 0.25,
+        "hardsigmoid": lambda: 1.0 / 6.0,
+        "hardswish": lambda: 1.5,
+        "softmax": lambda: 0.5,
+        "softmin": lambda: 0.5,
         "leaky_relu": lambda: max(1.0, abs(kw.get("negative_slope", 0.01))),
         "elu": lambda: max(1.0, abs(kw.get("alpha", 1.0))),
         "selu": lambda: SELU_SCALE * SELU_ALPHA,
@@ -132,18 +146,48 @@ def activation_constant(name: str, **kw) -> float | None:
 
 
 _ACTIVATION_MODULES: dict[type, Callable[[nn.Module], dict]] = {
-    nn.ReLU: lambda m: {}, nn.ReLU6: lambda m: {}, nn.Hardtanh: lambda m: {}, nn.Tanh: lambda m: {},
-    nn.Softsign: lambda m: {}, nn.Tanhshrink: lambda m: {}, nn.Softshrink: lambda m: {},
-    nn.LogSigmoid: lambda m: {}, nn.Softplus: lambda m: {}, nn.CELU: lambda m: {}, nn.Sigmoid: lambda m: {},
-    nn.Hardsigmoid: lambda m: {}, nn.Hardswish: lambda m: {}, nn.Softmax: lambda m: {}, nn.Softmin: lambda m: {},
-    nn.Softmax2d: lambda m: {}, nn.SELU: lambda m: {}, nn.SiLU: lambda m: {}, nn.Mish: lambda m: {},
-    nn.LeakyReLU: lambda m: {"negative_slope": m.negative_slope}, nn.ELU: lambda m: {"alpha": m.alpha},
-    nn.RReLU: lambda m: {"lower": m.lower, "upper": m.upper}, nn.GELU: lambda m: {"approximate": m.approximate},
+    nn.ReLU: lambda m: {},
+    nn.ReLU6: lambda m: {},
+    nn.Hardtanh: lambda m: {},
+    nn.Tanh: lambda m: {},
+    nn.Softsign: lambda m: {},
+    nn.Tanhshrink: lambda m: {},
+    nn.Softshrink: lambda m: {},
+    nn.LogSigmoid: lambda m: {},
+    nn.Softplus: lambda m: {},
+    nn.CELU: lambda m: {},
+    nn.Sigmoid: lambda m: {},
+    nn.Hardsigmoid: lambda m: {},
+    nn.Hardswish: lambda m: {},
+    nn.Softmax: lambda m: {},
+    nn.Softmin: lambda m: {},
+    nn.Softmax2d: lambda m: {},
+    nn.SELU: lambda m: {},
+    nn.SiLU: lambda m: {},
+    nn.Mish: lambda m: {},
+    nn.LeakyReLU: lambda m: {"negative_slope": m.negative_slope},
+    nn.ELU: lambda m: {"alpha": m.alpha},
+    nn.RReLU: lambda m: {"lower": m.lower, "upper": m.upper},
+    nn.GELU: lambda m: {"approximate": m.approximate},
 }
-_ACTIVATION_NAMES = {nn.Softmax2d: "softmax", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky_relu", nn.SiLU: "silu",
-                     nn.LogSigmoid: "logsigmoid"}
-_IDENTITY_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-                     nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+_ACTIVATION_NAMES = {
+    nn.Softmax2d: "softmax",
+    nn.ReLU6: "relu6",
+    nn.LeakyReLU: "leaky_relu",
+    nn.SiLU: "silu",
+    nn.LogSigmoid: "logsigmoid",
+}
+_IDENTITY_MODULES = (
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
 
 
 # --------------------------------------------------------------------------------------- normalisation
@@ -170,8 +214,12 @@ def _window_counts(n: int, windows: Sequence[range]) -> int:
 
 
 def max_pool_constant(
-    in_spatial: Sequence[int], out_spatial: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
-    padding: Sequence[int], dilation: Sequence[int],
+    in_spatial: Sequence[int],
+    out_spatial: Sequence[int],
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
 ) -> float:
     """Exact L2 Lipschitz constant of max pooling: sqrt(max number of windows covering one input entry).
 
@@ -181,7 +229,7 @@ def max_pool_constant(
     factorises over dims. Non-overlapping windows give 1; 3x3 stride 2 gives sqrt(2 * 2) = 2.
     """
     total = 1
-    for n, o, k, s, p, d in zip(in_spatial, out_spatial, kernel, stride, padding, dilation):
+    for n, o, k, s, p, d in zip(in_spatial, out_spatial, kernel, stride, padding, dilation, strict=False):
         total *= _window_counts(n, [range(j * s - p, j * s - p + d * (k - 1) + 1, d) for j in range(o)])
     return math.sqrt(total)
 
@@ -189,7 +237,7 @@ def max_pool_constant(
 def adaptive_max_pool_constant(in_spatial: Sequence[int], out_spatial: Sequence[int]) -> float:
     """As max_pool_constant, with PyTorch's adaptive windows [floor(j n / o), ceil((j + 1) n / o))."""
     total = 1
-    for n, o in zip(in_spatial, out_spatial):
+    for n, o in zip(in_spatial, out_spatial, strict=False):
         total *= _window_counts(n, [range(j * n // o, -(-(j + 1) * n // o)) for j in range(o)])
     return math.sqrt(total)
 
@@ -202,6 +250,7 @@ def nonnegative_linear_norm(fn: Callable[[Tensor], Tensor], input_shape: Sequenc
     a guaranteed bound, exact for uniform pools such as non-overlapping k x k averaging (1/k).
     certified=False: power iteration run to convergence (an estimate from below, float64).
     """
+
     def apply(v: Tensor) -> Tensor:
         return fn(v)
 
@@ -220,9 +269,18 @@ def nonnegative_linear_norm(fn: Callable[[Tensor], Tensor], input_shape: Sequenc
 
 
 _POOL_DIMS = {
-    nn.AvgPool1d: 1, nn.AdaptiveAvgPool1d: 1, nn.MaxPool1d: 1, nn.AdaptiveMaxPool1d: 1,
-    nn.AvgPool2d: 2, nn.AdaptiveAvgPool2d: 2, nn.MaxPool2d: 2, nn.AdaptiveMaxPool2d: 2,
-    nn.AvgPool3d: 3, nn.AdaptiveAvgPool3d: 3, nn.MaxPool3d: 3, nn.AdaptiveMaxPool3d: 3,
+    nn.AvgPool1d: 1,
+    nn.AdaptiveAvgPool1d: 1,
+    nn.MaxPool1d: 1,
+    nn.AdaptiveMaxPool1d: 1,
+    nn.AvgPool2d: 2,
+    nn.AdaptiveAvgPool2d: 2,
+    nn.MaxPool2d: 2,
+    nn.AdaptiveMaxPool2d: 2,
+    nn.AvgPool3d: 3,
+    nn.AdaptiveAvgPool3d: 3,
+    nn.MaxPool3d: 3,
+    nn.AdaptiveMaxPool3d: 3,
 }
 
 
@@ -233,19 +291,29 @@ def _pool_rule(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[in
     nd = next(d for cls, d in _POOL_DIMS.items() if isinstance(module, cls))
     if len(in_shape) < nd or len(out_shape) < nd:
         raise ValueError(f"{type(module).__name__} got a sample of shape {in_shape}, fewer than {nd} pooled dims")
-    in_spatial, out_spatial = in_shape[len(in_shape) - nd:], out_shape[len(out_shape) - nd:]
+    in_spatial, out_spatial = in_shape[len(in_shape) - nd :], out_shape[len(out_shape) - nd :]
 
     def per_dim(value) -> tuple[int, ...]:
         return (value,) * nd if isinstance(value, int) else tuple(value)
 
-    if isinstance(module, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-                           nn.AdaptiveAvgPool3d)):
+    if isinstance(
+        module,
+        (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d),
+    ):
         channel = (1, 1, *in_spatial)  # pooling acts on each channel alike
         return Fixed(nonnegative_linear_norm(module, channel, False), nonnegative_linear_norm(module, channel, True))
     if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
         stride = module.stride if module.stride is not None else module.kernel_size
-        return Fixed(max_pool_constant(in_spatial, out_spatial, per_dim(module.kernel_size), per_dim(stride),
-                                       per_dim(module.padding), per_dim(module.dilation)))
+        return Fixed(
+            max_pool_constant(
+                in_spatial,
+                out_spatial,
+                per_dim(module.kernel_size),
+                per_dim(stride),
+                per_dim(module.padding),
+                per_dim(module.dilation),
+            )
+        )
     return Fixed(adaptive_max_pool_constant(in_spatial, out_spatial))
 
 
@@ -276,7 +344,9 @@ def module_rule(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[i
     kind = type(module)
     base = next((c for c in kind.__mro__ if c.__module__.startswith("torch.nn.")), nn.Module)
     if base is not nn.Module and base is not kind and kind.forward is not base.forward:
-        return Unavailable(f"{kind.__name__} overrides the forward of {base.__name__}, whose rule therefore does not apply")
+        return Unavailable(
+            f"{kind.__name__} overrides the forward of {base.__name__}, whose rule therefore does not apply"
+        )
     for cls, why in _NOT_LIPSCHITZ.items():
         if isinstance(module, cls):
             return Unavailable(why)
@@ -302,7 +372,7 @@ def module_rule(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[i
     if isinstance(module, tuple(_POOL_DIMS)):
         return _pool_rule(module, in_shape, out_shape)
     if isinstance(module, nn.Upsample) and module.mode == "nearest":
-        factors = [o / i for i, o in zip(in_shape[1:], out_shape[1:])]
+        factors = [o / i for i, o in zip(in_shape[1:], out_shape[1:], strict=False)]
         if all(f == int(f) for f in factors):  # each entry copied prod(f) times: J^T J = prod(f) I
             return Fixed(math.sqrt(math.prod(factors)))
     return Unavailable(f"no Lipschitz rule for module type {kind.__name__}")

@@ -8,8 +8,8 @@ C_avg (mean) and the RMS are not bounds, they describe the distribution. Statist
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor

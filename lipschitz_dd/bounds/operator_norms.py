@@ -16,11 +16,12 @@ on the padded grid (rounded up to a multiple of the stride), whose norm is the m
 the norm of a small ``c_out x (c_in * stride^d)`` matrix (polyphase decomposition handles the stride).
 A submatrix never has a larger norm, so the bound is >= the true operator norm.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -176,8 +177,12 @@ def estimate_norm(
         if result.iterations < min(3, max_iters) or result.iterations == max_iters:
             return result
         more = lanczos_norm(apply, adjoint, result.vector, max_iters=max_iters - result.iterations, tol=tol)
-        return NormEstimate(max(more.value, result.value), False, result.iterations + more.iterations,
-                            more.vector if more.value >= result.value else result.vector)
+        return NormEstimate(
+            max(more.value, result.value),
+            False,
+            result.iterations + more.iterations,
+            more.vector if more.value >= result.value else result.vector,
+        )
     return lanczos_norm(apply, adjoint, init, max_iters=max_iters, tol=tol)
 
 
@@ -311,8 +316,9 @@ def linear_operator_norm(
         return NormEstimate(float(gram_spectral_bound(w, gram_iters)), True, gram_iters, None)
     warm = init is not None and init.shape == (w.shape[1],)
     init = init.to(w) if warm else _random_unit((w.shape[1],), w, generator)
-    return _scaled_estimate(w, lambda a: estimate_norm(lambda v: a @ v, lambda u: a.T @ u, init, warm=warm,
-                                                       max_iters=max_iters, tol=tol))
+    return _scaled_estimate(
+        w, lambda a: estimate_norm(lambda v: a @ v, lambda u: a.T @ u, init, warm=warm, max_iters=max_iters, tol=tol)
+    )
 
 
 # ------------------------------------------------------------------------------------------ convolution
@@ -330,11 +336,12 @@ class ConvGeometry:
 
     @property
     def padded(self) -> tuple[int, ...]:
-        return tuple(n + left + right for n, (left, right) in zip(self.spatial, self.pads))
+        return tuple(n + left + right for n, (left, right) in zip(self.spatial, self.pads, strict=False))
 
     def output_spatial(self, kernel: Sequence[int]) -> tuple[int, ...]:
         return tuple(
-            (m - d * (k - 1) - 1) // s + 1 for m, d, k, s in zip(self.padded, self.dilation, kernel, self.stride)
+            (m - d * (k - 1) - 1) // s + 1
+            for m, d, k, s in zip(self.padded, self.dilation, kernel, self.stride, strict=False)
         )
 
     def flat_pad(self) -> list[int]:
@@ -364,16 +371,20 @@ def conv_geometry(
     if len(shape) == nd + 2 and shape[0] == 1:
         shape = shape[1:]
     if nd not in _CONV or len(shape) != nd + 1:
-        raise ValueError(f"input_shape {tuple(input_shape)} does not fit a {nd}-d convolution weight "
-                         f"{tuple(weight.shape)}: expected (C, *spatial) of one sample")
+        raise ValueError(
+            f"input_shape {tuple(input_shape)} does not fit a {nd}-d convolution weight "
+            f"{tuple(weight.shape)}: expected (C, *spatial) of one sample"
+        )
     if shape[0] != weight.shape[1] * groups:
-        raise ValueError(f"input has {shape[0]} channels but the weight {tuple(weight.shape)} with "
-                         f"groups={groups} expects {weight.shape[1] * groups}")
+        raise ValueError(
+            f"input has {shape[0]} channels but the weight {tuple(weight.shape)} with "
+            f"groups={groups} expects {weight.shape[1] * groups}"
+        )
     kernel, dil = weight.shape[2:], _tuple(dilation, nd, "dilation")
     if padding == "valid":
         pads = ((0, 0),) * nd
     elif padding == "same":
-        pads = tuple((d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for d, k in zip(dil, kernel))
+        pads = tuple((d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for d, k in zip(dil, kernel, strict=False))
     else:
         pads = tuple((p, p) for p in _tuple(padding, nd, "padding"))
     if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
@@ -395,10 +406,10 @@ def _conv_maps(weight: Tensor, geo: ConvGeometry) -> tuple[Callable[[Tensor], Te
         return conv(F.pad(v, pad, mode=mode) if any(pad) else v, weight, None, geo.stride, 0, geo.dilation, geo.groups)
 
     if geo.padding_mode != "zeros":  # the adjoint of reflect/replicate/circular padding: autograd
+
         def adjoint(u: Tensor) -> Tensor:
             with torch.inference_mode(False), torch.enable_grad():
-                v = torch.zeros((1, geo.in_channels, *geo.spatial), dtype=u.dtype, device=u.device,
-                                requires_grad=True)
+                v = torch.zeros((1, geo.in_channels, *geo.spatial), dtype=u.dtype, device=u.device, requires_grad=True)
                 (grad,) = torch.autograd.grad(apply(v), v, u.clone())
             return grad
 
@@ -407,7 +418,7 @@ def _conv_maps(weight: Tensor, geo: ConvGeometry) -> tuple[Callable[[Tensor], Te
     out = geo.output_spatial(weight.shape[2:])
     output_padding = tuple(
         m - ((o - 1) * s + d * (k - 1) + 1)
-        for m, o, s, d, k in zip(geo.padded, out, geo.stride, geo.dilation, weight.shape[2:])
+        for m, o, s, d, k in zip(geo.padded, out, geo.stride, geo.dilation, weight.shape[2:], strict=False)
     )
     if all(left == right for left, right in geo.pads):  # symmetric: let the conv pad, transpose crops
         padding = tuple(left for left, _ in geo.pads)
@@ -419,7 +430,9 @@ def _conv_maps(weight: Tensor, geo: ConvGeometry) -> tuple[Callable[[Tensor], Te
             return conv_t(u, weight, None, geo.stride, padding, output_padding, geo.groups, geo.dilation)
 
         return apply_symmetric, adjoint_symmetric
-    crop = (slice(None), slice(None)) + tuple(slice(left, left + n) for n, (left, _) in zip(geo.spatial, geo.pads))
+    crop = (slice(None), slice(None)) + tuple(
+        slice(left, left + n) for n, (left, _) in zip(geo.spatial, geo.pads, strict=False)
+    )
 
     def adjoint(u: Tensor) -> Tensor:  # the adjoint of zero padding is cropping
         return conv_t(u, weight, None, geo.stride, 0, output_padding, geo.groups, geo.dilation)[crop]
@@ -433,7 +446,7 @@ def _padding_selection_norm(geo: ConvGeometry) -> float:
     if geo.padding_mode == "zeros":
         return 1.0
     copies = 1
-    for n, (left, right) in zip(geo.spatial, geo.pads):
+    for n, (left, right) in zip(geo.spatial, geo.pads, strict=False):
         index = torch.arange(n, dtype=torch.float64).view(1, 1, n)
         padded = F.pad(index, [left, right], mode=geo.padding_mode).flatten().long()
         copies *= int(torch.bincount(padded, minlength=n).max())
@@ -458,27 +471,37 @@ def conv_fourier_bound(weight: Tensor, geo: ConvGeometry, gram_iters: int = 12) 
     w = _float64(weight)
     device = w.device
     c_out, c_in_g, kernel = w.shape[0], w.shape[1], w.shape[2:]
-    span = [d * (k - 1) + 1 for d, k in zip(geo.dilation, kernel)]
-    taps = [math.ceil(sp / s) for sp, s in zip(span, geo.stride)]
-    dilated = torch.zeros((c_out, c_in_g, *[t * s for t, s in zip(taps, geo.stride)]), dtype=w.dtype, device=device)
-    dilated[(slice(None), slice(None)) + tuple(slice(0, sp, d) for sp, d in zip(span, geo.dilation))] = w
-    split = [c_out, c_in_g] + [x for t, s in zip(taps, geo.stride) for x in (t, s)]
+    span = [d * (k - 1) + 1 for d, k in zip(geo.dilation, kernel, strict=False)]
+    taps = [math.ceil(sp / s) for sp, s in zip(span, geo.stride, strict=False)]
+    dilated = torch.zeros(
+        (c_out, c_in_g, *[t * s for t, s in zip(taps, geo.stride, strict=False)]), dtype=w.dtype, device=device
+    )
+    dilated[(slice(None), slice(None)) + tuple(slice(0, sp, d) for sp, d in zip(span, geo.dilation, strict=False))] = w
+    split = [c_out, c_in_g] + [x for t, s in zip(taps, geo.stride, strict=False) for x in (t, s)]
     order = [0, 1] + [3 + 2 * j for j in range(nd)] + [2 + 2 * j for j in range(nd)]
     phases = math.prod(geo.stride)
     poly = dilated.reshape(split).permute(order).reshape(c_out, c_in_g * phases, *taps)
     out = geo.output_spatial(kernel)
-    widest = [math.ceil(m / s) for m, s in zip(geo.padded, geo.stride)]
-    if geo.padding_mode == "circular" and all(n % s == 0 and o <= n // s
-                                              for n, s, o in zip(geo.spatial, geo.stride, out)):
+    widest = [math.ceil(m / s) for m, s in zip(geo.padded, geo.stride, strict=False)]
+    if geo.padding_mode == "circular" and all(
+        n % s == 0 and o <= n // s for n, s, o in zip(geo.spatial, geo.stride, out, strict=False)
+    ):
         # circular padding: output i reads x[(s i + d a - l) mod n], distinct rows of the circular
         # convolution on the input grid itself, composed with a cyclic shift (orthogonal): exact for stride 1
-        return _circular_bound(poly, [n // s for n, s in zip(geo.spatial, geo.stride)], geo.groups, gram_iters)
+        return _circular_bound(
+            poly, [n // s for n, s in zip(geo.spatial, geo.stride, strict=False)], geo.groups, gram_iters
+        )
     if geo.padding_mode != "zeros":
         return _circular_bound(poly, widest, geo.groups, gram_iters) * _padding_selection_norm(geo)
-    smallest = [max(math.ceil((n + max(pad)) / s), o) for n, pad, s, o in zip(geo.spatial, geo.pads, geo.stride, out)]
+    smallest = [
+        max(math.ceil((n + max(pad)) / s), o)
+        for n, pad, s, o in zip(geo.spatial, geo.pads, geo.stride, out, strict=False)
+    ]
     # every grid size between the smallest and the widest is valid; they sample the symbol differently
-    return min(_circular_bound(poly, [max(a, b - k) for a, b in zip(smallest, widest)], geo.groups, gram_iters)
-               for k in range(max(b - a for a, b in zip(smallest, widest)) + 1))
+    return min(
+        _circular_bound(poly, [max(a, b - k) for a, b in zip(smallest, widest, strict=False)], geo.groups, gram_iters)
+        for k in range(max(b - a for a, b in zip(smallest, widest, strict=False)) + 1)
+    )
 
 
 def _circular_bound(poly: Tensor, grid: list[int], groups: int, gram_iters: int) -> float:
@@ -563,5 +586,6 @@ def conv_operator_norm(
     shape = (1, geo.in_channels, *geo.spatial)
     warm = init is not None and tuple(init.shape) == shape
     init = init.to(weight) if warm else _random_unit(shape, weight, generator)
-    return _scaled_estimate(weight, lambda a: estimate_norm(*_conv_maps(a, geo), init, warm=warm,
-                                                            max_iters=max_iters, tol=tol))
+    return _scaled_estimate(
+        weight, lambda a: estimate_norm(*_conv_maps(a, geo), init, warm=warm, max_iters=max_iters, tol=tol)
+    )

@@ -41,8 +41,10 @@ def pairwise_lipschitz(
     """
     check_eval_mode(model)
     if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] < 2:
-        raise ValueError(f"pairwise_lipschitz needs a Tensor with at least 2 points, got "
-                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        raise ValueError(
+            f"pairwise_lipschitz needs a Tensor with at least 2 points, got "
+            f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
+        )
     if not isinstance(max_points, int) or max_points < 2:
         raise ValueError(f"max_points must be an int >= 2, got {max_points!r}")
     if x.shape[0] > max_points:

@@ -7,7 +7,7 @@ the same call gives the same points), never from the global RNG.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F

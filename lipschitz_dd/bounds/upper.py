@@ -21,6 +21,7 @@ iteration, which approaches each norm from below, so the product can be (slightl
 Operations that are not globally Lipschitz (attention, products of two input-dependent tensors,
 LayerNorm) or have no rule make the result "not available" with a reason naming the node.
 """
+
 from __future__ import annotations
 
 import functools
@@ -77,37 +78,110 @@ class _Step:
 
 # ------------------------------------------------------------------------------------ function rules
 _RESHAPES = {
-    "flatten", "reshape", "view", "view_as", "permute", "transpose", "t", "contiguous", "squeeze", "unsqueeze",
-    "clone", "chunk", "split", "unbind", "narrow", "movedim", "swapaxes", "unflatten", "flip", "roll", "float",
-    "double", "half", "to", "type_as", "detach", "identity", "neg", "pos", "abs", "clamp", "clip", "dropout",
-    "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+    "flatten",
+    "reshape",
+    "view",
+    "view_as",
+    "permute",
+    "transpose",
+    "t",
+    "contiguous",
+    "squeeze",
+    "unsqueeze",
+    "clone",
+    "chunk",
+    "split",
+    "unbind",
+    "narrow",
+    "movedim",
+    "swapaxes",
+    "unflatten",
+    "flip",
+    "roll",
+    "float",
+    "double",
+    "half",
+    "to",
+    "type_as",
+    "detach",
+    "identity",
+    "neg",
+    "pos",
+    "abs",
+    "clamp",
+    "clip",
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "alpha_dropout",
+    "feature_alpha_dropout",
 }
 _COPIES = {"expand", "expand_as", "repeat", "tile", "repeat_interleave"}  # each entry copied r times: sqrt(r)
-_PRODUCTS = {"matmul", "bmm", "mm", "einsum", "baddbmm", "addmm", "bilinear", "mul", "truediv", "div", "pow",
-             "scaled_dot_product_attention", "multi_head_attention_forward"}
+_PRODUCTS = {
+    "matmul",
+    "bmm",
+    "mm",
+    "einsum",
+    "baddbmm",
+    "addmm",
+    "bilinear",
+    "mul",
+    "truediv",
+    "div",
+    "pow",
+    "scaled_dot_product_attention",
+    "multi_head_attention_forward",
+}
 _NOT_LIPSCHITZ = {
-    "floordiv": "it is discontinuous", "floor_divide": "it is discontinuous", "remainder": "it is discontinuous",
-    "fmod": "it is discontinuous", "mod": "it is discontinuous",
+    "floordiv": "it is discontinuous",
+    "floor_divide": "it is discontinuous",
+    "remainder": "it is discontinuous",
+    "fmod": "it is discontinuous",
+    "mod": "it is discontinuous",
     "scaled_dot_product_attention": "attention is not globally Lipschitz",
     "multi_head_attention_forward": "attention is not globally Lipschitz",
     "layer_norm": "normalising by the input's own std is not globally Lipschitz",
     "group_norm": "normalising by the input's own std is not globally Lipschitz",
     "instance_norm": "normalising by the input's own std is not globally Lipschitz",
     "normalize": "x / ||x|| is not globally Lipschitz",
-    "exp": "it grows faster than linearly", "log": "unbounded slope near 0", "sqrt": "unbounded slope near 0",
-    "rsqrt": "unbounded slope near 0", "reciprocal": "unbounded slope near 0", "glu": "it multiplies two halves",
-    "hardshrink": "it is discontinuous", "threshold": "it is discontinuous", "sign": "it is discontinuous",
-    "round": "it is discontinuous", "floor": "it is discontinuous", "ceil": "it is discontinuous",
+    "exp": "it grows faster than linearly",
+    "log": "unbounded slope near 0",
+    "sqrt": "unbounded slope near 0",
+    "rsqrt": "unbounded slope near 0",
+    "reciprocal": "unbounded slope near 0",
+    "glu": "it multiplies two halves",
+    "hardshrink": "it is discontinuous",
+    "threshold": "it is discontinuous",
+    "sign": "it is discontinuous",
+    "round": "it is discontinuous",
+    "floor": "it is discontinuous",
+    "ceil": "it is discontinuous",
 }
-_ALIASES = {"iadd": "add", "isub": "sub", "imul": "mul", "itruediv": "truediv", "div": "truediv",
-            "concat": "cat", "concatenate": "cat", "true_divide": "truediv"}
+_ALIASES = {
+    "iadd": "add",
+    "isub": "sub",
+    "imul": "mul",
+    "itruediv": "truediv",
+    "div": "truediv",
+    "concat": "cat",
+    "concatenate": "cat",
+    "true_divide": "truediv",
+}
 _SHAPE_QUERIES = {"size", "dim", "numel", "shape", "ndim", "dtype", "device", "len", "getattr"}
 _POOLS = {
-    "avg_pool1d": nn.AvgPool1d, "avg_pool2d": nn.AvgPool2d, "avg_pool3d": nn.AvgPool3d,
-    "adaptive_avg_pool1d": nn.AdaptiveAvgPool1d, "adaptive_avg_pool2d": nn.AdaptiveAvgPool2d,
-    "adaptive_avg_pool3d": nn.AdaptiveAvgPool3d, "max_pool1d": nn.MaxPool1d, "max_pool2d": nn.MaxPool2d,
-    "max_pool3d": nn.MaxPool3d, "adaptive_max_pool1d": nn.AdaptiveMaxPool1d,
-    "adaptive_max_pool2d": nn.AdaptiveMaxPool2d, "adaptive_max_pool3d": nn.AdaptiveMaxPool3d,
+    "avg_pool1d": nn.AvgPool1d,
+    "avg_pool2d": nn.AvgPool2d,
+    "avg_pool3d": nn.AvgPool3d,
+    "adaptive_avg_pool1d": nn.AdaptiveAvgPool1d,
+    "adaptive_avg_pool2d": nn.AdaptiveAvgPool2d,
+    "adaptive_avg_pool3d": nn.AdaptiveAvgPool3d,
+    "max_pool1d": nn.MaxPool1d,
+    "max_pool2d": nn.MaxPool2d,
+    "max_pool3d": nn.MaxPool3d,
+    "adaptive_max_pool1d": nn.AdaptiveMaxPool1d,
+    "adaptive_max_pool2d": nn.AdaptiveMaxPool2d,
+    "adaptive_max_pool3d": nn.AdaptiveMaxPool3d,
 }
 
 
@@ -123,10 +197,27 @@ def _op_name(node: fx.Node) -> str:
 
 _INPLACE_OPERATORS = {"iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "imatmul"}
 # functions whose positional argument at this index is `inplace`
-_INPLACE_POSITION = {"relu": 1, "relu6": 1, "selu": 1, "silu": 1, "mish": 1, "hardswish": 1, "hardsigmoid": 1,
-                     "leaky_relu": 2, "elu": 2, "celu": 2, "threshold": 3, "hardtanh": 3, "dropout": 3,
-                     "alpha_dropout": 3, "feature_alpha_dropout": 3, "dropout1d": 3, "dropout2d": 3,
-                     "dropout3d": 3, "rrelu": 4}
+_INPLACE_POSITION = {
+    "relu": 1,
+    "relu6": 1,
+    "selu": 1,
+    "silu": 1,
+    "mish": 1,
+    "hardswish": 1,
+    "hardsigmoid": 1,
+    "leaky_relu": 2,
+    "elu": 2,
+    "celu": 2,
+    "threshold": 3,
+    "hardtanh": 3,
+    "dropout": 3,
+    "alpha_dropout": 3,
+    "feature_alpha_dropout": 3,
+    "dropout1d": 3,
+    "dropout2d": 3,
+    "dropout3d": 3,
+    "rrelu": 4,
+}
 
 
 def _is_inplace(node: fx.Node, module: nn.Module | None = None) -> bool:
@@ -195,8 +286,17 @@ class UpperBoundEstimator:
     seed: seeds the estimator's own torch.Generator for the initial power-iteration vectors.
     """
 
-    def __init__(self, model: nn.Module, example_input: Tensor, *, iters: int = 500, warm_iters: int = 20,
-                 tol: float = 1e-6, gram_iters: int = 12, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: Tensor,
+        *,
+        iters: int = 500,
+        warm_iters: int = 20,
+        tol: float = 1e-6,
+        gram_iters: int = 12,
+        seed: int = 0,
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(example_input, Tensor) or example_input.ndim < 1 or len(example_input) == 0:
@@ -247,8 +347,10 @@ class UpperBoundEstimator:
         try:
             Recorder(graph_module).run(example)
         except Exception as error:  # noqa: BLE001 - report the user's forward failure in one line
-            raise ValueError(f"model(example_input) failed on an input of shape {tuple(example.shape)}: "
-                             f"{type(error).__name__}: {str(error).splitlines()[0][:300]}") from error
+            raise ValueError(
+                f"model(example_input) failed on an input of shape {tuple(example.shape)}: "
+                f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            ) from error
         data: set[str] = set()
         placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
         self._order = {n: i for i, n in enumerate(graph_module.graph.nodes)}
@@ -311,13 +413,19 @@ class UpperBoundEstimator:
             display, op = node.target, type(module).__name__
         else:
             rule, display, op = _not_lipschitz_rule(name, len(inputs)), node.name, name
-        if _is_inplace(node, module) and not isinstance(rule, lc.Unavailable) and self._mutation_read_later(node, values):
+        if (
+            _is_inplace(node, module)
+            and not isinstance(rule, lc.Unavailable)
+            and self._mutation_read_later(node, values)
+        ):
             if node.op != "call_module" and len(inputs) == 1:
                 rule = self._function_rule(node, name, inputs, values, in_shape, out_shape)
             if not (isinstance(rule, lc.Fixed) and rule.get(True) <= 1.0 and len(inputs) == 1):
-                rule = lc.Unavailable(f"in-place {_raw_name(node) if module is None else op} overwrites a tensor "
-                                      "that later operations read again (they see the new values, the traced graph "
-                                      "does not); use the out-of-place form")
+                rule = lc.Unavailable(
+                    f"in-place {_raw_name(node) if module is None else op} overwrites a tensor "
+                    "that later operations read again (they see the new values, the traced graph "
+                    "does not); use the out-of-place form"
+                )
         if not isinstance(rule, lc.Unavailable) and not _is_float_value(value):
             if poisoned:  # e.g. the None attention weights of MultiheadAttention: already reported
                 self._poisoned.add(node.name)
@@ -338,37 +446,59 @@ class UpperBoundEstimator:
             self._poisoned.add(name)
         self.steps.append(_Step(name, op, "layer", inputs[:1], rule, display=display))
 
-    def _add_function(self, node: fx.Node, name: str, inputs: list[str], values: dict[str, Any],
-                      in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...] | None) -> None:
+    def _add_function(
+        self,
+        node: fx.Node,
+        name: str,
+        inputs: list[str],
+        values: dict[str, Any],
+        in_shape: tuple[int, ...] | None,
+        out_shape: tuple[int, ...] | None,
+    ) -> None:
         """Rules for call_function / call_method nodes (see the module docstring)."""
         label = f"{name} (node '{node.name}')"
         if name in ("add", "sub") and len(inputs) == 2:  # a + alpha b, each operand scaled by its broadcast
             alpha = abs(float(node.kwargs.get("alpha", 1.0)))
             factors = [_broadcast_factor(_shape_of(values.get(i)), out_shape) for i in inputs]
-            return self.steps.append(_Step(node.name, name, "add", inputs,
-                                           coefficients=[factors[0], alpha * factors[1]]))
+            return self.steps.append(
+                _Step(node.name, name, "add", inputs, coefficients=[factors[0], alpha * factors[1]])
+            )
         if name in ("cat", "stack"):
             return self.steps.append(_Step(node.name, name, "cat", inputs))
         if len(inputs) > 1:
-            return self._add_layer(node.name, name, inputs,
-                                   lc.Unavailable(f"{label} takes several input-dependent arguments"))
+            return self._add_layer(
+                node.name, name, inputs, lc.Unavailable(f"{label} takes several input-dependent arguments")
+            )
         self._add_layer(node.name, name, inputs, self._function_rule(node, name, inputs, values, in_shape, out_shape))
 
-    def _function_rule(self, node: fx.Node, name: str, inputs: list[str], values: dict[str, Any],
-                       in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...] | None) -> Any:
+    def _function_rule(
+        self,
+        node: fx.Node,
+        name: str,
+        inputs: list[str],
+        values: dict[str, Any],
+        in_shape: tuple[int, ...] | None,
+        out_shape: tuple[int, ...] | None,
+    ) -> Any:
         """The rule of a call_function / call_method node with one input-dependent argument."""
         args = [values.get(a.name, a) if isinstance(a, fx.Node) else a for a in node.args]
         data_first = isinstance(node.args[0], fx.Node) and node.args[0].name in inputs if node.args else False
         try:
-            rule = self._unary_rule(node, name, args, data_first, in_shape, out_shape,
-                                    _shape_of(values.get(inputs[0])))
+            rule = self._unary_rule(node, name, args, data_first, in_shape, out_shape, _shape_of(values.get(inputs[0])))
         except Exception as error:  # noqa: BLE001 - unexpected arguments: say so instead of failing
             rule = lc.Unavailable(f"its constant could not be computed ({type(error).__name__}: {error})")
         return rule if rule is not None else lc.Unavailable(f"no Lipschitz rule for {node.op} {name}")
 
-    def _unary_rule(self, node: fx.Node, name: str, args: list[Any], data_first: bool,
-                    in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...] | None,
-                    data_shape: tuple[int, ...] | None) -> Any:
+    def _unary_rule(
+        self,
+        node: fx.Node,
+        name: str,
+        args: list[Any],
+        data_first: bool,
+        in_shape: tuple[int, ...] | None,
+        out_shape: tuple[int, ...] | None,
+        data_shape: tuple[int, ...] | None,
+    ) -> Any:
         """in_shape: the first argument's shape; data_shape: the input-dependent argument's shape."""
         broadcast = _broadcast_factor(data_shape, out_shape)
         if name in ("add", "sub"):  # adding a constant: x + c, c + alpha x (torch.add's alpha scales the second)
@@ -382,7 +512,7 @@ class UpperBoundEstimator:
             return lc.Fixed(math.sqrt(_numel(out_shape) / _numel(in_shape)))
         if name in ("mean", "sum") and in_shape and out_shape is not None:
             group = _numel(in_shape) / max(_numel(out_shape), 1)  # each output averages / sums `group` entries
-            return lc.Fixed(group ** -0.5 if name == "mean" else group ** 0.5)
+            return lc.Fixed(group**-0.5 if name == "mean" else group**0.5)
         if name in ("mul", "truediv"):
             if node.kwargs.get("rounding_mode") is not None:
                 return lc.Unavailable(f"division with rounding_mode={node.kwargs['rounding_mode']!r} is discontinuous")
@@ -446,8 +576,10 @@ class UpperBoundEstimator:
         try:
             output = self.model(example)
         except Exception as error:  # noqa: BLE001 - report the user's forward failure in one line
-            raise ValueError(f"model(example_input) failed on an input of shape {tuple(example.shape)}: "
-                             f"{type(error).__name__}: {str(error).splitlines()[0][:300]}") from error
+            raise ValueError(
+                f"model(example_input) failed on an input of shape {tuple(example.shape)}: "
+                f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            ) from error
         finally:
             for h in handles:
                 h.remove()
@@ -456,17 +588,27 @@ class UpperBoundEstimator:
         current, current_name = start, "input"
         for index, (name, module, inputs, out) in enumerate(calls):
             if len(inputs) != 1 or not _same_values(inputs[0], current):
-                self.reasons.append((name, type(module).__name__, prefix + "its input is not the output of the "
-                                     "module before it (an operation outside modules, e.g. a residual add or an "
-                                     "in-place change, cannot be seen)"))
+                self.reasons.append(
+                    (
+                        name,
+                        type(module).__name__,
+                        prefix + "its input is not the output of the "
+                        "module before it (an operation outside modules, e.g. a residual add or an "
+                        "in-place change, cannot be seen)",
+                    )
+                )
                 return
             if not isinstance(out[0], Tensor):
                 self.reasons.append((name, type(module).__name__, prefix + "it does not return a tensor"))
                 return
             step_name = f"call_{index}"
-            self._add_layer(step_name, type(module).__name__, [current_name],
-                            lc.module_rule(module, tuple(inputs[0][1].shape[1:]), tuple(out[1].shape[1:])),
-                            name or type(module).__name__)
+            self._add_layer(
+                step_name,
+                type(module).__name__,
+                [current_name],
+                lc.module_rule(module, tuple(inputs[0][1].shape[1:]), tuple(out[1].shape[1:])),
+                name or type(module).__name__,
+            )
             current, current_name = out, step_name
         if not isinstance(output, Tensor) or not _same_values(snapshot(output), current):
             self.reasons.append(("output", "output", prefix + "the output is not the output of the last module"))
@@ -486,8 +628,10 @@ class UpperBoundEstimator:
         groups: dict[tuple[str, str], list[str]] = {}
         for node, op, why in self.reasons:
             groups.setdefault((op, why), []).append(node)
-        return "; ".join(f"{op} at '{nodes[0]}'" + (f" (+{len(nodes) - 1} more)" if len(nodes) > 1 else "")
-                         + f": {why}" for (op, why), nodes in groups.items())
+        return "; ".join(
+            f"{op} at '{nodes[0]}'" + (f" (+{len(nodes) - 1} more)" if len(nodes) > 1 else "") + f": {why}"
+            for (op, why), nodes in groups.items()
+        )
 
     def compute(self, certified: bool = False) -> UpperBoundResult:
         """The upper bound for the model's current parameters (BatchNorm: running statistics).
@@ -506,7 +650,7 @@ class UpperBoundEstimator:
                 if step.kind == "input":
                     bound[step.name] = 1.0
                 elif step.kind == "add":
-                    bound[step.name] = sum(c * bound[i] for c, i in zip(step.coefficients, step.inputs))
+                    bound[step.name] = sum(c * bound[i] for c, i in zip(step.coefficients, step.inputs, strict=False))
                 elif step.kind == "cat":
                     bound[step.name] = math.sqrt(sum(bound[i] ** 2 for i in step.inputs))
                 else:
@@ -524,15 +668,27 @@ class UpperBoundEstimator:
         module = rule.module
         key = step.display
         warm = key in self._vectors
-        options = dict(certified=certified, tol=self.tol, generator=self._generator, gram_iters=self.gram_iters,
-                       max_iters=self.warm_iters if warm else self.iters,
-                       init=self._vectors[key].to(module.weight.device) if warm else None)
+        options = dict(
+            certified=certified,
+            tol=self.tol,
+            generator=self._generator,
+            gram_iters=self.gram_iters,
+            max_iters=self.warm_iters if warm else self.iters,
+            init=self._vectors[key].to(module.weight.device) if warm else None,
+        )
         if rule.kind == "linear":
             result = linear_operator_norm(module.weight, **options)
         else:  # a transposed convolution is the adjoint of the convolution on its output shape: same norm
-            result = conv_operator_norm(module.weight, rule.input_shape, stride=module.stride, padding=module.padding,
-                                        dilation=module.dilation, groups=module.groups,
-                                        padding_mode=module.padding_mode, **options)
+            result = conv_operator_norm(
+                module.weight,
+                rule.input_shape,
+                stride=module.stride,
+                padding=module.padding,
+                dilation=module.dilation,
+                groups=module.groups,
+                padding_mode=module.padding_mode,
+                **options,
+            )
         if not certified and result.vector is not None:  # None: a zero or non-finite weight, nothing to keep
             self._vectors[key], self._values[key] = result.vector.detach(), result.value
         return result.value, result.certified
@@ -566,8 +722,11 @@ def _same_values(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> bool:
     """For (tensor, copy of its values) snapshots: a's tensor is b's tensor or a reshaped view of it, and it
     held the same values at both moments (nothing changed it in place in between)."""
     (a_tensor, a_values), (b_tensor, b_values) = a, b
-    same = a_tensor is b_tensor or (a_tensor.data_ptr() == b_tensor.data_ptr() and a_tensor.numel() == b_tensor.numel()
-                                    and a_tensor.dtype == b_tensor.dtype)
+    same = a_tensor is b_tensor or (
+        a_tensor.data_ptr() == b_tensor.data_ptr()
+        and a_tensor.numel() == b_tensor.numel()
+        and a_tensor.dtype == b_tensor.dtype
+    )
     return same and torch.equal(a_values.reshape(-1), b_values.reshape(-1))
 
 

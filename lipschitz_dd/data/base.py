@@ -1,7 +1,5 @@
 """ArrayDataModule: the shared LightningDataModule for data sets that fit in memory as tensors."""
 
-from typing import Optional
-
 import torch
 from lightning.pytorch import LightningDataModule
 
@@ -36,7 +34,7 @@ class ArrayDataModule(LightningDataModule):
         data_dir: str = "data",
         batch_size: int = 100,
         eval_batch_size: int = 4096,
-        train_subset: Optional[int] = None,
+        train_subset: int | None = None,
         data_seed: int = 0,
         label_noise: float = 0.0,
         noise_mode: NoiseMode = "shuffle",
@@ -58,20 +56,20 @@ class ArrayDataModule(LightningDataModule):
         self.label_noise = float(label_noise)
         self.noise_mode = noise_mode
         self.shuffle = shuffle
-        self.num_classes: Optional[int] = None
-        self.input_shape: Optional[tuple[int, ...]] = None
-        self.train_x: Optional[torch.Tensor] = None
-        self.train_y: Optional[torch.Tensor] = None
-        self.train_y_clean: Optional[torch.Tensor] = None
-        self.test_x: Optional[torch.Tensor] = None
-        self.test_y: Optional[torch.Tensor] = None
-        self.noisy_mask: Optional[torch.Tensor] = None
+        self.num_classes: int | None = None
+        self.input_shape: tuple[int, ...] | None = None
+        self.train_x: torch.Tensor | None = None
+        self.train_y: torch.Tensor | None = None
+        self.train_y_clean: torch.Tensor | None = None
+        self.test_x: torch.Tensor | None = None
+        self.test_y: torch.Tensor | None = None
+        self.noisy_mask: torch.Tensor | None = None
 
     def load_arrays(self) -> Arrays:
         """Return the full (train_x, train_y, test_x, test_y) of this source, before subset and noise."""
         raise NotImplementedError(f"{type(self).__name__} must implement load_arrays()")
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         """Load the arrays once, then apply the training subset and the label noise (idempotent)."""
         if self.train_x is not None:
             return

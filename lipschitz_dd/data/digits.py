@@ -1,6 +1,5 @@
 """Scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), bundled with scikit-learn (no download)."""
 
-
 import torch
 
 from lipschitz_dd.data.base import ArrayDataModule, Arrays

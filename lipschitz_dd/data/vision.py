@@ -18,7 +18,6 @@ import gzip
 import pickle
 import re
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -68,7 +67,7 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(bytearray(raw), dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _idx_file(folder: Path, name: str) -> Optional[Path]:
+def _idx_file(folder: Path, name: str) -> Path | None:
     for candidate in (folder / name, folder / f"{name}.gz"):
         if candidate.is_file():
             return candidate
@@ -99,7 +98,7 @@ class VisionDataModule(ArrayDataModule):
         self.num_classes = self.default_num_classes
         self.input_shape = (self.num_channels, self.image_size, self.image_size)
 
-    def find_files(self) -> Optional[object]:
+    def find_files(self) -> object | None:
         """Locate the files; None when they are missing."""
         raise NotImplementedError
 
@@ -152,7 +151,7 @@ class MNISTDataModule(VisionDataModule):
 
     title, folder_name, torchvision_name = "MNIST", "MNIST", "MNIST"
 
-    def find_files(self) -> Optional[list[Path]]:
+    def find_files(self) -> list[Path] | None:
         """The four idx files in data_dir/<folder_name>/raw, else directly in data_dir."""
         for folder in (Path(self.data_dir) / self.folder_name / "raw", Path(self.data_dir)):
             files = [_idx_file(folder, name) for name in IDX_FILES]
@@ -209,7 +208,7 @@ class CIFAR10DataModule(VisionDataModule):
     train_files = tuple(f"data_batch_{i}" for i in range(1, 6))
     test_files = ("test_batch",)
 
-    def find_files(self) -> Optional[Path]:
+    def find_files(self) -> Path | None:
         folder = Path(self.data_dir) / self.folder_name
         names = self.train_files + self.test_files
         return folder if all((folder / name).is_file() for name in names) else None

@@ -9,7 +9,15 @@ from lipschitz_dd.models.toy import Toy2DFCN
 from lipschitz_dd.models.vit import ViT, build_vit
 
 __all__ = [
-    "LipschitzModule", "per_sample_loss",
-    "FCN", "CNN", "PreActResNet18", "ViT", "Toy2DFCN",
-    "build_fcn", "build_cnn", "build_preact_resnet18", "build_vit",
+    "LipschitzModule",
+    "per_sample_loss",
+    "FCN",
+    "CNN",
+    "PreActResNet18",
+    "ViT",
+    "Toy2DFCN",
+    "build_fcn",
+    "build_cnn",
+    "build_preact_resnet18",
+    "build_vit",
 ]

@@ -16,7 +16,8 @@ epochs, and epoch 0 (before the first update) is evaluated in ``on_train_start``
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Literal, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -77,9 +78,9 @@ class LipschitzModule(LightningModule):
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         lr_schedule: Literal["constant", "warmup20000step25", "cont100"] = "constant",
-        lr_floor: Optional[float] = None,
+        lr_floor: float | None = None,
         schedule_epochs: int = 10_000,
-        grad_clip_norm: Optional[float] = 50.0,
+        grad_clip_norm: float | None = 50.0,
     ) -> None:
         super().__init__()
         _check_choice("loss", loss, ("ce", "mse"))
@@ -135,13 +136,15 @@ class LipschitzModule(LightningModule):
         return per_sample_loss(self(x), y, self.loss_name).mean()
 
     # ----------------------------------------------------------------- training
-    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Optional[Tensor]:
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor | None:
         """The mean batch loss; on a non-finite loss: warn, stop the trainer, skip the update (None)."""
         loss = self.batch_loss(batch)
         if not torch.isfinite(loss):
             log.warning(
                 "non-finite training loss (%s) at epoch %d, step %d: stopping (diverged)",
-                loss.item(), self.current_epoch, self.global_step,
+                loss.item(),
+                self.current_epoch,
+                self.global_step,
             )
             self.diverged = True
             self.trainer.should_stop = True
@@ -158,8 +161,11 @@ class LipschitzModule(LightningModule):
         if hp.lr_schedule == "constant":
             return opt
         factor = make_lr_lambda(
-            hp.lr_schedule, base_lr=hp.lr, updates_per_epoch=self._updates_per_epoch(),
-            schedule_epochs=hp.schedule_epochs, lr_floor=hp.lr_floor,
+            hp.lr_schedule,
+            base_lr=hp.lr,
+            updates_per_epoch=self._updates_per_epoch(),
+            schedule_epochs=hp.schedule_epochs,
+            lr_floor=hp.lr_floor,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
@@ -173,7 +179,9 @@ class LipschitzModule(LightningModule):
         """Clip the global gradient L2 norm to ``grad_clip_norm`` (a Trainer clipping flag takes precedence)."""
         if gradient_clip_val is None and self.hparams.grad_clip_norm is not None:
             gradient_clip_val, gradient_clip_algorithm = self.hparams.grad_clip_norm, "norm"
-        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+        self.clip_gradients(
+            optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
+        )
 
     # ----------------------------------------------------------------- evaluation
     def _update_eval_metrics(self, batch: Sequence[Tensor], dataloader_idx: int) -> None:
@@ -186,10 +194,10 @@ class LipschitzModule(LightningModule):
         self.eval_loss[dataloader_idx].update(per_sample_loss(logits, y, self.loss_name))
         self.eval_acc[dataloader_idx].update(logits, y)
 
-    def _compute_eval_metrics(self) -> Dict[str, Tensor]:
+    def _compute_eval_metrics(self) -> dict[str, Tensor]:
         """``{prefix/loss, prefix/acc}`` for every loader seen since the last reset; resets the metrics."""
         metrics = {}
-        for prefix, loss_metric, acc_metric in zip(EVAL_PREFIXES, self.eval_loss, self.eval_acc):
+        for prefix, loss_metric, acc_metric in zip(EVAL_PREFIXES, self.eval_loss, self.eval_acc, strict=False):
             if loss_metric.update_called:
                 metrics[f"{prefix}/loss"] = loss_metric.compute()
                 metrics[f"{prefix}/acc"] = acc_metric.compute()
@@ -230,7 +238,7 @@ class LipschitzModule(LightningModule):
         was_training = self.training
         self.eval()
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            for idx, (loader, limit) in enumerate(zip(loaders, limits)):
+            for idx, (loader, limit) in enumerate(zip(loaders, limits, strict=False)):
                 for batch_idx, batch in enumerate(loader):
                     if batch_idx >= limit:
                         break
@@ -242,7 +250,7 @@ class LipschitzModule(LightningModule):
         for logger in self.trainer.loggers:
             logger.log_metrics(metrics, step=0)
 
-    def _run_facts(self) -> Dict[str, float]:
+    def _run_facts(self) -> dict[str, float]:
         """Constants of the run the report needs: parameter count, n, K and E||x||^2 over the test inputs."""
         facts = {
             "params/count": float(sum(p.numel() for p in self.parameters() if p.requires_grad)),
@@ -270,7 +278,7 @@ class LipschitzModule(LightningModule):
         for logger in self.trainer.loggers:
             logger.log_metrics(metrics, step=self.current_epoch)
 
-    def _eval_loaders(self) -> Tuple[List, List[float]]:
+    def _eval_loaders(self) -> tuple[list, list[float]]:
         """The fit's validation loaders (the datamodule's or those given to ``fit``) and their batch limits."""
         trainer = self.trainer
         if not trainer.enable_validation:  # no val loaders, or limit_val_batches=0
@@ -286,4 +294,3 @@ class LipschitzModule(LightningModule):
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
-

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
-
 from torch import nn
 
 from lipschitz_dd.models._checks import check_size
 from lipschitz_dd.models.base import LipschitzModule
 
-POOL_KERNELS: Dict[int, Tuple[int, int, int, int]] = {32: (1, 2, 2, 8), 28: (1, 2, 2, 7)}
+POOL_KERNELS: dict[int, tuple[int, int, int, int]] = {32: (1, 2, 2, 8), 28: (1, 2, 2, 7)}
 """Max-pool kernel (= stride) after each of the four conv blocks, by input side length."""
 
 
@@ -27,8 +25,8 @@ def build_cnn(
     if input_size not in POOL_KERNELS:
         raise ValueError(f"input_size must be one of {sorted(POOL_KERNELS)} (square images), got {input_size!r}")
     channels = [in_channels, width, 2 * width, 4 * width, 8 * width]
-    layers: List[nn.Module] = []
-    for c_in, c_out, pool in zip(channels[:-1], channels[1:], POOL_KERNELS[input_size]):
+    layers: list[nn.Module] = []
+    for c_in, c_out, pool in zip(channels[:-1], channels[1:], POOL_KERNELS[input_size], strict=False):
         layers.append(nn.Conv2d(c_in, c_out, kernel_size=3, stride=1, padding=1, bias=False))
         if batch_norm:
             layers.append(nn.BatchNorm2d(c_out))
@@ -44,4 +42,6 @@ class CNN(LipschitzModule):
         self, width: int, in_channels: int = 3, input_size: int = 32, batch_norm: bool = False, **kwargs
     ) -> None:
         super().__init__(**kwargs)
-        self.net = build_cnn(width, self.num_classes, in_channels=in_channels, input_size=input_size, batch_norm=batch_norm)
+        self.net = build_cnn(
+            width, self.num_classes, in_channels=in_channels, input_size=input_size, batch_norm=batch_norm
+        )

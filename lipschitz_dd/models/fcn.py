@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import List, Literal, Optional, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from torch import nn
 
@@ -32,10 +33,12 @@ def build_fcn(
     for i, width in enumerate(widths):
         check_size(f"widths[{i}]", width)
     if output_activation not in OUTPUT_ACTIVATIONS:
-        raise ValueError(f"unknown output_activation {output_activation!r}; choose one of {', '.join(OUTPUT_ACTIVATIONS)}")
+        raise ValueError(
+            f"unknown output_activation {output_activation!r}; choose one of {', '.join(OUTPUT_ACTIVATIONS)}"
+        )
     sizes = [input_dim, *widths]
-    layers: List[nn.Module] = [nn.Flatten()]
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+    layers: list[nn.Module] = [nn.Flatten()]
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=False):
         layers += [nn.Linear(fan_in, fan_out, bias=bias), nn.ReLU()]
     layers.append(nn.Linear(sizes[-1], num_classes, bias=bias))
     if output_activation == "relu":
@@ -58,7 +61,7 @@ class FCN(LipschitzModule):
         input_dim: int = 40,
         width: int = 256,
         depth: int = 1,
-        widths: Optional[List[int]] = None,
+        widths: list[int] | None = None,
         bias: bool = False,
         output_activation: Literal["auto", "relu", "leaky_relu", "none"] = "auto",
         **kwargs,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List
-
 from torch import Tensor, nn
 
 from lipschitz_dd.models._checks import check_size
@@ -48,7 +46,7 @@ def build_preact_resnet18(width: int = 64, num_classes: int = 10, in_channels: i
     check_size("width", width)
     check_size("num_classes", num_classes)
     check_size("in_channels", in_channels)
-    layers: List[nn.Module] = [nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)]
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)]
     channels_in = width
     for stage, num_blocks in enumerate(BLOCKS_PER_STAGE):
         channels = width * 2**stage

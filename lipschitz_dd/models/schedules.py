@@ -12,8 +12,8 @@ Epoch-based rules (milestones counted in epochs) are converted to updates with `
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, Optional
 
 SCHEDULE_NAMES = ("constant", "warmup20000step25", "cont100")
 
@@ -61,9 +61,9 @@ def make_lr_lambda(
     name: str,
     *,
     base_lr: float,
-    updates_per_epoch: Optional[int] = None,
+    updates_per_epoch: int | None = None,
     schedule_epochs: int = 10_000,
-    lr_floor: Optional[float] = None,
+    lr_floor: float | None = None,
 ) -> Callable[[int], float]:
     """The factor function ``update -> float`` of the schedule called ``name`` (see :data:`SCHEDULE_NAMES`).
 

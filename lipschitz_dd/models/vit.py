@@ -53,8 +53,15 @@ class VisionTransformer(nn.Module):
     embeddings, ``depth`` transformer blocks, a final LayerNorm and a linear head on the class token."""
 
     def __init__(
-        self, width: int, num_classes: int, image_size: int, patch_size: int, depth: int, heads: int,
-        mlp_ratio: int, in_channels: int,
+        self,
+        width: int,
+        num_classes: int,
+        image_size: int,
+        patch_size: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: int,
+        in_channels: int,
     ) -> None:
         super().__init__()
         num_patches = (image_size // patch_size) ** 2
@@ -74,16 +81,32 @@ class VisionTransformer(nn.Module):
 
 
 def build_vit(
-    width: int, num_classes: int = 10, image_size: int = 32, patch_size: int = 8, depth: int = 6,
-    heads: int = 6, mlp_ratio: int = 4, in_channels: int = 3,
+    width: int,
+    num_classes: int = 10,
+    image_size: int = 32,
+    patch_size: int = 8,
+    depth: int = 6,
+    heads: int = 6,
+    mlp_ratio: int = 4,
+    in_channels: int = 3,
 ) -> VisionTransformer:
     """A ViT with embedding dimension ``width`` (head dimension ``width // heads``, MLP hidden ``mlp_ratio * width``)
     on ``in_channels x image_size x image_size`` images cut into non-overlapping ``patch_size`` patches."""
-    for name, value in dict(width=width, num_classes=num_classes, image_size=image_size, patch_size=patch_size,
-                            depth=depth, heads=heads, mlp_ratio=mlp_ratio, in_channels=in_channels).items():
+    for name, value in dict(
+        width=width,
+        num_classes=num_classes,
+        image_size=image_size,
+        patch_size=patch_size,
+        depth=depth,
+        heads=heads,
+        mlp_ratio=mlp_ratio,
+        in_channels=in_channels,
+    ).items():
         check_size(name, value)
     if width % heads:
-        raise ValueError(f"ViT width must be a multiple of heads (head dim = width // heads), got width={width}, heads={heads}")
+        raise ValueError(
+            f"ViT width must be a multiple of heads (head dim = width // heads), got width={width}, heads={heads}"
+        )
     if image_size % patch_size:
         raise ValueError(f"image_size must be a multiple of patch_size, got {image_size} and {patch_size}")
     return VisionTransformer(width, num_classes, image_size, patch_size, depth, heads, mlp_ratio, in_channels)
@@ -93,9 +116,24 @@ class ViT(LipschitzModule):
     """Small vision transformer of width ``width`` (see :func:`build_vit`); lower bounds only."""
 
     def __init__(
-        self, width: int, patch_size: int = 8, depth: int = 6, heads: int = 6, mlp_ratio: int = 4,
-        image_size: int = 32, in_channels: int = 3, **kwargs,
+        self,
+        width: int,
+        patch_size: int = 8,
+        depth: int = 6,
+        heads: int = 6,
+        mlp_ratio: int = 4,
+        image_size: int = 32,
+        in_channels: int = 3,
+        **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self.net = build_vit(width, self.num_classes, image_size=image_size, patch_size=patch_size, depth=depth,
-                             heads=heads, mlp_ratio=mlp_ratio, in_channels=in_channels)
+        self.net = build_vit(
+            width,
+            self.num_classes,
+            image_size=image_size,
+            patch_size=patch_size,
+            depth=depth,
+            heads=heads,
+            mlp_ratio=mlp_ratio,
+            in_channels=in_channels,
+        )

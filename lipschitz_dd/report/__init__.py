@@ -2,6 +2,7 @@
 
 Imports nothing of the training code: run folders are the only input (see shared/design.md).
 """
+
 from lipschitz_dd.report.bias_variance import bias_variance_table, output_at_zero_variance, variance_bound
 from lipschitz_dd.report.build import ReportSummary, build_report
 from lipschitz_dd.report.power_law import PowerLawFit, fit_power_law, power_law_table
@@ -9,8 +10,21 @@ from lipschitz_dd.report.records import RunRecord, find_run_folders, load_run, l
 from lipschitz_dd.report.tables import aggregate_over_seeds, config_axes, runs_table, to_markdown
 
 __all__ = [
-    "PowerLawFit", "ReportSummary", "RunRecord", "aggregate_over_seeds", "bias_variance_table",
-    "build_report", "config_axes", "find_run_folders", "fit_power_law", "load_run", "load_runs",
-    "output_at_zero_variance", "power_law_table", "read_metrics_csv", "runs_table", "to_markdown",
+    "PowerLawFit",
+    "ReportSummary",
+    "RunRecord",
+    "aggregate_over_seeds",
+    "bias_variance_table",
+    "build_report",
+    "config_axes",
+    "find_run_folders",
+    "fit_power_law",
+    "load_run",
+    "load_runs",
+    "output_at_zero_variance",
+    "power_law_table",
+    "read_metrics_csv",
+    "runs_table",
+    "to_markdown",
     "variance_bound",
 ]

@@ -25,10 +25,11 @@ which puts them in each seed's ``final`` as ``ensemble/lipschitz_lower`` and ``e
 before this table is made). Beside them the table always shows the sample variance over seeds of the final
 test loss, which is what can be measured from per-run scalars alone.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -50,7 +51,7 @@ PLOTTED_COLUMNS = (TEST_LOSS_VARIANCE, FUNCTION_VARIANCE, PAPER_BOUND, PROXY_BOU
 
 def variance_bound(c_bar: float, mean_c_sq: float, mean_sq_norm: float, var_f0: float) -> float:
     """3 (c_bar^2 + mean_c_sq) * mean_sq_norm + 3 * var_f0 (see the module docstring for what it bounds)."""
-    return 3.0 * (c_bar ** 2 + mean_c_sq) * mean_sq_norm + 3.0 * var_f0
+    return 3.0 * (c_bar**2 + mean_c_sq) * mean_sq_norm + 3.0 * var_f0
 
 
 def output_at_zero_variance(f0: np.ndarray) -> float:
@@ -60,8 +61,9 @@ def output_at_zero_variance(f0: np.ndarray) -> float:
     return float(((f0 - f0.mean(axis=0)) ** 2).sum(axis=1).mean())
 
 
-def bias_variance_table(records: Sequence[RunRecord], axes: Sequence[str],
-                        seed_key: str) -> tuple[pd.DataFrame, list[str]]:
+def bias_variance_table(
+    records: Sequence[RunRecord], axes: Sequence[str], seed_key: str
+) -> tuple[pd.DataFrame, list[str]]:
     """One row per grid point (``axes`` without ``seed_key``) with at least two completed seeds:
     the axes, ``seeds``, ``test loss variance over seeds`` (sample variance, ddof=1), ``mean C_lower^2``,
     ``E||x||^2``, ``Var f(0)``, ``C_bar``, ``ensemble/function_variance`` and the three bounds of the
@@ -103,8 +105,8 @@ def _group_quantities(runs: Sequence[RunRecord], missing: set[str]) -> dict[str,
     mean_sq_norm = float(per_run(MEAN_SQ_NORM).mean())
     var_f0 = _f0_variance(runs, missing)
     c_bar = float(per_run(ENSEMBLE_LOWER).mean())
-    mean_lower_sq = float((lower ** 2).mean())
-    mean_upper_sq = float((upper ** 2).mean())
+    mean_lower_sq = float((lower**2).mean())
+    mean_upper_sq = float((upper**2).mean())
     return {
         "seeds": len(runs),
         TEST_LOSS_VARIANCE: float(np.var([run.final_value("test/loss") for run in runs], ddof=1)),

@@ -1,10 +1,11 @@
 """Build the whole report of a runs or sweep folder: tables (CSV + one Markdown file) and PNG figures."""
+
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
@@ -14,7 +15,11 @@ from lipschitz_dd.report.ensemble import with_ensemble_quantities
 from lipschitz_dd.report.power_law import power_law_table
 from lipschitz_dd.report.records import COMPLETED_STATUSES, load_runs
 from lipschitz_dd.report.tables import (
-    DEFAULT_SEED_KEY, aggregate_over_seeds, config_axes, runs_table, to_markdown,
+    DEFAULT_SEED_KEY,
+    aggregate_over_seeds,
+    config_axes,
+    runs_table,
+    to_markdown,
 )
 from lipschitz_dd.report.threshold import empirical_thresholds, parameter_threshold
 
@@ -40,9 +45,15 @@ class ReportSummary:
     notes: list[str] = field(default_factory=list)
 
 
-def build_report(folder: str | Path, out: str | Path | None = None, x: str = "model.width",
-                 hue: str | None = "data.label_noise", seed_key: str = DEFAULT_SEED_KEY,
-                 power_law_from_epoch: int = 10, interpolation_train_acc: float = 0.99) -> ReportSummary:
+def build_report(
+    folder: str | Path,
+    out: str | Path | None = None,
+    x: str = "model.width",
+    hue: str | None = "data.label_noise",
+    seed_key: str = DEFAULT_SEED_KEY,
+    power_law_from_epoch: int = 10,
+    interpolation_train_acc: float = 0.99,
+) -> ReportSummary:
     """Read every run below ``folder`` and write the report into ``out`` (default ``<folder>/report``).
 
     Raises ReportInputError (a ValueError, one line) if ``folder`` is missing or holds no run; never
@@ -58,8 +69,10 @@ def build_report(folder: str | Path, out: str | Path | None = None, x: str = "mo
     not_completed = {status: n for status, n in statuses.items() if status not in COMPLETED_STATUSES}
     if not_completed:
         listed = ", ".join(f"{status}: {n}" for status, n in sorted(not_completed.items()))
-        summary.notes.append(f"{sum(not_completed.values())} of {len(records)} runs did not complete "
-                             f"({listed}); listed in {RUNS_CSV}, left out of figures and means")
+        summary.notes.append(
+            f"{sum(not_completed.values())} of {len(records)} runs did not complete "
+            f"({listed}); listed in {RUNS_CSV}, left out of figures and means"
+        )
 
     axes = config_axes(records, always=[key for key in (x, hue, seed_key) if key])
     runs = runs_table(records, axes)
@@ -79,7 +92,8 @@ def build_report(folder: str | Path, out: str | Path | None = None, x: str = "mo
     drawings: dict[str, Callable[[Path], Path]] = {
         DOUBLE_DESCENT_PNG: lambda path: figures.plot_double_descent(runs, x, hue, thresholds, path),
         BOUNDS_VS_EPOCH_PNG: lambda path: figures.plot_bounds_vs_epoch(
-            records, x, hue, slopes, power_law_from_epoch, path),
+            records, x, hue, slopes, power_law_from_epoch, path
+        ),
         HEATMAP_PNG: lambda path: figures.plot_heatmap(runs, x, hue, path),
         BIAS_VARIANCE_PNG: lambda path: figures.plot_bias_variance(bias_variance, x, hue, path),
     }
@@ -94,8 +108,7 @@ def build_report(folder: str | Path, out: str | Path | None = None, x: str = "mo
     return summary
 
 
-def _thresholds(records, runs: pd.DataFrame, x: str, hue: str | None, min_train_acc: float,
-                notes: list[str]) -> list:
+def _thresholds(records, runs: pd.DataFrame, x: str, hue: str | None, min_train_acc: float, notes: list[str]) -> list:
     if x not in runs.columns or pd.to_numeric(runs[x], errors="coerce").isna().any():
         notes.append(f"interpolation threshold not marked: {x} is not numeric")
         return []
@@ -106,12 +119,16 @@ def _thresholds(records, runs: pd.DataFrame, x: str, hue: str | None, min_train_
     completed = runs[runs["status"].isin(COMPLETED_STATUSES)]
     empirical = empirical_thresholds(completed, x, hue, min_train_acc)
     if empirical:
-        notes.append(f"interpolation threshold: smallest {x} with mean final train/acc >= {min_train_acc:g} "
-                     "(parameter count or data/train_size not recorded)")
+        notes.append(
+            f"interpolation threshold: smallest {x} with mean final train/acc >= {min_train_acc:g} "
+            "(parameter count or data/train_size not recorded)"
+        )
     else:
-        notes.append(f"interpolation threshold not marked: the parameter count (params/count, "
-                     f"data/train_size) is not recorded or does not cross n along {x}, "
-                     f"and no {x} reaches mean train/acc >= {min_train_acc:g}")
+        notes.append(
+            f"interpolation threshold not marked: the parameter count (params/count, "
+            f"data/train_size) is not recorded or does not cross n along {x}, "
+            f"and no {x} reaches mean train/acc >= {min_train_acc:g}"
+        )
     return empirical
 
 
@@ -119,13 +136,15 @@ def _markdown(folder, summary: ReportSummary, tables: dict[str, pd.DataFrame], f
     titles = {
         RUNS_CSV: "Runs (final values)",
         MEANS_CSV: "Mean and standard deviation over seeds (completed runs)",
-        SLOPES_CSV: "Power-law exponents of the bounds "
-                    f"(least squares on log-log, epochs >= {max(from_epoch, 1)})",
+        SLOPES_CSV: f"Power-law exponents of the bounds (least squares on log-log, epochs >= {max(from_epoch, 1)})",
         BIAS_VARIANCE_CSV: "Bias-variance (paper.md finding 3)",
     }
-    lines = [f"# Report of `{folder}`", "",
-             f"{summary.runs} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())),
-             ""]
+    lines = [
+        f"# Report of `{folder}`",
+        "",
+        f"{summary.runs} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())),
+        "",
+    ]
     lines += [f"- {note}" for note in summary.notes] + [""]
     lines += [f"![{path.stem}]({path.name})" for path in summary.files if path.suffix == ".png"] + [""]
     for name, table in tables.items():

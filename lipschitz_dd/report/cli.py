@@ -1,4 +1,5 @@
 """``lipschitz-dd report <runs or sweep folder> [--out DIR] [--x KEY] [--hue KEY] ...``"""
+
 from __future__ import annotations
 
 import sys
@@ -15,21 +16,27 @@ def make_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="lipschitz-dd report",
         description="Read the run folders (results.json, metrics.csv) below a runs or sweep folder and write "
-                    "double-descent, bounds-vs-epoch, heat-map and bias-variance figures (PNG) with CSV and "
-                    "Markdown tables.",
+        "double-descent, bounds-vs-epoch, heat-map and bias-variance figures (PNG) with CSV and "
+        "Markdown tables.",
     )
     parser.add_argument("folder", type=str, help="runs or sweep folder (searched recursively for runs)")
-    parser.add_argument("--out", type=str | None, default=None,
-                        help="output folder (default: <folder>/report)")
+    parser.add_argument("--out", type=str | None, default=None, help="output folder (default: <folder>/report)")
     parser.add_argument("--x", type=str, default="model.width", help="config key on the x axis")
-    parser.add_argument("--hue", type=str | None, default="data.label_noise",
-                        help="config key for colours / heat-map rows (null: none)")
-    parser.add_argument("--seed_key", type=str, default=DEFAULT_SEED_KEY,
-                        help="config key of the training seed (averaged over)")
-    parser.add_argument("--power_law_from_epoch", type=int, default=10,
-                        help="first epoch of the power-law fit of the bounds")
-    parser.add_argument("--interpolation_train_acc", type=float, default=0.99,
-                        help="train accuracy that marks interpolation when no parameter count is recorded")
+    parser.add_argument(
+        "--hue", type=str | None, default="data.label_noise", help="config key for colours / heat-map rows (null: none)"
+    )
+    parser.add_argument(
+        "--seed_key", type=str, default=DEFAULT_SEED_KEY, help="config key of the training seed (averaged over)"
+    )
+    parser.add_argument(
+        "--power_law_from_epoch", type=int, default=10, help="first epoch of the power-law fit of the bounds"
+    )
+    parser.add_argument(
+        "--interpolation_train_acc",
+        type=float,
+        default=0.99,
+        help="train accuracy that marks interpolation when no parameter count is recorded",
+    )
     return parser
 
 
@@ -38,9 +45,15 @@ def main(argv: list[str] | None = None) -> None:
     A missing or empty folder exits with a one-line error (SystemExit, status 1)."""
     args = make_parser().parse_args(argv)
     try:
-        summary = build_report(args.folder, out=args.out, x=args.x, hue=args.hue, seed_key=args.seed_key,
-                               power_law_from_epoch=args.power_law_from_epoch,
-                               interpolation_train_acc=args.interpolation_train_acc)
+        summary = build_report(
+            args.folder,
+            out=args.out,
+            x=args.x,
+            hue=args.hue,
+            seed_key=args.seed_key,
+            power_law_from_epoch=args.power_law_from_epoch,
+            interpolation_train_acc=args.interpolation_train_acc,
+        )
     except ReportInputError as error:
         raise SystemExit(f"lipschitz-dd report: error: {error}") from None
     statuses = ", ".join(f"{n} {status}" for status, n in sorted(summary.statuses.items()))

@@ -15,18 +15,24 @@ The bias-variance table (bias_variance.py) reads C_bar and V per run from ``fina
 there for every grid point whose seeds all have a snapshot taken at the same points, and fills
 ``data/mean_sq_norm`` and ``f0/<k>`` from the snapshots where the run did not record them.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from lipschitz_dd.report.bias_variance import (
-    ENSEMBLE_LOWER, F0_PREFIX, FUNCTION_VARIANCE, MEAN_SQ_NORM, output_at_zero_variance, seed_groups,
+    ENSEMBLE_LOWER,
+    F0_PREFIX,
+    FUNCTION_VARIANCE,
+    MEAN_SQ_NORM,
+    output_at_zero_variance,
+    seed_groups,
 )
 from lipschitz_dd.report.records import RunRecord
 
@@ -61,7 +67,7 @@ def function_variance(outputs: np.ndarray) -> float:
     if outputs.ndim != 3 or outputs.shape[0] < 2 or outputs.shape[1] == 0:
         raise ValueError(f"expected outputs [S >= 2 seeds, m >= 1 points, K], got shape {outputs.shape}")
     deviations = outputs - outputs.mean(axis=0)
-    return float((deviations ** 2).sum(axis=2).mean())
+    return float((deviations**2).sum(axis=2).mean())
 
 
 def spectral_norms(jacobians: np.ndarray) -> np.ndarray:
@@ -92,8 +98,10 @@ def ensemble_from_snapshots(paths: Sequence[str | Path]) -> EnsembleQuantities:
                     if key not in reference:
                         reference[key] = indices
                     elif not np.array_equal(indices, reference[key]):
-                        raise SnapshotMismatch(f"{path}: {key} differ from those of {paths[0]} (other data or "
-                                               f"subset seed); cannot average these seeds")
+                        raise SnapshotMismatch(
+                            f"{path}: {key} differ from those of {paths[0]} (other data or "
+                            f"subset seed); cannot average these seeds"
+                        )
                 outputs.append(snapshot["test_outputs"])
                 f0.append(snapshot["f0"].reshape(-1))
                 mean_sq_norms.append(float(snapshot["mean_sq_norm"]))
@@ -103,8 +111,7 @@ def ensemble_from_snapshots(paths: Sequence[str | Path]) -> EnsembleQuantities:
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:  # not an npz, or truncated
             raise SnapshotMismatch(f"{path}: unreadable snapshot ({type(error).__name__}: {error})") from None
         if jacobian_sum is not None and jacobians.shape != jacobian_sum.shape:
-            raise SnapshotMismatch(f"{path}: Jacobians of shape {jacobians.shape}, {paths[0]} has "
-                                   f"{jacobian_sum.shape}")
+            raise SnapshotMismatch(f"{path}: Jacobians of shape {jacobians.shape}, {paths[0]} has {jacobian_sum.shape}")
         jacobian_sum = jacobians if jacobian_sum is None else jacobian_sum + jacobians
     if len({o.shape for o in outputs}) > 1 or len({v.shape for v in f0}) > 1:
         raise SnapshotMismatch(f"snapshots of {paths[0]} and the other seeds have different output shapes")
@@ -120,8 +127,9 @@ def ensemble_from_snapshots(paths: Sequence[str | Path]) -> EnsembleQuantities:
     )
 
 
-def with_ensemble_quantities(records: Sequence[RunRecord], axes: Sequence[str],
-                             seed_key: str) -> tuple[list[RunRecord], list[str]]:
+def with_ensemble_quantities(
+    records: Sequence[RunRecord], axes: Sequence[str], seed_key: str
+) -> tuple[list[RunRecord], list[str]]:
     """Copies of ``records`` whose ``final`` also holds ``ensemble/lipschitz_lower`` (C_bar) and
     ``ensemble/function_variance`` (V) of their grid point (``axes`` without ``seed_key``, grouped exactly as
     :func:`bias_variance.bias_variance_table` does), and ``data/mean_sq_norm``, ``f0/<k>`` from the snapshot
@@ -140,18 +148,25 @@ def with_ensemble_quantities(records: Sequence[RunRecord], axes: Sequence[str],
             problems.append(str(error))
             continue
         done += 1
-        for run, path in zip(runs, paths):
-            filled[run.path] = {ENSEMBLE_LOWER: ensemble.c_bar, FUNCTION_VARIANCE: ensemble.function_variance,
-                                **_missing_run_constants(run, path)}
+        for run, path in zip(runs, paths, strict=False):
+            filled[run.path] = {
+                ENSEMBLE_LOWER: ensemble.c_bar,
+                FUNCTION_VARIANCE: ensemble.function_variance,
+                **_missing_run_constants(run, path),
+            }
     notes = []
     if done:
         notes.append(f"bias-variance: C_bar and function variance from {SNAPSHOT_FILE} for {done} grid point(s)")
     if without:
-        notes.append(f"bias-variance: {without} grid point(s) have seeds without {SNAPSHOT_FILE} "
-                     "(C_bar and function variance not computed there)")
+        notes.append(
+            f"bias-variance: {without} grid point(s) have seeds without {SNAPSHOT_FILE} "
+            "(C_bar and function variance not computed there)"
+        )
     notes += [f"bias-variance: {problem}" for problem in problems]
-    updated = [dataclasses.replace(record, final={**record.final, **filled[record.path]})
-               if record.path in filled else record for record in records]
+    updated = [
+        dataclasses.replace(record, final={**record.final, **filled[record.path]}) if record.path in filled else record
+        for record in records
+    ]
     return updated, notes
 
 

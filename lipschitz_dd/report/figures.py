@@ -4,11 +4,12 @@ Every function takes tables/records, writes one PNG and returns its path, or rai
 with a one-line reason when the data cannot make that figure (e.g. no label-noise axis for a heat-map).
 Figures show completed runs only; curves are means over seeds with a band from the min to the max seed.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,9 @@ DOUBLE_DESCENT_PANELS = (
     ("lipschitz/upper", "$C_{upper}$ = product of layer norms", True),
 )
 BOUND_TITLES = {
-    "lipschitz/lower": "$C_{lower}$", "lipschitz/avg": "$C_{avg}$", "lipschitz/upper": "$C_{upper}$",
+    "lipschitz/lower": "$C_{lower}$",
+    "lipschitz/avg": "$C_{avg}$",
+    "lipschitz/upper": "$C_{upper}$",
 }
 HEATMAP_METRICS = ("lipschitz/lower", "test/loss")
 
@@ -43,8 +46,9 @@ class SkipFigure(Exception):
     """The figure does not apply to these runs; the message says why (one line)."""
 
 
-def plot_double_descent(table: pd.DataFrame, x: str, hue: str | None, thresholds: Sequence[Threshold],
-                        path: Path) -> Path:
+def plot_double_descent(
+    table: pd.DataFrame, x: str, hue: str | None, thresholds: Sequence[Threshold], path: Path
+) -> Path:
     """Final test loss, train loss (top row) and the three Lipschitz quantities (bottom row, log y)
     against ``x`` (log x when numeric), one line per ``hue`` level, band = min..max over seeds, dashed
     vertical lines at ``thresholds``. A metric no run recorded gets an empty panel saying so."""
@@ -57,21 +61,30 @@ def plot_double_descent(table: pd.DataFrame, x: str, hue: str | None, thresholds
     figure = Figure(figsize=(13, 7.5), layout="constrained")
     with _style():
         grid = figure.subplots(2, 3)
-        for ax, (metric, title, log_y) in zip([*grid[0, :2], *grid[1]], DOUBLE_DESCENT_PANELS):
+        for ax, (metric, title, log_y) in zip([*grid[0, :2], *grid[1]], DOUBLE_DESCENT_PANELS, strict=False):
             ax.set(title=title, xlabel=x, ylabel=metric)
             if not _has_values(data, metric):
                 ax.text(0.5, 0.5, f"{metric}\nnot recorded", ha="center", va="center", transform=ax.transAxes)
                 continue
-            sns.lineplot(_plottable(data, metric, log_y), x=x, y=metric, hue=hue_column,
-                         hue_order=levels or None, palette=colours or None, errorbar=SEED_BAND, marker="o",
-                         ax=ax, legend=False)
+            sns.lineplot(
+                _plottable(data, metric, log_y),
+                x=x,
+                y=metric,
+                hue=hue_column,
+                hue_order=levels or None,
+                palette=colours or None,
+                errorbar=SEED_BAND,
+                marker="o",
+                ax=ax,
+                legend=False,
+            )
             _scales(ax, log_x, log_y)
             for threshold in shown_thresholds:
-                ax.axvline(threshold.x, color=_colour(colours, threshold.hue_level), linestyle="--",
-                           linewidth=1.2)
+                ax.axvline(threshold.x, color=_colour(colours, threshold.hue_level), linestyle="--", linewidth=1.2)
         handles = [Line2D([], [], color=colours[level], marker="o", label=level) for level in levels]
-        handles += [Line2D([], [], color=_colour(colours, t.hue_level), linestyle="--", label=t.label)
-                    for t in shown_thresholds]
+        handles += [
+            Line2D([], [], color=_colour(colours, t.hue_level), linestyle="--", label=t.label) for t in shown_thresholds
+        ]
         legend_cell = grid[0, 2]
         legend_cell.set_axis_off()
         if handles:
@@ -80,8 +93,9 @@ def plot_double_descent(table: pd.DataFrame, x: str, hue: str | None, thresholds
     return _save(figure, path)
 
 
-def plot_bounds_vs_epoch(records: Sequence[RunRecord], x: str, hue: str | None, slopes: pd.DataFrame,
-                         from_epoch: int, path: Path) -> Path:
+def plot_bounds_vs_epoch(
+    records: Sequence[RunRecord], x: str, hue: str | None, slopes: pd.DataFrame, from_epoch: int, path: Path
+) -> Path:
     """Lipschitz lower/avg/upper against the epoch on log-log axes: one row per ``hue`` level, one line
     per ``x`` value (mean over seeds, band min..max), dashed: the power law with the seeds' mean fitted
     exponent and geometric-mean prefactor (from ``slopes``), fitted from ``from_epoch`` (dotted line)."""
@@ -91,7 +105,7 @@ def plot_bounds_vs_epoch(records: Sequence[RunRecord], x: str, hue: str | None, 
         raise SkipFigure("bounds vs epoch: no completed run logged lipschitz/* per epoch in metrics.csv")
     levels = sorted(curves["_hue"].unique(), key=_sort_key)
     lines = sorted(curves["_line"].unique(), key=_sort_key)
-    colours = dict(zip(lines, sns.color_palette("viridis", len(lines))))
+    colours = dict(zip(lines, sns.color_palette("viridis", len(lines)), strict=False))
     figure = Figure(figsize=(4.6 * len(metrics), 3.8 * len(levels)), layout="constrained")
     with _style():
         grid = figure.subplots(len(levels), len(metrics), squeeze=False)
@@ -102,11 +116,20 @@ def plot_bounds_vs_epoch(records: Sequence[RunRecord], x: str, hue: str | None, 
                     runs = curves[(curves["_hue"] == level) & (curves["_line"] == line)]
                     _draw_epoch_curve(ax, runs, metric, slopes, from_epoch, colours[line], f"{line}")
                 ax.axvline(max(from_epoch, 1), color="grey", linestyle=":", linewidth=1)
-                ax.set(xscale="log", yscale="log", xlabel="epoch", ylabel=metric,
-                       title=BOUND_TITLES[metric] + ("" if level == "" else f", {hue} = {level}"))
+                ax.set(
+                    xscale="log",
+                    yscale="log",
+                    xlabel="epoch",
+                    ylabel=metric,
+                    title=BOUND_TITLES[metric] + ("" if level == "" else f", {hue} = {level}"),
+                )
                 if ax.get_legend_handles_labels()[0]:
-                    ax.legend(title=f"{line_title}: fitted slope k", fontsize="x-small",
-                              title_fontsize="x-small", ncol=1 + len(lines) // 9)
+                    ax.legend(
+                        title=f"{line_title}: fitted slope k",
+                        fontsize="x-small",
+                        title_fontsize="x-small",
+                        ncol=1 + len(lines) // 9,
+                    )
         figure.suptitle(f"Bounds during training; dashed: power law fitted from epoch {max(from_epoch, 1)}")
     return _save(figure, path)
 
@@ -121,16 +144,23 @@ def plot_heatmap(table: pd.DataFrame, x: str, hue: str | None, path: Path) -> Pa
     metrics = [metric for metric in HEATMAP_METRICS if _has_values(data, metric)]
     if not metrics:
         raise SkipFigure("heat-map: no completed run has lipschitz/lower or test/loss")
-    figure = Figure(figsize=(0.75 * data[x].nunique() * len(metrics) + 3.5 * len(metrics), 4.2),
-                    layout="constrained")
+    figure = Figure(figsize=(0.75 * data[x].nunique() * len(metrics) + 3.5 * len(metrics), 4.2), layout="constrained")
     with _style():
-        for ax, metric in zip(figure.subplots(1, len(metrics), squeeze=False)[0], metrics):
+        for ax, metric in zip(figure.subplots(1, len(metrics), squeeze=False)[0], metrics, strict=False):
             grid = data.pivot_table(index=hue, columns=x, values=metric, aggfunc="mean")
             grid = grid.rename(index=_format, columns=_format)
             positive = bool((grid.to_numpy()[np.isfinite(grid.to_numpy())] > 0).all())
             log_colours = metric.startswith("lipschitz/") and positive
-            sns.heatmap(grid, ax=ax, annot=grid.size <= 200, fmt=".3g", annot_kws={"fontsize": 7},
-                        cmap="viridis", norm=LogNorm() if log_colours else None, cbar_kws={"label": metric})
+            sns.heatmap(
+                grid,
+                ax=ax,
+                annot=grid.size <= 200,
+                fmt=".3g",
+                annot_kws={"fontsize": 7},
+                cmap="viridis",
+                norm=LogNorm() if log_colours else None,
+                cbar_kws={"label": metric},
+            )
             ax.invert_yaxis()
             ax.set(title=f"{metric} (mean over seeds)", xlabel=x, ylabel=hue)
     return _save(figure, path)
@@ -147,10 +177,10 @@ def plot_bias_variance(table: pd.DataFrame, x: str, hue: str | None, path: Path)
     hue_column, levels, _ = _hue_levels(table, hue)
     levels = levels or [None]
     figure = Figure(figsize=(5.2 * len(levels) + 2.5, 4.2), layout="constrained")
-    styles = dict(zip(columns, ["o-", "s-", "^--", "v:", "d-."]))
+    styles = dict(zip(columns, ["o-", "s-", "^--", "v:", "d-."], strict=False))
     with _style():
         axes = figure.subplots(1, len(levels), squeeze=False, sharey=True)[0]
-        for ax, level in zip(axes, levels):
+        for ax, level in zip(axes, levels, strict=False):
             rows = table if level is None else table[table[hue_column] == level]
             rows = rows.sort_values(x)
             for column in columns:
@@ -160,13 +190,15 @@ def plot_bias_variance(table: pd.DataFrame, x: str, hue: str | None, path: Path)
             ax.set(xlabel=x, ylabel="variance over seeds", title="" if level is None else f"{hue} = {level}")
         handles, labels = axes[0].get_legend_handles_labels()
         figure.legend(handles, labels, loc="outside right upper", fontsize="small")
-        figure.suptitle("Bias-variance: variance over seeds vs 3($\\bar{C}^2$ + mean $C_s^2$) E$\\|x\\|^2$"
-                        " + 3 Var f(0)")
+        figure.suptitle(
+            "Bias-variance: variance over seeds vs 3($\\bar{C}^2$ + mean $C_s^2$) E$\\|x\\|^2$ + 3 Var f(0)"
+        )
     return _save(figure, path)
 
 
-def _draw_epoch_curve(ax, runs: pd.DataFrame, metric: str, slopes: pd.DataFrame, from_epoch: int,
-                      colour, label: str) -> None:
+def _draw_epoch_curve(
+    ax, runs: pd.DataFrame, metric: str, slopes: pd.DataFrame, from_epoch: int, colour, label: str
+) -> None:
     values = runs[["epoch", metric]].dropna()
     values = values[(values["epoch"] >= 1) & (values[metric] > 0) & np.isfinite(values[metric])]
     if values.empty:
@@ -183,7 +215,7 @@ def _draw_epoch_curve(ax, runs: pd.DataFrame, metric: str, slopes: pd.DataFrame,
         prefactor = math.exp(np.log(fits["prefactor"]).mean())
         label += f": {exponent:.2f}" + (f" ± {fits['exponent'].std():.2f}" if len(fits) > 1 else "")
         fitted = mean.index[mean.index >= max(from_epoch, 1)].to_numpy(float)
-        ax.plot(fitted, prefactor * fitted ** exponent, color=colour, linestyle="--", linewidth=1)
+        ax.plot(fitted, prefactor * fitted**exponent, color=colour, linestyle="--", linewidth=1)
     ax.plot(mean.index, mean.to_numpy(), color=colour, label=label, linewidth=1.5)
 
 
@@ -226,7 +258,7 @@ def _hue_levels(data: pd.DataFrame, hue: str | None) -> tuple[str | None, list[s
         return None, [], {}
     data["_hue"] = data[hue].map(_format)
     levels = sorted(data["_hue"].unique(), key=_sort_key)
-    return "_hue", levels, dict(zip(levels, sns.color_palette("colorblind", len(levels))))
+    return "_hue", levels, dict(zip(levels, sns.color_palette("colorblind", len(levels)), strict=False))
 
 
 def _plottable(data: pd.DataFrame, metric: str, log_y: bool) -> pd.DataFrame:

@@ -1,9 +1,10 @@
 """Power-law growth of a metric over epochs: least-squares fit of log(value) = log(c) + k * log(epoch)."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,8 +28,9 @@ class PowerLawFit:
         return self.prefactor * np.asarray(epochs, dtype=float) ** self.exponent
 
 
-def fit_power_law(epochs: Sequence[float], values: Sequence[float], from_epoch: int = 1,
-                  min_points: int = 3) -> PowerLawFit:
+def fit_power_law(
+    epochs: Sequence[float], values: Sequence[float], from_epoch: int = 1, min_points: int = 3
+) -> PowerLawFit:
     """Ordinary least squares on log-log axes: minimise sum_i (log v_i - log c - k log e_i)^2 over the
     points with epoch e_i >= max(from_epoch, 1) and a finite value v_i > 0.
 
@@ -49,8 +51,9 @@ def fit_power_law(epochs: Sequence[float], values: Sequence[float], from_epoch: 
     return PowerLawFit(float(exponent), float(math.exp(log_prefactor)), start, n_points)
 
 
-def power_law_table(records: Sequence[RunRecord], axes: Sequence[str], from_epoch: int,
-                    metrics: Sequence[str] = BOUND_METRICS) -> pd.DataFrame:
+def power_law_table(
+    records: Sequence[RunRecord], axes: Sequence[str], from_epoch: int, metrics: Sequence[str] = BOUND_METRICS
+) -> pd.DataFrame:
     """One row per (completed run, metric logged by it): the run, its ``axes``, ``metric``, ``exponent``,
     ``prefactor``, ``from_epoch`` and ``n_points`` of :func:`fit_power_law` on the run's metrics.csv."""
     rows = []
@@ -63,7 +66,6 @@ def power_law_table(records: Sequence[RunRecord], axes: Sequence[str], from_epoc
             series = record.metrics[metric].dropna()
             fit = fit_power_law(series.index.to_numpy(), series.to_numpy(), from_epoch)
             row = {"run": record.name, **{axis: record.config.get(axis) for axis in axes}, "metric": metric}
-            row.update(exponent=fit.exponent, prefactor=fit.prefactor, from_epoch=fit.from_epoch,
-                       n_points=fit.n_points)
+            row.update(exponent=fit.exponent, prefactor=fit.prefactor, from_epoch=fit.from_epoch, n_points=fit.n_points)
             rows.append(row)
     return pd.DataFrame(rows)

@@ -5,6 +5,7 @@ A run folder is ``<save_dir>/<experiment>/<run name>/`` holding ``metrics.csv`` 
 somewhere below it, so the report simply searches recursively. Runs that failed, diverged or never wrote
 ``results.json`` are still loaded: their status says what happened and ``problems`` says what is missing.
 """
+
 from __future__ import annotations
 
 import json
@@ -90,8 +91,7 @@ def find_run_folders(root: str | Path) -> list[Path]:
             if not _SKIPPED_DIRS.intersection(relative_parts):
                 found.add(file.parent)
     if not found:
-        raise ReportInputError(f"no run folders (with {RESULTS_FILE} or {METRICS_FILE}) "
-                               f"found under {str(root)!r}")
+        raise ReportInputError(f"no run folders (with {RESULTS_FILE} or {METRICS_FILE}) found under {str(root)!r}")
     return sorted(found)
 
 

@@ -1,8 +1,10 @@
 """Tables of runs: one row per run, and the mean/std over seeds of each grid point, as CSV and Markdown."""
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -22,8 +24,20 @@ DEFAULT_SEED_KEY = "seed_everything"
 
 # Config keys that name or place a run rather than describe the experiment; never used as axes.
 _BOOKKEEPING_NAMES = {
-    "run_name", "save_dir", "experiment", "config", "name", "version", "id", "dirpath",
-    "default_root_dir", "ckpt_path", "data_dir", "project", "group", "tags",
+    "run_name",
+    "save_dir",
+    "experiment",
+    "config",
+    "name",
+    "version",
+    "id",
+    "dirpath",
+    "default_root_dir",
+    "ckpt_path",
+    "data_dir",
+    "project",
+    "group",
+    "tags",
 }
 _BOOKKEEPING_PARTS = {"logger", "callbacks"}
 
@@ -45,8 +59,9 @@ def config_axes(records: Sequence[RunRecord], always: Sequence[str] = ()) -> lis
     return first + [key for key in varying if key not in first]
 
 
-def runs_table(records: Sequence[RunRecord], axes: Sequence[str],
-               metrics: Sequence[str] = TABLE_METRICS) -> pd.DataFrame:
+def runs_table(
+    records: Sequence[RunRecord], axes: Sequence[str], metrics: Sequence[str] = TABLE_METRICS
+) -> pd.DataFrame:
     """One row per run: ``run``, ``experiment``, the config ``axes``, ``status``, the final value of each
     metric (results.json ``final``, else the last value in metrics.csv, else NaN), ``epochs``, ``seconds``,
     ``problems`` (what was missing or wrong) and ``path``. Every run is listed, whatever its status."""
@@ -66,8 +81,9 @@ def runs_table(records: Sequence[RunRecord], axes: Sequence[str],
     return table.sort_values(sortable + ["run"], kind="stable").reset_index(drop=True)
 
 
-def aggregate_over_seeds(table: pd.DataFrame, axes: Sequence[str], seed_key: str = DEFAULT_SEED_KEY,
-                         metrics: Sequence[str] = TABLE_METRICS) -> pd.DataFrame:
+def aggregate_over_seeds(
+    table: pd.DataFrame, axes: Sequence[str], seed_key: str = DEFAULT_SEED_KEY, metrics: Sequence[str] = TABLE_METRICS
+) -> pd.DataFrame:
     """One row per grid point (``axes`` without ``seed_key``): ``runs`` (all runs), ``completed`` (runs
     with a completed status, the only ones averaged) and, per metric, ``<metric> mean`` and ``<metric> std``
     (sample standard deviation over seeds, NaN with one seed)."""
@@ -80,7 +96,7 @@ def aggregate_over_seeds(table: pd.DataFrame, axes: Sequence[str], seed_key: str
     rows = []
     for key_values, group in groups:
         key_values = key_values if isinstance(key_values, tuple) else (key_values,)
-        row: dict[str, Any] = dict(zip(group_keys, key_values))
+        row: dict[str, Any] = dict(zip(group_keys, key_values, strict=False))
         row["runs"] = len(group)
         done = group[group["_completed"]]
         row["completed"] = len(done)
@@ -94,6 +110,7 @@ def aggregate_over_seeds(table: pd.DataFrame, axes: Sequence[str], seed_key: str
 
 def to_markdown(table: pd.DataFrame, significant_digits: int = 4) -> str:
     """A GitHub Markdown table; numbers with ``significant_digits`` significant digits, NaN as ``-``."""
+
     def cell(value: Any) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "-"

@@ -11,11 +11,12 @@ Two definitions, used in this order:
    seeds reaches ``min_train_acc`` (default 0.99, i.e. train error <= 1 %, measured on the labels the
    model was trained on, noisy ones included). A grid value, so it errs high by up to one grid step.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,8 +45,9 @@ def parameter_threshold(records: Sequence[RunRecord], x: str) -> Threshold | Non
     for record in records:
         if not record.completed:
             continue
-        params = next((record.final_value(m) for m in PARAM_COUNT_METRICS
-                       if not math.isnan(record.final_value(m))), math.nan)
+        params = next(
+            (record.final_value(m) for m in PARAM_COUNT_METRICS if not math.isnan(record.final_value(m))), math.nan
+        )
         n_train = record.final_value(TRAIN_SIZE_METRIC)
         x_value = _as_float(record.config.get(x))
         if math.isnan(params) or math.isnan(n_train) or math.isnan(x_value):
@@ -58,7 +60,7 @@ def parameter_threshold(records: Sequence[RunRecord], x: str) -> Threshold | Non
         points.append((x_value, params))
     if len(targets) != 1 or not points:
         return None
-    (target, target_name), = targets
+    ((target, target_name),) = targets
     by_x = pd.DataFrame(points, columns=["x", "params"]).groupby("x")["params"].mean().sort_index()
     xs, params = by_x.index.to_numpy(float), by_x.to_numpy(float)
     above = np.nonzero(params >= target)[0]
@@ -70,8 +72,7 @@ def parameter_threshold(records: Sequence[RunRecord], x: str) -> Threshold | Non
     return Threshold(crossing, f"params = {target_name} = {target:.0f}")
 
 
-def empirical_thresholds(table: pd.DataFrame, x: str, hue: str | None,
-                         min_train_acc: float = 0.99) -> list[Threshold]:
+def empirical_thresholds(table: pd.DataFrame, x: str, hue: str | None, min_train_acc: float = 0.99) -> list[Threshold]:
     """Definition 2 of the module docstring, one threshold per hue level (levels that never reach
     ``min_train_acc`` get none). ``table`` is the completed rows of the runs table."""
     if "train/acc" not in table.columns or x not in table.columns:
@@ -83,8 +84,7 @@ def empirical_thresholds(table: pd.DataFrame, x: str, hue: str | None,
         reached = mean_acc[mean_acc >= min_train_acc]
         if len(reached):
             label = f"train acc >= {min_train_acc:g}" + ("" if level is None else f" ({hue}={level})")
-            thresholds.append(Threshold(float(reached.index[0]), label,
-                                        None if level is None else str(level)))
+            thresholds.append(Threshold(float(reached.index[0]), label, None if level is None else str(level)))
     return thresholds
 
 

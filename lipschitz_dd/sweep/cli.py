@@ -52,8 +52,14 @@ def main(argv: list[str] | None = None) -> int:
 def _run(options) -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # `kill` stops as cleanly as Ctrl-C
     try:
-        result = run_sweep(options.sweep_file, out=options.out, workers=options.workers, count=options.count,
-                           retry_failed=options.retry_failed, progress=options.progress)
+        result = run_sweep(
+            options.sweep_file,
+            out=options.out,
+            workers=options.workers,
+            count=options.count,
+            retry_failed=options.retry_failed,
+            progress=options.progress,
+        )
     except ValueError as err:  # bad sweep file, bad option, sweep busy: one line, nothing ran
         print(f"error: {err}", file=sys.stderr)
         return 2

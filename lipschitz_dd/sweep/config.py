@@ -17,6 +17,7 @@ with warnings.catch_warnings():
     # `sweeps` uses pydantic v1-style config keys; importing it warns. Silence only this import.
     warnings.simplefilter("ignore")
     import jsonschema
+
     import sweeps
 
 LOCAL_METHODS = ("grid", "random", "bayes")
@@ -41,7 +42,7 @@ class SweepFileError(ValueError):
     """A sweep file that cannot be run; the message is one line meant for the user."""
 
 
-def load_sweep_config(path: str | Path) -> "sweeps.SweepConfig":
+def load_sweep_config(path: str | Path) -> sweeps.SweepConfig:
     """Read a sweep YAML file and return it validated and filled with defaults by `sweeps.SweepConfig`.
 
     Raises SweepFileError (one line) when the file is missing, is not YAML, breaks the W&B schema (the
@@ -58,7 +59,7 @@ def load_sweep_config(path: str | Path) -> "sweeps.SweepConfig":
     return validate_sweep_config(raw, source=str(path))
 
 
-def validate_sweep_config(raw: Any, source: str = "sweep config") -> "sweeps.SweepConfig":
+def validate_sweep_config(raw: Any, source: str = "sweep config") -> sweeps.SweepConfig:
     """Validate a sweep config given as a dict (see `load_sweep_config`); returns the filled SweepConfig."""
     if not isinstance(raw, dict):
         raise SweepFileError(f"{source}: a sweep file must be a YAML mapping, got {type(raw).__name__}")

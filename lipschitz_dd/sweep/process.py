@@ -136,7 +136,11 @@ def execute_run(spec: RunSpec, live: LiveProcesses | None = None) -> RunOutcome:
         log.flush()
         try:
             proc = subprocess.Popen(
-                spec.argv, env=spec.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                spec.argv,
+                env=spec.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
         except OSError as err:

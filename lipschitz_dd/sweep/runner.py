@@ -38,8 +38,13 @@ with warnings.catch_warnings():
 
 KILL_DELAY_S = 30  # after Ctrl-C, runs get this long to exit on SIGTERM before SIGKILL
 _ID_ALPHABET = string.ascii_lowercase + string.digits
-_ENGINE_STATE = {"queued": "pending", "running": "running", "finished": "finished", "failed": "failed",
-                 "killed": "killed"}
+_ENGINE_STATE = {
+    "queued": "pending",
+    "running": "running",
+    "finished": "finished",
+    "failed": "failed",
+    "killed": "killed",
+}
 
 
 @dataclass(frozen=True)
@@ -124,8 +129,9 @@ class SweepRunner:
         """Resume or start the sweep; returns when the grid is done, `count` runs have ended, or Ctrl-C."""
         with RunnerLock(self.folder), SweepState(self.folder / "sweep.db") as state:
             previous = state.sweep()
-            sweep = state.save_sweep(previous.id if previous else new_id(), self.name, str(self.sweep_file),
-                                     self.config)
+            sweep = state.save_sweep(
+                previous.id if previous else new_id(), self.name, str(self.sweep_file), self.config
+            )
             if previous is not None and previous.config != json.loads(json.dumps(self.config)):
                 self._say(f"note: {self.sweep_file} changed since the last run of this sweep; using the new file")
             requeued = state.requeue(("running",))
@@ -163,7 +169,9 @@ class SweepRunner:
                         slot = free_slots.pop(0)
                         state.mark_running(record.id)
                         futures[pool.submit(execute_run, self._spec(record, sweep, slot), self.live)] = (
-                            record.id, slot)
+                            record.id,
+                            slot,
+                        )
                         started.append(record.id)
                     if not futures:
                         break
@@ -215,9 +223,17 @@ class SweepRunner:
         gets a minimal one, so the report lists it as failed, with its parameters and the reason (log tail)."""
         run_dir = self._run_dir(outcome.run_id)
         run_dir.mkdir(parents=True, exist_ok=True)
-        payload = {"status": "interrupted" if outcome.state == "killed" else "failed", "config": record.values,
-                   "final": {}, "max": {}, "epochs": 0, "seconds": 0.0, "versions": {}, "error": error,
-                   "written_by": "sweep runner (the run wrote no record of its own)"}
+        payload = {
+            "status": "interrupted" if outcome.state == "killed" else "failed",
+            "config": record.values,
+            "final": {},
+            "max": {},
+            "epochs": 0,
+            "seconds": 0.0,
+            "versions": {},
+            "error": error,
+            "written_by": "sweep runner (the run wrote no record of its own)",
+        }
         partial = run_dir / "results.json.partial"
         partial.write_text(json.dumps(payload, indent=2, default=str))
         os.replace(partial, run_dir / "results.json")
@@ -240,12 +256,21 @@ class SweepRunner:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(command_args(record.params)["args_json"][0])
         env = run_environment(
-            dict(os.environ), sweep_id=sweep.id, sweep_name=self.name, run_id=record.id, save_dir=save_dir,
+            dict(os.environ),
+            sweep_id=sweep.id,
+            sweep_name=self.name,
+            run_id=record.id,
+            save_dir=save_dir,
             threads=self.threads,
             gpu=self.gpus[slot % len(self.gpus)] if self.gpus else None,
         )
-        argv = expand_command(self.config.get("command"), record.params, program=self.config.get("program"),
-                              args_json_file=str(json_path), environ=env)
+        argv = expand_command(
+            self.config.get("command"),
+            record.params,
+            program=self.config.get("program"),
+            args_json_file=str(json_path),
+            environ=env,
+        )
         return RunSpec(record.id, argv, env, run_dir, log_path)
 
     def _say(self, message: str) -> None:

@@ -14,9 +14,9 @@ SUMMARY_METRICS = ("test/loss", "lipschitz/lower")
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
     """Left-aligned columns separated by two spaces."""
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     lines = [header] + rows
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=False)).rstrip() for line in lines)
 
 
 def format_runs(runs: list[RunRecord], metrics: tuple[str, ...] = SUMMARY_METRICS) -> str:
@@ -62,16 +62,37 @@ def sweep_progress(out: str | Path = "sweeps_out") -> list[SweepProgress]:
         active = runner_is_active(db.parent)
         running = counts["running"] if active else 0
         remaining = counts["queued"] + (0 if active else counts["running"])
-        result.append(SweepProgress(sweep.name, db.parent, sweep.config.get("method", "?"), counts["finished"],
-                                    counts["failed"] + counts["killed"], running, remaining, active))
+        result.append(
+            SweepProgress(
+                sweep.name,
+                db.parent,
+                sweep.config.get("method", "?"),
+                counts["finished"],
+                counts["failed"] + counts["killed"],
+                running,
+                remaining,
+                active,
+            )
+        )
     return result
 
 
 def format_progress(progress: list[SweepProgress]) -> str:
     """One line per sweep: name, method, finished/failed/running/remaining, runner alive or not."""
     header = ["sweep", "method", "finished", "failed", "running", "remaining", "runner", "folder"]
-    rows = [[p.name, p.method, str(p.finished), str(p.failed), str(p.running), str(p.remaining),
-             "active" if p.active else "-", str(p.folder)] for p in progress]
+    rows = [
+        [
+            p.name,
+            p.method,
+            str(p.finished),
+            str(p.failed),
+            str(p.running),
+            str(p.remaining),
+            "active" if p.active else "-",
+            str(p.folder),
+        ]
+        for p in progress
+    ]
     return format_table(header, rows)
 
 
