@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from lipschitz_dd.callbacks.records import RunRecord, read_metric_rows, summarise, write_json_atomic
+from lipschitz_dd.callbacks.records import ResultsWriter, read_metric_rows, summarise, write_json_atomic
 from lipschitz_dd.callbacks.stopping import GradNormStopping, full_batch_gradient_norm
 from lipschitz_dd.loggers import EpochCSVLogger
 
@@ -57,7 +57,7 @@ class TinyModule(LightningModule):
 
 def _fit(tmp_path, module, epochs=3, callbacks=()):
     logger = EpochCSVLogger(save_dir=str(tmp_path), name="exp", version="run")
-    record = RunRecord(config={"model.width": 4})
+    record = ResultsWriter(config={"model.width": 4})
     trainer = Trainer(
         max_epochs=epochs,
         logger=logger,

@@ -28,3 +28,7 @@ __all__ = [
     "to_markdown",
     "variance_bound",
 ]
+
+from lipschitz_dd.report.records import LoadedRun  # noqa: E402  (RunRecord: its deprecated name)
+
+__all__ += ["LoadedRun"]
