@@ -156,3 +156,20 @@ def test_grad_norm_stopping_rejects_bad_input():
         GradNormStopping(every_n_epochs=0)
     with pytest.raises(ValueError, match="target"):
         GradNormStopping(target=-1.0)
+
+
+def test_loss_that_blows_up_but_stays_finite_is_diverged(tmp_path):
+    class BlowingUp(TinyModule):
+        def on_train_epoch_end(self):  # train/loss: 2.0 before training, then 1e8: finite, but 5e7 x the start
+            for lg in self.trainer.loggers:
+                lg.log_metrics({"train/loss": 1e8}, step=self.current_epoch + 1)
+
+        def on_train_start(self):
+            super().on_train_start()
+            for lg in self.trainer.loggers:
+                lg.log_metrics({"train/loss": 2.0}, step=0)
+
+    run_dir, _ = _fit(tmp_path, BlowingUp())
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "diverged" and record["final"]["train/loss"] == 1e8
+    assert "train/loss went from 2 to 1e+08" in record["error"]
