@@ -164,3 +164,15 @@ def test_api_path_converts_runs_the_same_way(tmp_path):
     assert killed.status == "interrupted"
     with pytest.raises(ReportInputError, match="ENTITY/PROJECT"):
         load_wandb_api_runs("just-a-project")
+
+
+def test_report_cli_takes_a_folder_or_wandb(tmp_path, capsys):
+    from lipschitz_dd.report.cli import main
+
+    with pytest.raises(SystemExit, match="ENTITY/PROJECT"):
+        main(["--wandb", "no-entity"])
+    with pytest.raises(SystemExit, match="give a runs or sweep folder, or --wandb"):
+        main([])
+    write_run(tmp_path / "exp" / "a", OLD_RESULTS)
+    main([str(tmp_path), "--hue", "null"])
+    assert "report of 1 runs (1 finished)" in capsys.readouterr().out
