@@ -26,7 +26,7 @@ def format_runs(runs: list[SweepRunRow], metrics: tuple[str, ...] = SUMMARY_METR
         [
             r.id,
             " ".join(f"{k}={v}" for k, v in r.values.items()),
-            r.state,
+            r.state + (" (outside grid)" if r.outside_grid else ""),
             *(_number(r.final_metric(m)) for m in metrics),
             _number(r.seconds, ".1f"),
         ]
