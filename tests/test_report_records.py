@@ -93,6 +93,7 @@ def _offline_run(tmp_path, run_id="wb000001", exit_code=0, losses=(2.3, 1.0, 0.5
             row["lipschitz/lower"] = 4.0
         run.log(row)
     run.finish(exit_code=exit_code)
+    wandb.teardown()  # stops the W&B service: its transaction log is flushed to disk
     (folder,) = find_wandb_run_dirs(tmp_path)
     return folder
 

@@ -34,6 +34,8 @@ def _send_when_started(run_dir: Path, signum: int) -> threading.Thread:
 def test_signal_records_interrupted_and_exits_non_zero(signum, name, code, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "runs" / "exp" / "r"
+    # as in a fresh `lipschitz-dd fit` process (the sweep CLI tests leave their own SIGTERM handler installed)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sender = _send_when_started(run_dir, signum)
     args = ["fit", "--config", str(ROOT / "configs" / "test_tiny.yaml"), "--trainer.max_epochs=100000"]
     args += ["--experiment", "exp", "--run_name", "r", "--wandb=false", "--snapshot=false"]
@@ -42,6 +44,7 @@ def test_signal_records_interrupted_and_exits_non_zero(signum, name, code, tmp_p
             main(args)
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores SIGINT after a Ctrl-C
+        signal.signal(signal.SIGTERM, previous)
         sender.join()
     assert stopped.value.code == code
     record = json.loads((run_dir / "results.json").read_text())
