@@ -6,3 +6,7 @@ from lipschitz_dd.callbacks.snapshot import FunctionSnapshot
 from lipschitz_dd.callbacks.stopping import GradNormStopping
 
 __all__ = ["FunctionSnapshot", "GradNormStopping", "LipschitzCallback", "RunRecord"]
+
+from lipschitz_dd.callbacks.records import ResultsWriter  # noqa: E402  (RunRecord: its deprecated name)
+
+__all__ += ["ResultsWriter"]
