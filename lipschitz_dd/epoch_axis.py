@@ -35,3 +35,11 @@ def epoch_row(trainer: Any) -> int:
     if trainer.state.fn == "fit":  # TrainerFn is a str enum
         return int(trainer.fit_loop.epoch_progress.current.ready)
     return int(trainer.current_epoch)
+
+
+def attach_epoch_clock(trainer: Any) -> None:
+    """Give every logger of `trainer` that has an `epoch_clock` attribute (the run folder's loggers of
+    `lipschitz_dd.loggers`) the clock `epoch_row(trainer)`: they then key every row by the running epoch."""
+    for logger in trainer.loggers:
+        if hasattr(logger, "epoch_clock"):
+            logger.epoch_clock = lambda: epoch_row(trainer)
