@@ -449,16 +449,13 @@ class LipschitzCallback(Callback):
         """Statistics and scalars of all ranks -> the logged metrics. A set without points on every rank (none
         found: warned once) gives no metric rather than NaN."""
         metrics: dict[str, float] = {}
-        for point_set in point_sets[:1] if point_sets and isinstance(point_sets[0], TrainPoints) else []:
+        for point_set in point_sets:
             if stats[point_set.name].count > 0:
                 metrics.update(point_set.metrics(stats[point_set.name]))
         if self.upper:
             if scalars["upper/available"] > 0:
                 metrics["lipschitz/upper"] = scalars["upper/value"]
             metrics["lipschitz/upper_available"] = scalars["upper/available"]
-        for point_set in point_sets:
-            if not isinstance(point_set, TrainPoints) and stats[point_set.name].count > 0:
-                metrics.update(point_set.metrics(stats[point_set.name]))
         if OPTIMISED in stats and stats[OPTIMISED].count > 0:
             metrics["lipschitz/lower_opt"] = stats[OPTIMISED].max
         metrics["lipschitz/seconds"] = scalars["lipschitz/seconds"]
