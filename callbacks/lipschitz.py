@@ -30,10 +30,10 @@ When and at which step (the epoch axis of `lipschitz_dd.epoch_axis`; epoch = fin
 first update): epoch 0 is measured at `on_train_start` and written straight to every logger at step 0; then the
 end of every epoch e <= dense_epochs, every every_n_epochs-th epoch and the last epoch, logged with
 `pl_module.log` in `on_validation_epoch_end` (same row as the test loss), or in `on_train_epoch_end` when no
-validation ran. Every row the callback logs during fit carries `step` = its epoch (Lightning's rule: a logged
-metric named "step" is the row's logger step), and so does the validation row of every other epoch: any module,
-lipschitz_dd's (which log the same `step` themselves) or a user's plain one, gets one row per epoch at step =
-epoch, with no need for the callback to know the module's own convention. If training stops after those hooks
+validation ran. Every epoch of fit, measured or not, the callback logs `step` = the epoch in that row
+(Lightning's rule: a logged metric named "step" is the row's logger step, and a ModelCheckpoint's `{step}`):
+any module, lipschitz_dd's (which log the same `step` themselves) or a user's plain one, gets its epoch rows at
+step = epoch, with no need for the callback to know the module's own convention. If training stops after those hooks
 (a stopping callback listed after this one), the final weights are written straight to the loggers at
 `on_train_end`, at step = the finished epochs, the step of the last epoch's row. Metrics appear only on measured
 epochs, so a monitor such as EarlyStopping sees the latest measured value in between. Under `trainer.validate` /
@@ -260,6 +260,7 @@ class LipschitzCallback(Callback):
         self._upper = UpperBoundTracker(certified=self.upper_certified)
         self._measurements = 0
         self._last_measured_epoch: int | None = None
+        self._row_epoch: int | None = None  # the epoch whose row got its step from this callback
         self._sources: dict[str, PointSource | None] = {}
         self._warned: set[str] = set()
 
@@ -303,10 +304,10 @@ class LipschitzCallback(Callback):
             return
         if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return  # a mid-epoch validation (val_check_interval < 1): measure at the epoch's end only
-        self._measure_epoch_end(trainer, pl_module, always_log_step=True)
+        self._epoch_end(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._measure_epoch_end(trainer, pl_module)  # no-op if validation measured this epoch
+        self._epoch_end(trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         finished = trainer.current_epoch
@@ -318,16 +319,19 @@ class LipschitzCallback(Callback):
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         log_epoch_row(pl_module, self.measure(trainer, pl_module, epoch=trainer.current_epoch), epoch=None)
 
-    def _measure_epoch_end(self, trainer: Trainer, pl_module: LightningModule, always_log_step: bool = False) -> None:
-        """At the end of an epoch of fit: measure if scheduled and log in the epoch's row (step = the epoch);
-        with `always_log_step` (the validation row) the step is logged on unmeasured epochs too."""
+    def _epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """At the end of an epoch of fit (the validation row, then the training epoch's end): the measurement if
+        scheduled and not yet made (the training epoch's end catches a stop decided after validation), logged with
+        step = the epoch; the step is logged in the first of these hooks of every epoch, measured or not, so the
+        row of any module is on the epoch axis and a checkpoint callback sees the current epoch."""
         finished = trainer.current_epoch + 1
-        if self._last_measured_epoch == finished:
-            return
+        log_step, self._row_epoch = self._row_epoch != finished, finished
         metrics: dict[str, float] = {}
-        if self.is_scheduled(finished, last=Schedule.is_last_epoch(trainer, finished)):
+        if self._last_measured_epoch != finished and self.is_scheduled(
+            finished, last=Schedule.is_last_epoch(trainer, finished)
+        ):
             metrics = self.measure(trainer, pl_module, epoch=finished, record_trajectory=True)
-        if metrics or always_log_step:
+        if metrics or log_step:
             log_epoch_row(pl_module, metrics, epoch=finished)
 
     # ------------------------------------------------------------------ measurement

@@ -7,11 +7,15 @@ One mechanism, shared by LightningModules, callbacks and loggers:
    and Lightning then adds no "epoch" metric); code that writes to the loggers directly passes
    `step=epoch_row(trainer)`. lipschitz_dd's models and `LipschitzCallback` both do this, so a user's plain
    LightningModule measured by the callback gets the same rows as the project's models.
-2. The run folder's loggers (`lipschitz_dd.loggers`) are given `epoch_row` as a clock (`attach_epoch_clock`): they
+2. The run folder's loggers (`lipschitz_dd.loggers`) are given `epoch_row` as a clock (`use_epoch_axis`): they
    key every row by the epoch that is running when it is logged, whatever step the caller passed, so
    optimiser-step metrics of other callbacks (e.g. Lightning's LearningRateMonitor) join their epoch's row (the
    last value of the epoch is kept) instead of interleaving with epoch rows; W&B uses `epoch` as the step
    metric of every key.
+3. Checkpoints of the CLI's default ModelCheckpoint are named `epoch=<epoch>.ckpt`: the same epoch as the last
+   row of metrics.csv and results.json's "epochs" (Lightning's default name puts the 0-based epoch index and,
+   with a logged `step`, that step beside it). Optimiser updates are counted only as results.json's
+   "global_step".
 
 Plain python: imports nothing (a Trainer is passed in).
 """
@@ -37,9 +41,19 @@ def epoch_row(trainer: Any) -> int:
     return int(trainer.current_epoch)
 
 
-def attach_epoch_clock(trainer: Any) -> None:
-    """Give every logger of `trainer` that has an `epoch_clock` attribute (the run folder's loggers of
-    `lipschitz_dd.loggers`) the clock `epoch_row(trainer)`: they then key every row by the running epoch."""
+CHECKPOINT_FILENAME = "epoch={step}"
+"""Name of the checkpoints of the CLI's default ModelCheckpoint: the epoch of the row (ModelCheckpoint reads a
+logged `step` metric before Lightning's update count), as in metrics.csv and results.json's "epochs"."""
+
+
+def use_epoch_axis(trainer: Any) -> None:
+    """Put a trainer's run folder on the epoch axis: every logger of `trainer` with an `epoch_clock` attribute
+    (the loggers of `lipschitz_dd.loggers`) gets the clock `epoch_row(trainer)` and keys every row by the running
+    epoch; checkpoint callbacks with Lightning's default name ("epoch={epoch}-step={step}", whose epoch is the
+    0-based index of the running epoch) name their files `epoch=<finished epochs>.ckpt` instead."""
     for logger in trainer.loggers:
         if hasattr(logger, "epoch_clock"):
             logger.epoch_clock = lambda: epoch_row(trainer)
+    for checkpoint in trainer.checkpoint_callbacks:
+        if getattr(checkpoint, "filename", "") is None:  # not named by the user
+            checkpoint.filename, checkpoint.auto_insert_metric_name = CHECKPOINT_FILENAME, False

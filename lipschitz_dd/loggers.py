@@ -45,7 +45,7 @@ class _RowMergingWriter(ExperimentWriter):
 class EpochCSVLogger(CSVLogger):
     """`CSVLogger` writing `<save_dir>/<name>/<version>/metrics.csv` with one row per logged step.
 
-    With an `epoch_clock` (set by `lipschitz_dd.epoch_axis.attach_epoch_clock`) the step of every row is the
+    With an `epoch_clock` (set by `lipschitz_dd.epoch_axis.use_epoch_axis`) the step of every row is the
     epoch running when it is logged, whatever step the caller passed (see lipschitz_dd/epoch_axis.py).
     """
 

@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lipschitz_dd.callbacks import FunctionSnapshot, GradNormStopping, LipschitzCallback, RunRecord
-from lipschitz_dd.epoch_axis import attach_epoch_clock
+from lipschitz_dd.epoch_axis import use_epoch_axis
 from lipschitz_dd.loggers import EpochCSVLogger, build_wandb_logger
 
 ENV_SAVE_DIR = "LIPSCHITZ_DD_SAVE_DIR"
@@ -138,7 +138,7 @@ class LipschitzCLI(LightningCLI):
             kwargs["logger"] = loggers
         self.run_record = RunRecord(run_dir=self.run_dir, config=self.flat_config)
         trainer = super().instantiate_trainer(**kwargs)
-        attach_epoch_clock(trainer)  # every row of the run folder on the epoch axis (lipschitz_dd/epoch_axis.py)
+        use_epoch_axis(trainer)  # every row of the run folder on the epoch axis (lipschitz_dd/epoch_axis.py)
         if cfg.get("snapshot", True):  # before RunRecord: results.json is the last file a run writes
             trainer.callbacks.append(FunctionSnapshot(run_dir=self.run_dir))
         trainer.callbacks.append(self.run_record)

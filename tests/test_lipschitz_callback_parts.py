@@ -22,7 +22,7 @@ from lipschitz_dd.bounds import LowerBoundStats, TopPoints
 from lipschitz_dd.callbacks import LipschitzCallback
 from lipschitz_dd.callbacks._distributed import reduce_stats
 from lipschitz_dd.callbacks.point_sets import NoisePoints, PointSet
-from lipschitz_dd.epoch_axis import attach_epoch_clock
+from lipschitz_dd.epoch_axis import use_epoch_axis
 from lipschitz_dd.loggers import EpochCSVLogger, EpochWandbLogger
 
 
@@ -174,7 +174,7 @@ def fit_project_model(tmp_path, loggers, clock: bool = True) -> pl.Trainer:
         devices=1,
     )
     if clock:
-        attach_epoch_clock(trainer)
+        use_epoch_axis(trainer)
     trainer.fit(model, datamodule=data)
     return trainer
 
@@ -227,3 +227,22 @@ def test_wandb_rows_are_plotted_against_the_epoch(tmp_path):
     csv_by_step = {r["step"]: r for r in csv_rows(csv_logger)}
     for row in run.logged:  # the same values as the CSV rows of the same epoch
         assert row["lipschitz/lower"] == pytest.approx(csv_by_step[row["epoch"]]["lipschitz/lower"])
+
+
+def test_checkpoint_name_and_results_count_the_same_epochs(tmp_path):
+    import json
+
+    from lipschitz_dd.callbacks import RunRecord
+
+    for validate in (True, False):  # the step comes from the validation row, or from the training epoch's end
+        folder = tmp_path / f"validate_{validate}"
+        callback = LipschitzCallback(every_n_epochs=5, dense_epochs=0, upper=False, progress_bar=False)
+        record = RunRecord(run_dir=str(folder))
+        options = {} if validate else {"limit_val_batches": 0}
+        trainer = make_trainer(folder, [callback, record], max_epochs=3, enable_checkpointing=True, **options)
+        use_epoch_axis(trainer)
+        trainer.fit(ToyNet(), datamodule=ToyData())
+        names = sorted(p.name for p in (folder / "run" / "version_0" / "checkpoints").iterdir())
+        results = json.loads((folder / "results.json").read_text())
+        assert names == ["epoch=3.ckpt"] and results["epochs"] == 3  # Lightning's default: epoch=2-step=11.ckpt
+        assert [h["epoch"] for h in callback.history] == [0.0, 3.0]  # epochs 1, 2 unmeasured, still stepped
