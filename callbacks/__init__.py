@@ -1,8 +1,27 @@
 """Lightning callbacks of lipschitz_dd. They work on any LightningModule: they import only lipschitz_dd.bounds."""
 
 from lipschitz_dd.callbacks.lipschitz import LipschitzCallback
+from lipschitz_dd.callbacks.point_sets import (
+    InterpolatedPoints,
+    NoisePoints,
+    PGDPoints,
+    PointSet,
+    TestPoints,
+    TrainPoints,
+)
 from lipschitz_dd.callbacks.records import RunRecord
 from lipschitz_dd.callbacks.snapshot import FunctionSnapshot
 from lipschitz_dd.callbacks.stopping import GradNormStopping
 
-__all__ = ["FunctionSnapshot", "GradNormStopping", "LipschitzCallback", "RunRecord"]
+__all__ = [
+    "FunctionSnapshot",
+    "GradNormStopping",
+    "LipschitzCallback",
+    "RunRecord",
+    "InterpolatedPoints",
+    "NoisePoints",
+    "PGDPoints",
+    "PointSet",
+    "TestPoints",
+    "TrainPoints",
+]

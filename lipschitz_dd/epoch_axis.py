@@ -41,6 +41,16 @@ def epoch_row(trainer: Any) -> int:
     return int(trainer.current_epoch)
 
 
+class EpochClock:
+    """`clock()` = `epoch_row(trainer)` (a class, not a lambda, so a logger holding it can be pickled)."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+    def __call__(self) -> int:
+        return epoch_row(self.trainer)
+
+
 CHECKPOINT_FILENAME = "epoch={step}"
 """Name of the checkpoints of the CLI's default ModelCheckpoint: the epoch of the row (ModelCheckpoint reads a
 logged `step` metric before Lightning's update count), as in metrics.csv and results.json's "epochs"."""
@@ -53,7 +63,7 @@ def use_epoch_axis(trainer: Any) -> None:
     0-based index of the running epoch) name their files `epoch=<finished epochs>.ckpt` instead."""
     for logger in trainer.loggers:
         if hasattr(logger, "epoch_clock"):
-            logger.epoch_clock = lambda: epoch_row(trainer)
+            logger.epoch_clock = EpochClock(trainer)
     for checkpoint in trainer.checkpoint_callbacks:
         if getattr(checkpoint, "filename", "") is None:  # not named by the user
             checkpoint.filename, checkpoint.auto_insert_metric_name = CHECKPOINT_FILENAME, False
