@@ -103,12 +103,12 @@ def measure_point_sets(
                             predicted = model(x).argmax(dim=-1)
                     labels = predicted
                 made = point_set.points(x, labels, model, generator)
-                if made is x:  # the data points themselves: their norms once per batch
+                if made is x and type(point_set).norms is PointSet.norms:  # the data: their norms once per batch
                     x_norms = norms(x) if x_norms is None else x_norms
                     stats[point_set.name].update(x_norms)
                     continue
                 for chunk in [made] if isinstance(made, Tensor) else made:
                     if len(chunk):
-                        stats[point_set.name].update(norms(chunk))
+                        stats[point_set.name].update(point_set.norms(model, chunk, norms))
             progress(len(x))
     return stats

@@ -510,7 +510,7 @@ class LipschitzCallback(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """theta_0, previous theta and path length; the upper-bound warm-start state; the subset seed; counters
-        and the history of measurements."""
+        and the history of measurements; the state of the user's point sets that have one."""
         return {
             "seed": self.seed,
             "trajectory": self._trajectory.state_dict(),
@@ -518,6 +518,7 @@ class LipschitzCallback(Callback):
             "measurements": self._measurements,
             "last_measured_epoch": self._last_measured_epoch,
             "history": list(self.history),
+            "point_sets": {s.name: s.state_dict() for s in self.point_sets if s.state_dict()},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -529,3 +530,7 @@ class LipschitzCallback(Callback):
         self.last_metrics = dict(self.history[-1]) if self.history else {}
         self.last_metrics.pop("epoch", None)
         self._upper.load_state_dict(state_dict["upper_estimator"])
+        saved = state_dict.get("point_sets", {})  # absent in checkpoints of earlier versions
+        for point_set in self.point_sets:
+            if point_set.name in saved:
+                point_set.load_state_dict(saved[point_set.name])

@@ -34,8 +34,8 @@ never from the global RNG: then a resumed run draws the same points and training
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from typing import Literal
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -72,13 +72,29 @@ class PointSet:
         self, x: Tensor, y: Tensor | None, model: nn.Module, generator: torch.Generator
     ) -> Tensor | Iterable[Tensor]:
         """The points made from one batch x [b, ...] (labels y [b] or None; see `labels`): a tensor of inputs
-        [n, ...] or an iterable of such chunks (to bound memory). Returning `x` itself reuses its norms."""
+        [n, ...] or an iterable of such chunks (to bound memory). Returning `x` itself reuses its norms (unless
+        the set overrides `norms`)."""
         raise NotImplementedError(f"{type(self).__name__} must define points(x, y, model, generator)")
+
+    def norms(self, model: nn.Module, points: Tensor, jacobian_norms: Callable[[Tensor], Tensor]) -> Tensor:
+        """||J(z)||_2 at each of `points` [n, ...] -> [n]. Default: `jacobian_norms(points)`, the callback's
+        estimator (exact, or power iteration erring low). Override to use another one, e.g. a warm-started
+        per-sample estimator keeping its state in the point set (see `state_dict`): it must err low (or be
+        exact) for the max to stay a guaranteed lower bound."""
+        return jacobian_norms(points)
 
     def metrics(self, stats: LowerBoundStats) -> dict[str, float]:
         """The logged values from the statistics of ||J|| over all its points (all ranks): by default the max,
         `lipschitz/lower_<name>`, a guaranteed lower bound."""
         return {f"lipschitz/lower_{self.name}": stats.max}
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to keep across a checkpoint and resume (saved in the callback's state under its name).
+        Default: none."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned. Default: nothing."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, source={self.source!r})"

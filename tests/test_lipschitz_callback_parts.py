@@ -246,3 +246,52 @@ def test_checkpoint_name_and_results_count_the_same_epochs(tmp_path):
         results = json.loads((folder / "results.json").read_text())
         assert names == ["epoch=3.ckpt"] and results["epochs"] == 3  # Lightning's default: epoch=2-step=11.ckpt
         assert [h["epoch"] for h in callback.history] == [0.0, 3.0]  # epochs 1, 2 unmeasured, still stepped
+
+
+class WarmPowerPoints(PointSet):
+    """The training points with ||J|| from 2 power iterations warm-started from the previous measurement's
+    vectors of the same batch (the source yields the same batches every time): an estimate that errs low, with
+    state that travels in the checkpoint."""
+
+    def __init__(self, iterations: int = 2) -> None:
+        super().__init__(name="warm")
+        self.iterations, self.vectors, self._batch = iterations, [], 0
+
+    def start(self, num_points):
+        self._batch = 0
+
+    def points(self, x, y, model, generator):
+        return x
+
+    def norms(self, model, points, jacobian_norms):
+        from lipschitz_dd.bounds import power_iteration_spectral_norms
+
+        init = self.vectors[self._batch] if self._batch < len(self.vectors) else None
+        result = power_iteration_spectral_norms(model, points, init=init, max_iter=self.iterations, tol=0.0)
+        self.vectors[self._batch : self._batch + 1] = [result.vectors.detach()]
+        self._batch += 1
+        return result.norms
+
+    def state_dict(self):
+        return {"vectors": list(self.vectors)}
+
+    def load_state_dict(self, state):
+        self.vectors = list(state["vectors"])
+
+
+def test_a_point_set_may_bring_its_own_warm_started_estimator_and_state():
+    model = ToyNet()
+    trainer = make_trainer(".", [], logger=False)
+    trainer.strategy.connect(model)
+    x = toy_arrays()[0]
+    callback = LipschitzCallback(train_points=x, batch_size=8, point_sets=[WarmPowerPoints()], progress_bar=False)
+    exact = float(dense_jacobian_norms(model, x).max())
+    first = callback.measure(trainer, model, epoch=0)["lipschitz/lower_warm"]
+    second = callback.measure(trainer, model, epoch=1)["lipschitz/lower_warm"]
+    assert first <= second <= exact * (1 + 1e-5)  # warm start only climbs, and never above the true max
+    assert callback.measure(trainer, model, epoch=2)["lipschitz/lower"] == pytest.approx(exact, rel=1e-5)
+    assert len(callback.point_sets[0].vectors) == 4  # 30 points in batches of 8
+    clone = LipschitzCallback(train_points=x, point_sets=[WarmPowerPoints()], progress_bar=False)
+    clone.load_state_dict(callback.state_dict())
+    restored, saved = clone.point_sets[0].vectors, callback.point_sets[0].vectors
+    assert len(restored) == len(saved) and all(torch.equal(a, b) for a, b in zip(restored, saved, strict=True))
