@@ -181,8 +181,6 @@ class LipschitzCallback(Callback):
         for name, value in (
             ("every_n_epochs", every_n_epochs),
             ("batch_size", batch_size),
-            ("interp_points", interp_points),
-            ("pgd_steps", pgd_steps),
             ("optimised_top_m", optimised_top_m),
             ("optimised_steps", optimised_steps),
         ):
@@ -193,10 +191,8 @@ class LipschitzCallback(Callback):
                 raise ValueError(f"LipschitzCallback: {name} must be a non-negative integer, got {value!r}")
         if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
             raise ValueError(f"LipschitzCallback: max_samples must be a positive integer or None, got {max_samples!r}")
-        if noise_sigma <= 0 or pgd_eps <= 0:
-            raise ValueError(f"LipschitzCallback: noise_sigma and pgd_eps must be > 0, got {noise_sigma}, {pgd_eps}")
-        if not all(0.0 <= lam <= 1.0 for lam in interp_lambdas) or not interp_lambdas:
-            raise ValueError(f"LipschitzCallback: interp_lambdas must be non-empty, in [0, 1], got {interp_lambdas}")
+        # the built-in point sets check their own arguments, also when switched off
+        _ = InterpolatedPoints(interp_points, interp_lambdas), NoisePoints(noise_sigma), PGDPoints(pgd_eps, pgd_steps)
         self.every_n_epochs, self.dense_epochs = every_n_epochs, dense_epochs
         self.max_samples, self.seed, self.batch_size = max_samples, seed, batch_size
         self.lower, self.average, self.test = lower, average, test
