@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lipschitz_dd.callbacks import FunctionSnapshot, GradNormStopping, LipschitzCallback, ResultsWriter
+from lipschitz_dd.epoch_axis import use_epoch_axis
 from lipschitz_dd.loggers import EpochCSVLogger, build_wandb_logger
 from lipschitz_dd.run_folder import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, RUN_RECORD_FILES, read_results
 
@@ -159,6 +160,7 @@ class LipschitzCLI(LightningCLI):
             kwargs["logger"] = loggers
         self.results_writer = ResultsWriter(run_dir=self.run_dir, config=self.flat_config)
         trainer = super().instantiate_trainer(**kwargs)
+        use_epoch_axis(trainer)  # every row of the run folder on the epoch axis (lipschitz_dd/epoch_axis.py)
         if cfg.get("snapshot", True):  # before ResultsWriter: results.json is the last file a run writes
             trainer.callbacks.append(FunctionSnapshot(run_dir=self.run_dir))
         trainer.callbacks.append(self.results_writer)

@@ -23,6 +23,7 @@ from conftest import (
     make_trainer,
     read_rows,
     toy_arrays,
+    without_timing,
 )
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
@@ -37,10 +38,6 @@ def product_of_linear_norms(model: nn.Module) -> float:
     return math.prod(
         float(torch.linalg.svdvals(m.weight.detach().double())[0]) for m in model.modules() if isinstance(m, nn.Linear)
     )
-
-
-def without_timing(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if k != "lipschitz/seconds"}
 
 
 def assert_close_dicts(a: dict[str, float], b: dict[str, float], rel: float = 1e-6, keys: set | None = None):
@@ -98,9 +95,9 @@ def test_logged_keys_share_rows_with_test_loss(tmp_path):
     assert initial[0]["params/dist_init"] == 0.0 and initial[0]["params/path_length"] == 0.0
     loss_rows = [r for r in rows if "test/loss" in r]
     assert len(loss_rows) == 2  # one validation per epoch, each with all the Lipschitz metrics beside it
-    for row in loss_rows:
-        assert set(row) == ALL_KEYS | {"test/loss", "step", "epoch"}
-    assert [r["epoch"] for r in loss_rows] == [0.0, 1.0]
+    for row in loss_rows:  # the callback logs step = epoch (Lightning then adds no "epoch" of its own)
+        assert set(row) == ALL_KEYS | {"test/loss", "step"}
+    assert [r["step"] for r in loss_rows] == [1.0, 2.0]
     assert not any("lipschitz/lower" in r and "test/loss" not in r and r["step"] != 0 for r in rows)
     for row in initial + loss_rows:  # every extra point set is a valid lower bound; opt >= the data max
         assert row["lipschitz/lower_opt"] >= row["lipschitz/lower"] - 1e-6
@@ -208,7 +205,7 @@ def test_resume_continues_the_same_curves(tmp_path):
         assert_close_dicts(without_timing(full.history[epoch]), without_timing(resumed.history[epoch]), rel=1e-6)
     assert resumed.history[-1]["params/path_length"] > first.history[-1]["params/path_length"]
     logged = [r for r in read_rows(resumed_trainer) if "lipschitz/lower" in r]
-    assert [r["epoch"] for r in logged] == [2.0, 3.0]  # the resumed run logs epochs 3, 4 only, no new epoch 0
+    assert [r["step"] for r in logged] == [3.0, 4.0]  # the resumed run logs epochs 3, 4 only, no new epoch 0
     assert logged[-1]["lipschitz/upper"] == pytest.approx(full.history[4]["lipschitz/upper"], rel=1e-6)
 
 
@@ -251,7 +248,7 @@ def test_no_validation_falls_back_to_train_epoch_end(tmp_path):
     data = ToyData()
     trainer.fit(ToyNet(), train_dataloaders=data.train_dataloader())
     rows = [r for r in read_rows(trainer) if "lipschitz/lower" in r]
-    assert [r.get("epoch") for r in rows] == [None, 0.0, 1.0]
+    assert [r["step"] for r in rows] == [0.0, 1.0, 2.0]
     assert [h["epoch"] for h in callback.history] == [0.0, 1.0, 2.0]
 
 
@@ -410,9 +407,9 @@ def test_a_late_stop_still_measures_the_final_weights(tmp_path):
     assert [h["epoch"] for h in callback.history] == [0.0, 1.0, 4.0]
     rows = read_rows(trainer)
     final_row = [r for r in rows if "lipschitz/lower" in r][-1]
-    # written straight to the logger at the step of the module's own last epoch row: ToyNet logs no "step"
-    # metric, so Lightning's step of epoch metrics (4 epochs of 4 batches: 15), not the epoch count
-    assert final_row["step"] == max(r["step"] for r in rows if "test/loss" in r) == 15
+    # written straight to the logger at the step of the last epoch's row: the epoch (ToyNet logs no "step"
+    # itself; the callback's step puts its validation rows on the epoch axis too)
+    assert final_row["step"] == max(r["step"] for r in rows if "test/loss" in r) == 4
     norms = dense_jacobian_norms(model, ToyData().train_x)
     assert final_row["lipschitz/lower"] == pytest.approx(float(norms.max()), rel=1e-5)
 

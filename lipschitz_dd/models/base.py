@@ -10,7 +10,8 @@ global gradient-norm clipping (default 50). A non-finite training loss stops the
 
 Logging: one row per epoch. Validation loader 0 is the test set (``test/loss``, ``test/acc``), loader 1 the
 full training set in eval mode (``train/loss``, ``train/acc``); the logger step is the number of finished
-epochs, and epoch 0 (before the first update) is evaluated in ``on_train_start``.
+epochs (the ``step`` metric of ``lipschitz_dd/epoch_axis.py``, which LipschitzCallback logs the same way), and
+epoch 0 (before the first update) is evaluated in ``on_train_start``.
 """
 
 from __future__ import annotations
