@@ -1,0 +1,171 @@
+"""Training options of the study: Lipschitz-constrained weights with a logit temperature, the Jacobian-norm
+regulariser, dropout and weight decay."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+from torch import nn
+
+from lipschitz_dd.bounds import upper_bound
+from lipschitz_dd.data import SyntheticDataModule
+from lipschitz_dd.models import CNN, FCN, PreActResNet18
+from lipschitz_dd.models.constraint import SpectralNormConstraint
+from lipschitz_dd.models.penalty import jacobian_norm_penalty
+
+
+def make_trainer(**kwargs) -> Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    defaults.update(kwargs)
+    return Trainer(**defaults)
+
+
+class CertifiedBoundAfterEveryStep(Callback):
+    """Records the certified product bound of the model (logits included) after every optimiser update."""
+
+    def __init__(self, example: torch.Tensor):
+        self.example = example
+        self.bounds: list[float] = []
+
+    def _measure(self, pl_module) -> None:
+        was_training = pl_module.training
+        pl_module.eval()
+        self.bounds.append(upper_bound(pl_module, self.example, certified=True).value)
+        pl_module.train(was_training)
+
+    def on_train_start(self, trainer, pl_module):
+        self._measure(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._measure(pl_module)
+
+
+@pytest.mark.parametrize(
+    ("make", "shape", "bound", "tau"),
+    [
+        (lambda **kw: FCN(width=32, depth=2, bias=True, output_activation="none", **kw), (40,), 1.0, 40.0),
+        (lambda **kw: FCN(width=32, depth=2, bias=True, output_activation="none", **kw), (40,), 10.0, 10.0),
+        (lambda **kw: CNN(width=2, in_channels=1, input_size=28, **kw), (1, 28, 28), 1.0, 40.0),
+    ],
+    ids=["fcn-C1-tau40", "fcn-C10-tau10", "cnn-C1-tau40"],
+)
+def test_constrained_training_keeps_certified_bound_below_tau_times_C(make, shape, bound, tau):
+    seed_everything(0)
+    data = SyntheticDataModule(input_shape=shape, num_train=64, num_test=16, batch_size=16)
+    model = make(lipschitz_bound=bound, logit_temperature=tau, lr=0.5, momentum=0.9)
+    data.setup()
+    probe = CertifiedBoundAfterEveryStep(data.train_x[:2])
+    make_trainer(callbacks=[probe]).fit(model, datamodule=data)
+    assert len(probe.bounds) == 1 + 2 * 4  # before training, then after each of the 8 updates
+    assert max(probe.bounds) <= tau * bound * (1 + 1e-4), probe.bounds
+    # not trivially small: a large lr pushes the layers onto their budget, so the bound sits near tau * C
+    assert probe.bounds[-1] >= 0.5 * tau * bound
+    # the budget is shared equally: every layer ends at C^(1/depth) / (1 + margin) at most
+    budget = bound ** (1 / model.constraint.depth)
+    assert max(model.constraint.project()) <= budget
+
+
+def test_unconstrained_run_exceeds_the_bound_the_constraint_enforces():
+    """The same setting without the constraint: the product bound grows well past 1, so the test above can fail."""
+    seed_everything(0)
+    data = SyntheticDataModule(input_shape=(40,), num_train=64, num_test=16, batch_size=16)
+    model = FCN(width=32, depth=2, bias=True, output_activation="none", lr=0.5, momentum=0.9)
+    data.setup()
+    probe = CertifiedBoundAfterEveryStep(data.train_x[:2])
+    make_trainer(callbacks=[probe]).fit(model, datamodule=data)
+    assert probe.bounds[-1] > 1.5
+
+
+def test_temperature_scales_logits():
+    seed_everything(0)
+    plain = FCN(width=8, depth=1)
+    hot = FCN(width=8, depth=1, logit_temperature=10.0)
+    hot.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 40)
+    torch.testing.assert_close(hot(x), 10.0 * plain(x))
+
+
+def test_constraint_uses_the_convolutions_operator_norm_on_its_input_shape():
+    """A 3x3 conv with padding: the operator norm (dense SVD of the explicit matrix) is what gets budgeted."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3, padding=1, bias=False)
+    net = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4, bias=False))
+    constraint = SpectralNormConstraint(net, bound=0.25, margin=1e-3)
+    net(torch.zeros(1, 2, 6, 6))
+    constraint.project()
+    basis = torch.eye(2 * 36).reshape(72, 2, 6, 6)
+    dense = conv(basis).reshape(72, -1)  # rows: images of the basis vectors, so the matrix is dense^T
+    conv_norm = torch.linalg.matrix_norm(dense.double(), ord=2)
+    linear_norm = torch.linalg.matrix_norm(net[3].weight.double(), ord=2)
+    budget = 0.25**0.5
+    assert conv_norm <= budget and linear_norm <= budget
+    assert conv_norm >= budget / 1.002 and linear_norm >= budget / 1.002
+
+
+def test_constraint_refuses_batchnorm_networks():
+    with pytest.raises(ValueError, match="BatchNorm2d"):
+        SpectralNormConstraint(PreActResNet18(width=2).net, bound=1.0)
+
+
+@pytest.mark.parametrize("kwargs", [{"lipschitz_bound": 0.0}, {"logit_temperature": -1.0}, {"jacobian_penalty": -1.0}])
+def test_bad_constraint_options_raise(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        FCN(width=4, **kwargs)
+
+
+# --------------------------------------------------------------------------- Jacobian-norm regulariser
+def explicit_max_jacobian_norm(model, x: torch.Tensor) -> torch.Tensor:
+    """max_b ||J(x_b)||_2 from the explicit Jacobians (torch.func.jacrev), differentiable in the parameters."""
+    jac = torch.func.vmap(torch.func.jacrev(lambda xi: model(xi[None])[0]))(x)  # [B, K, d]
+    return torch.linalg.matrix_norm(jac.flatten(2), ord=2).max()
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: FCN(width=16, depth=2, bias=True), lambda: CNN(width=2, in_channels=1, input_size=28)]
+)
+def test_penalty_value_and_gradient_match_autograd_on_the_explicit_jacobian(make):
+    torch.manual_seed(0)
+    model = make().double()
+    shape = (40,) if isinstance(model, FCN) else (1, 28, 28)
+    x = torch.randn(6, *shape, dtype=torch.float64)
+    penalty, logits = jacobian_norm_penalty(model, x)
+    reference = explicit_max_jacobian_norm(model, x)
+    torch.testing.assert_close(penalty, reference, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(logits, model(x))
+    params = [p for p in model.parameters() if p.requires_grad]
+    ours = torch.autograd.grad(penalty, params)
+    theirs = torch.autograd.grad(reference, params)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_penalised_training_loss_adds_lambda_times_batch_max_norm():
+    torch.manual_seed(0)
+    model = FCN(width=16, depth=1, jacobian_penalty=0.5)
+    model.trainer = None  # training_step only reads self.trainer on a non-finite loss
+    x, y = torch.randn(8, 40), torch.randint(0, 10, (8,))
+    loss = model.training_step((x, y), 0)
+    expected = model.batch_loss((x, y)) + 0.5 * explicit_max_jacobian_norm(model, x)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_penalty_lowers_the_batch_jacobian_norm_compared_with_plain_training():
+    def train(penalty: float) -> float:
+        seed_everything(0)
+        data = SyntheticDataModule(input_shape=(40,), num_train=64, num_test=16, batch_size=16)
+        model = FCN(width=32, depth=1, lr=0.05, jacobian_penalty=penalty)
+        make_trainer(max_epochs=5).fit(model, datamodule=data)
+        return float(explicit_max_jacobian_norm(model.eval(), data.train_x).detach())
+
+    assert train(1.0) < 0.8 * train(0.0)
