@@ -9,10 +9,12 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from torch import nn
 
 from lipschitz_dd.bounds import upper_bound
+from lipschitz_dd.callbacks import LipschitzCallback
 from lipschitz_dd.data import SyntheticDataModule
-from lipschitz_dd.models import CNN, FCN, PreActResNet18
+from lipschitz_dd.models import CNN, FCN, PreActResNet18, ResNet20, build_resnet20
 from lipschitz_dd.models.constraint import SpectralNormConstraint
 from lipschitz_dd.models.penalty import jacobian_norm_penalty
+from lipschitz_dd.models.resnet20 import PadShortcut
 
 
 def make_trainer(**kwargs) -> Trainer:
@@ -169,3 +171,72 @@ def test_penalty_lowers_the_batch_jacobian_norm_compared_with_plain_training():
         return float(explicit_max_jacobian_norm(model.eval(), data.train_x).detach())
 
     assert train(1.0) < 0.8 * train(0.0)
+
+
+# --------------------------------------------------------------------------- dropout, weight decay, ResNet-20
+def test_resnet20_parameter_counts_match_he_et_al():
+    """Option A (zero-padding shortcuts): the published 0.27M (269,722); option B adds 1x1 projections + BN."""
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(build_resnet20()) == 269_722
+    projections = (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)  # two 1x1 convs and their BatchNorms
+    assert n(build_resnet20(shortcut="B")) == 269_722 + projections
+    assert n(build_resnet20(width=8)) < n(build_resnet20()) / 3
+
+
+def test_resnet20_shapes_and_dropout_placement():
+    net = build_resnet20(in_channels=1, dropout=0.3)
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    kinds = [type(m).__name__ for m in net]
+    assert kinds.count("Dropout2d") == 9 and kinds.count("BasicBlock") == 9
+    assert all(kinds[i + 1] == "BasicBlock" for i, k in enumerate(kinds) if k == "Dropout2d")  # before each block
+    assert kinds[-2:] == ["Dropout", "Linear"]  # 1-D dropout right before the last layer
+    assert "Dropout" not in [type(m).__name__ for m in build_resnet20()]
+
+
+def test_option_a_shortcut_pads_channels_and_subsamples():
+    x = torch.randn(2, 16, 8, 8)
+    y = PadShortcut(16, 32, 2)(x)
+    assert y.shape == (2, 32, 4, 4)
+    torch.testing.assert_close(y[:, 8:24], x[:, :, ::2, ::2])
+    assert y[:, :8].abs().sum() == 0 and y[:, 24:].abs().sum() == 0
+
+
+def test_fcn_dropout_sits_between_layers():
+    net = FCN(width=8, depth=2, dropout=0.2).net
+    assert [type(m).__name__ for m in net] == [
+        "Flatten", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear", "ReLU"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="dropout"):
+        FCN(width=8, dropout=1.0)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: FCN(width=16, depth=2, dropout=0.5), lambda: ResNet20(width=4, in_channels=1, dropout=0.4)]
+)
+def test_model_with_dropout_gives_the_same_bounds_measured_twice(make):
+    """The callback measures in eval mode: dropout is off, so two measurements of the same weights agree."""
+    torch.manual_seed(0)
+    model = make()
+    shape = (40,) if isinstance(model, FCN) else (1, 28, 28)
+    points = torch.randn(12, *shape)
+    model.train()
+    trainer = make_trainer()
+    trainer.strategy.connect(model)
+    callback = LipschitzCallback(train_points=points, progress_bar=False)
+    first = callback.measure(trainer, model, epoch=0)
+    second = callback.measure(trainer, model, epoch=0)
+    assert {"lipschitz/lower", "lipschitz/upper"} <= set(first)
+    for key in ("lipschitz/lower", "lipschitz/avg"):  # exact per-sample norms: bit-identical
+        assert first[key] == second[key], key
+    # the product bound's power iteration is warm-started from the first call: equal up to its tolerance
+    assert first["lipschitz/upper"] == pytest.approx(second["lipschitz/upper"], rel=1e-5)
+    assert model.training  # train mode restored
+    # in train mode the network is random: the same input gives different outputs
+    assert not torch.equal(model(points[:4]), model(points[:4]))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_weight_decay_reaches_the_optimizer(optimizer):
+    model = ResNet20(width=4, optimizer=optimizer, weight_decay=5e-4)
+    opt = model.configure_optimizers()
+    assert opt.param_groups[0]["weight_decay"] == 5e-4

@@ -5,6 +5,7 @@ from lipschitz_dd.models.base import LipschitzModule, per_sample_loss
 from lipschitz_dd.models.cnn import CNN, build_cnn
 from lipschitz_dd.models.fcn import FCN, build_fcn
 from lipschitz_dd.models.resnet import PreActResNet18, build_preact_resnet18
+from lipschitz_dd.models.resnet20 import ResNet20, build_resnet20
 from lipschitz_dd.models.toy import Toy2DFCN
 from lipschitz_dd.models.vit import ViT, build_vit
 
@@ -14,10 +15,12 @@ __all__ = [
     "FCN",
     "CNN",
     "PreActResNet18",
+    "ResNet20",
     "ViT",
     "Toy2DFCN",
     "build_fcn",
     "build_cnn",
     "build_preact_resnet18",
+    "build_resnet20",
     "build_vit",
 ]
