@@ -26,6 +26,7 @@ SYNTHETIC_FOR = {
     "CIFAR10DataModule": ([3, 32, 32], 10),
     "CIFAR100DataModule": ([3, 32, 32], 20),
     "MNISTDataModule": ([1, 28, 28], 10),
+    "FashionMNISTDataModule": ([1, 28, 28], 10),
     "Toy2DDataModule": None,  # generated in memory already
     "SyntheticDataModule": None,
 }
@@ -46,6 +47,8 @@ def _synthetic_args(config_path: Path) -> list[str]:
         "--data.num_test=8",
         "--data.batch_size=8",
         "--data.eval_batch_size=8",
+        "--data.train_subset=null",  # a config's subsets of the real data do not fit the 16 + 8 stand-ins
+        "--data.test_subset=null",
     ]
 
 
