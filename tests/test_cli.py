@@ -27,6 +27,7 @@ SYNTHETIC_FOR = {
     "CIFAR100DataModule": ([3, 32, 32], 20),
     "MNISTDataModule": ([1, 28, 28], 10),
     "FashionMNISTDataModule": ([1, 28, 28], 10),
+    "ImageFolderDataModule": ([3, 32, 32], 1000),  # ImageNet configs: small images keep the smoke test quick
     "Toy2DDataModule": None,  # generated in memory already
     "SyntheticDataModule": None,
 }
@@ -69,7 +70,14 @@ def test_every_config_parses_and_names_known_classes():
         assert data_class in SYNTHETIC_FOR, f"{path.name}: add {data_class} to SYNTHETIC_FOR"
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
+SLOW_CONFIGS = {"resnet50_imagenet"}  # a torchvision ResNet-50: ~20 s even on tiny images
+
+
+@pytest.mark.parametrize(
+    "config",
+    [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW_CONFIGS else p for p in CONFIGS],
+    ids=[p.stem for p in CONFIGS],
+)
 def test_config_smoke_fast_dev_run(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = [

@@ -11,8 +11,18 @@ from torch import nn
 from lipschitz_dd.bounds import upper_bound
 from lipschitz_dd.callbacks import LipschitzCallback
 from lipschitz_dd.data import SyntheticDataModule
-from lipschitz_dd.models import CNN, FCN, PreActResNet18, ResNet20, build_resnet20
+from lipschitz_dd.models import (
+    CNN,
+    FCN,
+    PreActResNet18,
+    ResNet20,
+    ResNet50,
+    build_resnet20,
+    build_resnet50,
+    build_simple_vit,
+)
 from lipschitz_dd.models.constraint import SpectralNormConstraint
+from lipschitz_dd.models.imagenet import sincos_position_embedding
 from lipschitz_dd.models.penalty import jacobian_norm_penalty
 from lipschitz_dd.models.resnet20 import PadShortcut
 
@@ -240,3 +250,35 @@ def test_weight_decay_reaches_the_optimizer(optimizer):
     model = ResNet20(width=4, optimizer=optimizer, weight_decay=5e-4)
     opt = model.configure_optimizers()
     assert opt.param_groups[0]["weight_decay"] == 5e-4
+
+
+# --------------------------------------------------------------------------- ImageNet networks
+def test_simple_vit_parameter_count_and_study_shape():
+    net = build_simple_vit()  # patch 16, width 384, depth 12, heads 6, MLP 1,536, 1000 classes
+    d, hidden = 384, 1536
+    block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * hidden + hidden) + (hidden * d + d)
+    expected = (3 * 16 * 16 * d + d) + 12 * block + 2 * d + (d * 1000 + 1000)
+    assert sum(p.numel() for p in net.parameters()) == expected == 21_974_632
+    assert net.blocks[0].mlp[0].out_features == 1536 and len(net.blocks) == 12
+    small = build_simple_vit(width=12, depth=1, heads=6, num_classes=5)
+    assert small(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    assert small(torch.randn(2, 3, 48, 64)).shape == (2, 5)  # position embeddings follow the patch grid
+
+
+def test_sincos_position_embedding_is_the_closed_form():
+    emb = sincos_position_embedding(2, 3, 8)
+    assert emb.shape == (6, 8)
+    omega = torch.tensor([1.0, 1.0 / 10_000])  # dim/4 = 2 frequencies: 10000^(-k/1)
+    row, col = 1, 2  # patch 5 in row-major order
+    expected = torch.cat([(col * omega).sin(), (col * omega).cos(), (row * omega).sin(), (row * omega).cos()])
+    torch.testing.assert_close(emb[5], expected)
+    assert len({tuple(r.tolist()) for r in emb}) == 6  # every patch position distinct
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_position_embedding(2, 2, 6)
+
+
+@pytest.mark.slow
+def test_resnet50_is_torchvisions_standard_network():
+    assert sum(p.numel() for p in build_resnet50().parameters()) == 25_557_032
+    model = ResNet50(width=4, num_classes=7)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)

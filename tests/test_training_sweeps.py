@@ -65,3 +65,15 @@ def test_training_sweeps_vary_their_option_over_the_study_values(name, option, v
     resolve(config, "configs")  # a shipped config
     seen = sorted({float(a.split("=", 1)[1]) for args in run_argvs(name) for a in args if a.startswith(f"--{option}=")})
     assert seen == [float(v) for v in values]
+
+
+def test_imagenet_sweep_runs_both_networks_over_five_seeds():
+    argvs = run_argvs("imagenet_seeds")
+    assert len(argvs) == 10
+    assert {args[0] for args in argvs} == {"--config=resnet50_imagenet", "--config=simplevit_imagenet"}
+    assert {args[1] for args in argvs} == {f"--seed_everything={s}" for s in range(5)}
+    classes = {
+        yaml.safe_load(resolve(n, "configs").read_text())["model"]["class_path"]
+        for n in ("resnet50_imagenet", "simplevit_imagenet")
+    }
+    assert classes == {"lipschitz_dd.models.ResNet50", "lipschitz_dd.models.SimpleViT"}
