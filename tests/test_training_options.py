@@ -282,3 +282,19 @@ def test_resnet50_is_torchvisions_standard_network():
     assert sum(p.numel() for p in build_resnet50().parameters()) == 25_557_032
     model = ResNet50(width=4, num_classes=7)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        (lambda: ResNet20(width=2, in_channels=1, lipschitz_bound=1.0), "BatchNorm2d"),
+        (lambda: FCN(width=8, dropout=0.2, jacobian_penalty=0.1), "jacobian_penalty needs a network without Dropout"),
+        (lambda: ResNet20(width=2, in_channels=1, jacobian_penalty=0.1), "BatchNorm2d"),
+    ],
+)
+def test_options_the_network_cannot_honour_fail_at_fit_start_with_one_line(model, match):
+    shape = (40,) if "FCN" in match or "Dropout" in match else (1, 28, 28)
+    data = SyntheticDataModule(input_shape=shape, num_train=8, num_test=4, batch_size=4)
+    with pytest.raises(ValueError, match=match) as error:
+        make_trainer(max_epochs=1).fit(model(), datamodule=data)
+    assert "\n" not in str(error.value)

@@ -213,7 +213,21 @@ class LipschitzModule(LightningModule):
         self.constraint.project()
 
     def on_fit_start(self) -> None:
-        """With ``lipschitz_bound``: rescale the initial weights, so the bound holds from epoch 0 on."""
+        """Checks ``jacobian_penalty``'s network; with ``lipschitz_bound``: rescales the initial weights, so the
+        bound holds from epoch 0 on."""
+        if self.jacobian_penalty > 0:
+            random_layers = sorted(
+                {
+                    type(m).__name__
+                    for m in self.modules()
+                    if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))
+                }
+            )
+            if random_layers:
+                raise ValueError(
+                    f"jacobian_penalty needs a network without {', '.join(random_layers)}: in training mode its input "
+                    "Jacobian depends on the batch statistics / dropout masks"
+                )
         if self.hparams.get("lipschitz_bound") is None:
             return
         shape = getattr(self.trainer.datamodule, "input_shape", None)
