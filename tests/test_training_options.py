@@ -298,3 +298,19 @@ def test_options_the_network_cannot_honour_fail_at_fit_start_with_one_line(model
     with pytest.raises(ValueError, match=match) as error:
         make_trainer(max_epochs=1).fit(model(), datamodule=data)
     assert "\n" not in str(error.value)
+
+
+def test_lipschitz_callback_of_a_constrained_run_reports_bounds_below_tau_times_C():
+    """The callback measures the module's forward, temperature included: every upper bound <= tau * C."""
+    seed_everything(0)
+    data = SyntheticDataModule(input_shape=(40,), num_train=64, num_test=16, batch_size=16)
+    model = FCN(
+        width=32, depth=2, bias=True, output_activation="none", lipschitz_bound=1.0, logit_temperature=40.0, lr=0.5
+    )
+    callback = LipschitzCallback(every_n_epochs=1, progress_bar=False, upper_certified=True)
+    make_trainer(max_epochs=3, callbacks=[callback], limit_val_batches=None).fit(model, datamodule=data)
+    uppers = [row["lipschitz/upper"] for row in callback.history if "lipschitz/upper" in row]
+    lowers = [row["lipschitz/lower"] for row in callback.history if "lipschitz/lower" in row]
+    assert len(uppers) == 4  # epochs 0..3
+    assert max(uppers) <= 40.0 * (1 + 1e-4) and max(lowers) <= max(uppers)
+    assert uppers[-1] > 20.0  # the lr drives the layers to their budget

@@ -67,7 +67,6 @@ class SpectralNormConstraint:
         self.max_iters, self.tol = max_iters, tol
         self.input_shapes: dict[nn.Module, tuple[int, ...]] = {}
         self.vectors: dict[nn.Module, Tensor] = {}
-        self.generator = torch.Generator().manual_seed(0)
         self._hooks = [
             layer.register_forward_pre_hook(self._record_shape)
             for layer in self.layers
@@ -92,7 +91,7 @@ class SpectralNormConstraint:
             "max_iters": self.max_iters,
             "tol": self.tol,
             "init": self.vectors.get(layer),
-            "generator": self.generator,
+            "generator": torch.Generator().manual_seed(0),
         }
         if isinstance(layer, nn.Linear):
             estimate = linear_operator_norm(layer.weight.detach(), **options)
