@@ -229,11 +229,18 @@ def resolve_source(
     get_input: BatchFn | None = None,
     get_label: BatchFn | None = None,
 ) -> PointSource | None:
-    """This rank's "train" or "test" points: the explicit `points` tensor if given, else the datamodule's
-    in-memory `{kind}_x`, else the samples of its loader (see `train_loader` / `test_loader`); None if there
-    are none. `warn(key, message)` reports a stream read only up to STREAM_SAMPLES samples."""
+    """This rank's "train" or "test" points: the explicit `points` tensor if given, else for "train" the
+    datamodule's `measure_dataloader()` if it defines one (its own measurement set, e.g. a fixed subset of
+    ImageNet with eval transforms, already this rank's share), else the datamodule's in-memory `{kind}_x`, else
+    the samples of its loader (see `train_loader` / `test_loader`); None if there are none.
+    `warn(key, message)` reports a stream read only up to STREAM_SAMPLES samples."""
     common = dict(max_samples=max_samples, seed=seed, batch_size=batch_size)
     common.update(rank=trainer.global_rank, world_size=trainer.world_size)
+    readers = dict(input_key=input_key, label_key=label_key, get_input=get_input, get_label=get_label)
+    measure = getattr(getattr(trainer, "datamodule", None), "measure_dataloader", None)
+    if points is None and kind == "train" and callable(measure):
+        common.update(rank=0, world_size=1)  # the datamodule shards its measurement set itself
+        return PointSource.from_loader(measure(), **readers, **common)
     if points is None:
         points, labels = datamodule_tensors(trainer, kind)
     if points is not None:
@@ -252,12 +259,4 @@ def resolve_source(
                 f"LipschitzCallback: the {kind} loader can only be iterated and has no length; measuring its "
                 f"first {STREAM_SAMPLES} samples (set max_samples to choose)",
             )
-    return PointSource.from_loader(
-        loader,
-        input_key=input_key,
-        label_key=label_key,
-        get_input=get_input,
-        get_label=get_label,
-        max_batches=max_batches,
-        **common,
-    )
+    return PointSource.from_loader(loader, max_batches=max_batches, **readers, **common)

@@ -295,3 +295,20 @@ def test_a_point_set_may_bring_its_own_warm_started_estimator_and_state():
     clone.load_state_dict(callback.state_dict())
     restored, saved = clone.point_sets[0].vectors, callback.point_sets[0].vectors
     assert len(restored) == len(saved) and all(torch.equal(a, b) for a, b in zip(restored, saved, strict=True))
+
+
+def test_datamodule_measure_dataloader_is_the_training_measurement_set(tmp_path):
+    """A datamodule with `measure_dataloader()` (the ImageFolder one: a fixed subset with eval transforms)
+    names the points of lipschitz/lower itself, ahead of its in-memory tensors and its training loader."""
+
+    class MeasuredData(ToyData):
+        def measure_dataloader(self):
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(3 * self.train_x[:5]), batch_size=2)
+
+    data = MeasuredData()
+    callback = LipschitzCallback(every_n_epochs=1, upper=False, progress_bar=False)
+    model = ToyNet()
+    make_trainer(tmp_path, [callback], max_epochs=1, logger=False).fit(model, datamodule=data)
+    norms = dense_jacobian_norms(model, 3 * data.train_x[:5])
+    assert callback.last_metrics["lipschitz/lower"] == pytest.approx(float(norms.max()), rel=1e-5)
+    assert callback.last_metrics["lipschitz/avg"] == pytest.approx(float(norms.mean()), rel=1e-5)
