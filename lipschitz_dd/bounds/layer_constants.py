@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lipschitz_dd.bounds.operator_norms import power_iteration
+from lipschitz_dd.bounds.norm_estimates import power_iteration
 
 __all__ = [
     "Fixed",
