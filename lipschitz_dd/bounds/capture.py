@@ -117,12 +117,12 @@ class _GraphBuilder:
         except Exception as error:  # noqa: BLE001 - any tracing failure means: try the hook fallback
             self._capture_with_hooks(example, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
             return
-        shapes: dict[str, Any] = {}
+        values: dict[str, Any] = {}  # every node's value on the example sample
 
         class Recorder(fx.Interpreter):
             def run_node(self, n: fx.Node) -> Any:
                 result = super().run_node(n)
-                shapes[n.name] = result
+                values[n.name] = result
                 return result
 
         try:
@@ -132,11 +132,11 @@ class _GraphBuilder:
                 f"model(example_input) failed on an input of shape {tuple(example.shape)}: "
                 f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
             ) from error
-        data: set[str] = set()
+        data: set[str] = set()  # the nodes whose value depends on the input's values
         placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
         self._order = {n: i for i, n in enumerate(graph_module.graph.nodes)}
         for node in graph_module.graph.nodes:
-            self._add_node(node, data, shapes, is_input=node is placeholders[0])
+            self._add_node(node, data, values, is_input=node is placeholders[0])
 
     def _mutation_read_later(self, node: fx.Node, values: dict[str, Any]) -> bool:
         """For an in-place node: does a node after it read the overwritten tensor through a node from before
