@@ -1,6 +1,6 @@
 """`FunctionSnapshot`: what the report needs to evaluate an ensemble of seeds after training, saved at fit end.
 
-The bias-variance bound of paper.md (finding 3) needs the seed-averaged network f_bar = mean_s f_s, which no
+The bias-variance bound of the study (docs/study.md, finding 3) needs the seed-averaged network f_bar = mean_s f_s, which no
 single run can evaluate. Its outputs and input Jacobians at fixed points are linear in the seeds' ones:
 
     f_bar(x) = mean_s f_s(x)          J_bar(x) = mean_s J_s(x)     (both exact)

@@ -3,7 +3,7 @@
 Subclasses call ``super().__init__(**kwargs)`` first and then build their layers into ``self.net`` (in
 order, so a seed gives the same initial weights as ``torch.manual_seed`` followed by the plain builder).
 
-Protocol (paper.md): CE or MSE on one-hot targets, both summed over the batch and divided by the batch
+Protocol (the study's, docs/study.md): CE or MSE on one-hot targets, both summed over the batch and divided by the batch
 size; SGD (optional momentum / weight decay) or Adam; learning-rate schedules stepped once per update;
 global gradient-norm clipping (default 50). A non-finite training loss stops the run cleanly
 (``self.diverged = True``).

@@ -58,7 +58,7 @@ class FCN(LipschitzModule):
     """FCN with hidden widths ``widths`` (or ``depth`` hidden layers of ``width``) on flattened inputs.
 
     Paper default: no bias, ReLU on the output for CE, LeakyReLU(0.01) for MSE (``output_activation="auto"``).
-    The cheap double-descent setting of paper.md is ``depth=2, bias=True, output_activation="none"`` with
+    The cheap double-descent setting (docs/study.md) is ``depth=2, bias=True, output_activation="none"`` with
     ``momentum=0.9``. ``dropout``: 1-D dropout rate between the layers. Other keyword arguments go to :class:`LipschitzModule`.
     """
 
