@@ -46,15 +46,18 @@ from lipschitz_dd.bounds.mlp import MLP, mlp_from_module
 
 MARGIN = 1e-9  # a region counts as having interior if it holds a ball of this radius (input units)
 RTOL = 1e-9  # prune when bound <= best * (1 + RTOL)
-ENUMERATE_MAX_HIDDEN = 22  # one-hidden-layer direct enumeration up to 2^22 patterns
+ENUMERATE_MAX_HIDDEN = 22
+SAMPLE_FLOPS = (
+    2e8  # work cap for the starting points' Jacobians  # one-hidden-layer direct enumeration up to 2^22 patterns
+)
 
 
 @dataclass
 class ExactLipschitz:
     """lower: max ||J_R||_2 over verified regions (a valid lower bound: a Jacobian norm at a real interior
     point, ``point``); upper: certified upper bound (== lower when ``exact``); exact: the search finished;
-    regions: full patterns evaluated; lps: linear programs solved; pruned: nodes cut by their bound;
-    seconds: wall time; method: "closed form", "enumeration" or "branch and bound"."""
+    regions: full patterns evaluated (the rest pruned or empty); lps: linear programs solved; pruned: nodes
+    cut by their bound; seconds: wall time; method: "closed form", "enumeration" or "branch and bound"."""
 
     lower: float
     upper: float
@@ -89,10 +92,11 @@ def _compress_input(mlp: MLP) -> tuple[list[np.ndarray], np.ndarray]:
 
 def _tail_bounds(weights: list[np.ndarray], mlp: MLP) -> list[float]:
     """G[k] (k = 1 .. L-1): certified bound on ||W_L D_{L-1} ... D_{k+1} W_{k+1}||_2 over all slope choices
-    of layers k+1 .. L-1 (the map from layer k's activations to the output)."""
+    of layers k+1 .. L-1 (the map from layer k's activations to the output); G[0]: the same for the whole
+    network (a global upper bound of the constant)."""
     L = len(weights)
     out = [0.0] * L
-    for k in range(1, L):
+    for k in range(0, L):  # k = 0: the whole network
         tail_w = weights[k:]
         ranges = [a.slope_range for a in mlp.activations[k:]]
         prod = float(np.prod([_norm2(w) for w in tail_w])) * float(
@@ -142,18 +146,20 @@ def _jacobian_norms(weights, biases, acts, y: np.ndarray) -> tuple[np.ndarray, n
         d = np.where(z > 0, pos, neg)
         clean &= np.all(z != 0, axis=1)
         h = d * z
-        jac = d[:, :, None] * np.einsum("ij,bjk->bik", w, jac)
-    jac = np.einsum("ij,bjk->bik", weights[-1], jac)
+        jac = d[:, :, None] * np.matmul(w, jac)
+    jac = np.matmul(weights[-1], jac)
     return np.linalg.norm(jac, ord=2, axis=(1, 2)), clean
 
 
 def _sampled_lower(weights, biases, acts, samples: int, seed: int) -> tuple[float, np.ndarray | None]:
     """A starting lower bound for the search: the max of ||J(y)||_2 over Gaussian points at scales spread
     around the first layer's kinks (|b_1| / ||W_1 rows||), each a real point (errs low)."""
+    n = weights[0].shape[1]
+    flops_per_point = n * sum(w.shape[0] * w.shape[1] for w in weights)
+    samples = min(samples, int(SAMPLE_FLOPS // max(flops_per_point, 1)))  # wide nets: fewer points
     if samples <= 0:
         return 0.0, None
     rng = np.random.default_rng(seed)
-    n = weights[0].shape[1]
     rows = np.linalg.norm(weights[0], axis=1)
     scale = float(np.median(np.abs(biases[0]) / np.maximum(rows, 1e-300))) or 1.0
     scales = scale * np.logspace(-1, 2, 4).repeat(-(-samples // 4))[:samples]
@@ -353,6 +359,7 @@ def exact_lipschitz(
     upper = max(best, unverified)
     if not finished:
         upper = max(upper, max((node[0] for node in stack), default=0.0))
+        upper = max(min(upper, tails[0]), best)  # tails[0]: a bound of the whole network
     notes = [] if unverified <= best else [f"unverified thin region with norm {unverified:.6g}"]
     return ExactLipschitz(
         lower=best,
