@@ -14,6 +14,7 @@ from lipschitz_dd.bounds.jacobian import (
     top_singular_from_jacobians,
     top_singular_triplets,
 )
+from lipschitz_dd.bounds.jacobian import float32_measurement
 from lipschitz_dd.bounds.lower import LowerBoundStats, iterate_batches, lower_bound
 from lipschitz_dd.bounds.operator_norms import NormEstimate, conv_operator_norm, linear_operator_norm
 from lipschitz_dd.bounds.optimised import OptimisedLowerBound, optimised_lower_bound
@@ -24,6 +25,15 @@ from lipschitz_dd.bounds.points import (
     grid_2d,
     pgd_perturbations,
     project_to_box,
+)
+from lipschitz_dd.bounds.warm_lower import (
+    LeftVectorStore,
+    MethodChoice,
+    WarmBatchResult,
+    WarmLowerBound,
+    WarmLowerResult,
+    choose_method,
+    warm_spectral_norms,
 )
 from lipschitz_dd.bounds.upper import LayerConstant, UpperBoundEstimator, UpperBoundResult, upper_bound
 
@@ -53,4 +63,12 @@ __all__ = [
     "top_singular_from_jacobians",
     "top_singular_triplets",
     "upper_bound",
+    "LeftVectorStore",
+    "MethodChoice",
+    "WarmBatchResult",
+    "WarmLowerBound",
+    "WarmLowerResult",
+    "choose_method",
+    "float32_measurement",
+    "warm_spectral_norms",
 ]
