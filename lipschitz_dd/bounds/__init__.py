@@ -8,13 +8,13 @@ Upper bound: product of per-layer constants over the traced graph (AutoLip style
 from lipschitz_dd.bounds.jacobian import (
     PowerIterationResult,
     SingularTriplets,
+    float32_measurement,
     jacobian_rows,
     jacobian_spectral_norms,
     power_iteration_spectral_norms,
     top_singular_from_jacobians,
     top_singular_triplets,
 )
-from lipschitz_dd.bounds.jacobian import float32_measurement
 from lipschitz_dd.bounds.lower import LowerBoundStats, iterate_batches, lower_bound
 from lipschitz_dd.bounds.operator_norms import NormEstimate, conv_operator_norm, linear_operator_norm
 from lipschitz_dd.bounds.optimised import OptimisedLowerBound, optimised_lower_bound
@@ -26,6 +26,7 @@ from lipschitz_dd.bounds.points import (
     pgd_perturbations,
     project_to_box,
 )
+from lipschitz_dd.bounds.upper import LayerConstant, UpperBoundEstimator, UpperBoundResult, upper_bound
 from lipschitz_dd.bounds.warm_lower import (
     LeftVectorStore,
     MethodChoice,
@@ -35,7 +36,6 @@ from lipschitz_dd.bounds.warm_lower import (
     choose_method,
     warm_spectral_norms,
 )
-from lipschitz_dd.bounds.upper import LayerConstant, UpperBoundEstimator, UpperBoundResult, upper_bound
 
 __all__ = [
     "LayerConstant",
