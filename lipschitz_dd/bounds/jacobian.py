@@ -169,7 +169,9 @@ def top_singular_from_jacobians(jac: Tensor, *, vectors: bool = False) -> Singul
     """
     batch, n_out, n_in = jac.shape
     wide = n_out <= n_in
-    gram = jac @ jac.mT if wide else jac.mT @ jac
+    with float32_measurement():  # under autocast the matrix product would run in bfloat16 / float16
+        jac = jac.float() if jac.dtype in (torch.float16, torch.bfloat16) else jac
+        gram = jac @ jac.mT if wide else jac.mT @ jac
     if not vectors:
         top = torch.linalg.eigvalsh(gram)[:, -1]
         empty = jac.new_empty(batch, 0)

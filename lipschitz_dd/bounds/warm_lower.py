@@ -42,6 +42,7 @@ points never seen) comes from the estimator's own ``torch.Generator``. Call ``mo
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -362,6 +363,17 @@ def choose_method(
 # ------------------------------------------------------------------------------- the streamed estimator
 
 
+def _float32(method):
+    """Run a method with autocast off (see float32_measurement)."""
+
+    @functools.wraps(method)
+    def wrapped(*args, **kwargs):
+        with float32_measurement():
+            return method(*args, **kwargs)
+
+    return wrapped
+
+
 @dataclass
 class WarmLowerResult:
     """Statistics of one measurement over all points given to :meth:`WarmLowerBound.update`.
@@ -463,6 +475,7 @@ class WarmLowerBound:
         self._best = (-math.inf, None)  # (value, index) among unrefined values
         self._pool: dict[str, Tensor] | None = None
 
+    @_float32
     def update(self, model, x: Tensor, indices: Tensor) -> Tensor:
         """Measure the batch x [b, ...] of points with stable indices [b] (same point -> same index in every
         measurement); returns the per-point values [b] (certified low; exact with method "exact")."""
@@ -490,6 +503,7 @@ class WarmLowerBound:
         self._add_candidates(x, indices, norms_cpu, change.detach().double().cpu())
         return norms.detach()
 
+    @_float32
     def finish(self, model) -> WarmLowerResult:
         """Refine the candidates (warm method only), return the measurement's statistics, and reset."""
         if self._count == 0:
