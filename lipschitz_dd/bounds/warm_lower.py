@@ -26,8 +26,8 @@ This is block power (subspace) iteration on J^T J with Rayleigh-Ritz. Which way 
   rho = (sigma_{r+1} / sigma_1)^2, so it underestimates the error where the top singular values are
   close);
 * the refined points (the top ``refine_top`` and those whose estimate plus ``refine_slack`` x its change
-  reaches the running max) are recomputed exactly (K VJPs + eigh) or, where K x d numbers do not fit,
-  iterated to ``refine_tol``; so ``max`` equals the exact max whenever the exact maximiser is among them
+  reaches the running max) are iterated to ``refine_tol`` and, where K is moderate and K x d numbers fit,
+  the largest of them are recomputed exactly (K VJPs + eigh); so ``max`` equals the exact max whenever the exact maximiser is among them
   (checked by the tests and benchmarks, not guaranteed: a point whose estimate is far from converged and
   far below the max is not refined).
 
@@ -381,7 +381,9 @@ class WarmLowerResult:
     max: the lower bound (refined points exact); argmax_index: point index of the maximiser, argmax_point
     its input (CPU); mean / rms of the per-point values (warm values err low, refined ones exact);
     avg_tol: mean over points of the relative change of their last iteration (0 for exact);
-    iterations: mean iterations per point; refined: how many points were refined; method: "exact" / "warm".
+    iterations: mean iterations per point (refinement excluded); refined: how many points were refined,
+    refine_iterations: the iterations of their (batched) refinement, refined_exactly: how many of them were
+    then computed exactly; method: "exact" / "warm".
     """
 
     count: int
@@ -393,6 +395,8 @@ class WarmLowerResult:
     avg_tol: float
     iterations: float
     refined: int
+    refine_iterations: int
+    refined_exactly: int
     method: str
 
     @property
@@ -412,8 +416,11 @@ class WarmLowerBound:
     measurement and exposed as :attr:`choice`). block r, max_iter, tol, jvp: see
     :func:`warm_spectral_norms`. refine_top: how many of the largest estimates are refined; also refined
     is every point whose estimate * (1 + refine_slack * rel_change) reaches the running max (at most
-    refine_limit points, those with the largest such value). refine_tol / refine_max_iter: the
-    iteration used for refinement when the exact Jacobians do not fit. memory_budget_bytes: for the
+    refine_limit points, those with the largest such value). Refinement iterates those points, batched,
+    to refine_tol (at most refine_max_iter iterations), then, if K <= refine_exact_max_outputs and one
+    K x d Jacobian fits the budget, computes exactly the refine_exact_top largest and every one that did
+    not converge but could still reach the max (exact costs K VJPs per point: at K = 1,000 with a few
+    dozen points one exact point would cost more than the whole warm pass). memory_budget_bytes: for the
     exact chunks (default: a quarter of the free memory of the model's device). store_path /
     store_capacity: keep the vectors in a numpy memmap file instead of RAM.
     """
@@ -430,7 +437,9 @@ class WarmLowerBound:
         refine_slack: float = 10.0,
         refine_limit: int = 256,
         refine_tol: float = 1e-7,
-        refine_max_iter: int = 300,
+        refine_max_iter: int = 100,
+        refine_exact_top: int = 1,
+        refine_exact_max_outputs: int = 128,
         exact_max_outputs: int = DEFAULT_EXACT_MAX_OUTPUTS,
         memory_budget_bytes: int | None = None,
         chunk_size: int = 256,
@@ -452,6 +461,8 @@ class WarmLowerBound:
         self.refine_limit = refine_limit
         self.refine_tol = refine_tol
         self.refine_max_iter = refine_max_iter
+        self.refine_exact_top = refine_exact_top
+        self.refine_exact_max_outputs = refine_exact_max_outputs
         self.exact_max_outputs = exact_max_outputs
         self.memory_budget_bytes = memory_budget_bytes
         self.chunk_size = chunk_size
@@ -474,6 +485,8 @@ class WarmLowerBound:
         self._iter_sum = 0.0
         self._best = (-math.inf, None)  # (value, index) among unrefined values
         self._pool: dict[str, Tensor] | None = None
+        self._refine_iterations = 0
+        self._refine_exact = 0
 
     @_float32
     def update(self, model, x: Tensor, indices: Tensor) -> Tensor:
@@ -535,6 +548,8 @@ class WarmLowerBound:
             avg_tol=self._change_sum / self._count,
             iterations=self._iter_sum / self._count,
             refined=refined,
+            refine_iterations=self._refine_iterations,
+            refined_exactly=self._refine_exact,
             method=method,
         )
         choice = self.choice
@@ -607,19 +622,30 @@ class WarmLowerBound:
         return result
 
     def _refine(self, model, points: Tensor, indices: Tensor) -> Tensor:
+        """Iterate the candidates to refine_tol (batched, warm); then, when K <= refine_exact_max_outputs
+        and a K x d Jacobian fits, compute exactly the top refine_exact_top of them and every one that did
+        not converge yet could still reach the max."""
         device = next(iter(model.parameters()), points).device if isinstance(model, nn.Module) else points.device
         points = points.to(device)
-        if self.choice.exact_chunk >= 1:
-            sigma, u = self._exact(model, points, vectors=True)
-            if self.store is not None:
-                start = self.store.get(indices).to(u.device)
-                start[:, 0] = u
-                self.store.put(indices, _orthonormal_rows(start) if start.shape[1] > 1 else start)
-            return sigma
         result = self._warm(
             model, points, indices, block=self.block, max_iter=self.refine_max_iter, tol=self.refine_tol
         )
-        return result.norms
+        self._refine_iterations = result.iterations
+        values = result.norms.double().cpu()
+        change = result.rel_change.double().cpu()
+        if self.choice.exact_chunk < 1 or self.choice.n_outputs > self.refine_exact_max_outputs:
+            return values
+        optimistic = values * (1 + self.refine_slack * change)
+        pick = (optimistic >= values.max()) & (change > self.refine_tol)
+        pick[torch.topk(values, min(self.refine_exact_top, values.numel())).indices] = True
+        pick = pick.nonzero().flatten()
+        sigma, u = self._exact(model, points[pick.to(device)], vectors=True)
+        values[pick] = torch.maximum(values[pick], sigma.double().cpu())
+        start = self.store.get(indices[pick]).to(u.device)
+        start[:, 0] = u
+        self.store.put(indices[pick], _orthonormal_rows(start) if start.shape[1] > 1 else start)
+        self._refine_exact = int(pick.numel())
+        return values
 
     def _add_candidates(self, x: Tensor, indices: Tensor, norms: Tensor, change: Tensor) -> None:
         """Keep the points that may hold the max: top refine_top values, and those whose optimistic value
