@@ -416,12 +416,13 @@ class WarmLowerBound:
     measurement and exposed as :attr:`choice`). block r, max_iter, tol, jvp: see
     :func:`warm_spectral_norms`. refine_top: how many of the largest estimates are refined; also refined
     is every point whose estimate * (1 + refine_slack * rel_change) reaches the running max (at most
-    refine_limit points, those with the largest such value). Refinement iterates those points, batched,
-    to refine_tol (at most refine_max_iter iterations), then, if K <= refine_exact_max_outputs and one
-    K x d Jacobian fits the budget, computes exactly the refine_exact_top largest and every one that did
-    not converge but could still reach the max (exact costs K VJPs per point: at K = 1,000 with a few
-    dozen points one exact point would cost more than the whole warm pass). memory_budget_bytes: for the
-    exact chunks (default: a quarter of the free memory of the model's device). store_path /
+    refine_limit points, those with the largest such value). Refinement (:meth:`_refine`) iterates the
+    candidates in batched rounds of refine_round iterations to refine_tol (refine_max_iter in all),
+    dropping those that converged or fell below the running max, and switches to exact computation
+    (K VJPs per point) where that is cheaper than a round; then computes exactly the refine_exact_top
+    largest when K <= refine_exact_max_outputs (at K = 1,000 with a few dozen points one exact point
+    would cost more than the whole warm pass). memory_budget_bytes: for the exact chunks (default: a
+    quarter of the free memory of the model's device). chunk_size: points per exact chunk at most.
     store_capacity: keep the vectors in a numpy memmap file instead of RAM.
     """
 
@@ -435,9 +436,10 @@ class WarmLowerBound:
         jvp: str = "forward",
         refine_top: int = 8,
         refine_slack: float = 10.0,
-        refine_limit: int = 256,
+        refine_limit: int = 64,
         refine_tol: float = 1e-7,
         refine_max_iter: int = 100,
+        refine_round: int = 5,
         refine_exact_top: int = 1,
         refine_exact_max_outputs: int = 128,
         exact_max_outputs: int = DEFAULT_EXACT_MAX_OUTPUTS,
@@ -461,6 +463,7 @@ class WarmLowerBound:
         self.refine_limit = refine_limit
         self.refine_tol = refine_tol
         self.refine_max_iter = refine_max_iter
+        self.refine_round = refine_round
         self.refine_exact_top = refine_exact_top
         self.refine_exact_max_outputs = refine_exact_max_outputs
         self.exact_max_outputs = exact_max_outputs
@@ -487,6 +490,7 @@ class WarmLowerBound:
         self._pool: dict[str, Tensor] | None = None
         self._refine_iterations = 0
         self._refine_exact = 0
+        self._refined_count = 0
 
     @_float32
     def update(self, model, x: Tensor, indices: Tensor) -> Tensor:
@@ -529,11 +533,11 @@ class WarmLowerBound:
             values = pool["value"]
             if method == "warm":
                 exact = self._refine(model, pool["point"], pool["index"])
+                refined = self._refined_count
                 exact = torch.maximum(exact.double().cpu(), values)  # both are lower estimates: keep the larger
                 self._sum += float((exact - values).sum())
                 self._sum_sq += float((exact * exact - values * values).sum())
                 values = exact
-                refined = int(values.numel())
             top = int(torch.argmax(values))
             best_value, best_index, best_point = float(values[top]), int(pool["index"][top]), pool["point"][top]
         if self._best[0] > best_value:  # an unrefined point beats them (only when the pool was pruned)
@@ -622,36 +626,68 @@ class WarmLowerBound:
         return result
 
     def _refine(self, model, points: Tensor, indices: Tensor) -> Tensor:
-        """Iterate the candidates to refine_tol (batched, warm); then, when K <= refine_exact_max_outputs
-        and a K x d Jacobian fits, compute exactly the top refine_exact_top of them and every one that did
-        not converge yet could still reach the max."""
+        """Refine the candidates in rounds of refine_round iterations (batched, warm), dropping after each
+        round those converged to refine_tol or whose optimistic value fell below the running max. When a
+        K x d Jacobian fits and K <= 2 r refine_round (exact is cheaper than another round), the rest is
+        computed exactly; finally the refine_exact_top largest are computed exactly if
+        K <= refine_exact_max_outputs."""
         device = next(iter(model.parameters()), points).device if isinstance(model, nn.Module) else points.device
         points = points.to(device)
-        result = self._warm(
-            model, points, indices, block=self.block, max_iter=self.refine_max_iter, tol=self.refine_tol
-        )
-        self._refine_iterations = result.iterations
-        values = result.norms.double().cpu()
-        change = result.rel_change.double().cpu()
-        if self.choice.exact_chunk < 1 or self.choice.n_outputs > self.refine_exact_max_outputs:
-            return values
-        optimistic = values * (1 + self.refine_slack * change)
-        pick = (optimistic >= values.max()) & (change > self.refine_tol)
-        pick[torch.topk(values, min(self.refine_exact_top, values.numel())).indices] = True
-        pick = pick.nonzero().flatten()
-        sigma, u = self._exact(model, points[pick.to(device)], vectors=True)
+        values = self._pool["value"].clone()
+        change = self._pool["change"].clone()
+        exact_fits = self.choice.exact_chunk >= 1
+        exact_cheaper = exact_fits and self.choice.n_outputs <= 2 * self.block * self.refine_round
+        done = torch.zeros(values.numel(), dtype=torch.bool)
+        touched = torch.zeros(values.numel(), dtype=torch.bool)
+        iterations = 0
+        while True:
+            optimistic = values * (1 + self.refine_slack * change)
+            active = ~done & (change > self.refine_tol) & (optimistic >= values.max())
+            if not bool(active.any()):
+                break
+            pick = active.nonzero().flatten()
+            touched[pick] = True
+            if exact_cheaper or iterations >= self.refine_max_iter:
+                if exact_fits:
+                    self._exact_refine(model, points, indices, values, change, done, pick)
+                break
+            result = self._warm(
+                model,
+                points[pick.to(device)],
+                indices[pick],
+                block=self.block,
+                max_iter=self.refine_round,
+                tol=self.refine_tol,
+            )
+            iterations += result.iterations
+            values[pick] = torch.maximum(values[pick], result.norms.double().cpu())
+            change[pick] = result.rel_change.double().cpu()
+        self._refine_iterations = iterations
+        self._refined_count = int(touched.sum())
+        if exact_fits and self.choice.n_outputs <= self.refine_exact_max_outputs:
+            top = torch.topk(values, min(self.refine_exact_top, values.numel())).indices
+            top = top[~done[top]]
+            touched[top] = True
+            if top.numel():
+                self._exact_refine(model, points, indices, values, change, done, top)
+        return values
+
+    def _exact_refine(self, model, points, indices, values, change, done, pick) -> None:
+        """Exact sigma (and top left vector, stored) for the pool entries pick; updates values in place."""
+        sigma, u = self._exact(model, points[pick.to(points.device)], vectors=True)
         values[pick] = torch.maximum(values[pick], sigma.double().cpu())
+        change[pick] = 0.0
+        done[pick] = True
         start = self.store.get(indices[pick]).to(u.device)
         start[:, 0] = u
         self.store.put(indices[pick], _orthonormal_rows(start) if start.shape[1] > 1 else start)
-        self._refine_exact = int(pick.numel())
-        return values
+        self._refine_exact += int(pick.numel())
 
     def _add_candidates(self, x: Tensor, indices: Tensor, norms: Tensor, change: Tensor) -> None:
         """Keep the points that may hold the max: top refine_top values, and those whose optimistic value
         norm * (1 + refine_slack * change) reaches the running max; at most refine_limit of them."""
         optimistic = norms * (1 + self.refine_slack * change)
-        new = {"index": indices, "point": x.detach().cpu(), "value": norms, "optimistic": optimistic}
+        new = {"index": indices, "point": x.detach().cpu(), "value": norms, "change": change, "optimistic": optimistic}
         pool = new if self._pool is None else {key: torch.cat([self._pool[key], new[key]]) for key in new}
         running_max = float(pool["value"].max())
         keep = pool["optimistic"] >= running_max
