@@ -114,7 +114,9 @@ def test_refined_max_equals_the_exact_max_and_values_stay_below_it(case, device)
     model = build(outputs=24).to(device) if case == "mlp" else build(outputs=24).to(device)
     x = torch.randn(60, *shape, generator=torch.Generator().manual_seed(6)).to(device)
     expected = reference_norms(model, x).cpu()
-    estimator = WarmLowerBound(method="warm", block=2, max_iter=2, refine_top=4)
+    estimator = WarmLowerBound(
+        method="warm", block=2, max_iter=2, refine_top=4, cold_exact_max_outputs=0, cold_max_iter=2
+    )
     estimator.begin()
     values = torch.cat([estimator.update(model, xb, ib).double().cpu() for xb, ib in batches(x, 25)])
     assert (values <= expected * (1 + 1e-5)).all()
@@ -131,7 +133,7 @@ def test_refinement_iterates_when_the_exact_jacobians_do_not_fit(device):
     model = mlp(outputs=24).to(device)
     x = torch.randn(40, 10, generator=torch.Generator().manual_seed(7)).to(device)
     expected = reference_norms(model, x).cpu()
-    estimator = WarmLowerBound(method="auto", memory_budget_bytes=100, max_iter=1)
+    estimator = WarmLowerBound(method="auto", memory_budget_bytes=100, max_iter=1, cold_max_iter=1)
     result = estimator.measure(model, batches(x, 40))
     assert estimator.last_choice.method == "warm" and estimator.last_choice.exact_chunk == 0
     assert "exceeds" in estimator.last_choice.reason
@@ -143,9 +145,9 @@ def test_refinement_iterates_when_the_exact_jacobians_do_not_fit(device):
 def test_warm_start_converges_in_few_iterations_after_a_small_weight_change(device):
     model = mlp(outputs=16).to(device)
     x = torch.randn(80, 10, generator=torch.Generator().manual_seed(8)).to(device)
-    estimator = WarmLowerBound(method="warm", block=2, max_iter=200, tol=1e-6)
+    estimator = WarmLowerBound(method="warm", block=2, max_iter=200, tol=1e-6, cold_exact_max_outputs=0)
     cold = estimator.measure(model, batches(x, 40))
-    assert cold.iterations > 3  # from random vectors it takes a while
+    assert cold.iterations > 3 and cold.cold == 80  # from random vectors it takes a while
     estimator.max_iter, estimator.tol = 3, 1e-4
     for step in range(3):
         perturb(model, 1e-3, seed=step)
@@ -259,3 +261,24 @@ def test_zero_jacobian_and_bad_input():
         estimator.finish(model)
     with pytest.raises(ValueError, match="jvp must be"):
         WarmLowerBound(jvp="reverse")
+
+
+def test_cold_points_start_exactly_with_their_top_left_singular_vectors(device):
+    model = mlp(outputs=20).to(device)
+    x = torch.randn(30, 10, generator=torch.Generator().manual_seed(12)).to(device)
+    jac = reference_jacobians(model, x)
+    expected = torch.linalg.svdvals(jac)[:, 0]
+    estimator = WarmLowerBound(method="warm", block=3)
+    estimator.begin()
+    values = estimator.update(model, x[:20], torch.arange(20)).double().cpu()
+    torch.testing.assert_close(values, expected[:20], rtol=1e-5, atol=0)
+    estimator.update(model, x[20:], torch.arange(20, 30))
+    result = estimator.finish(model)
+    assert (result.cold, result.iterations, result.refined, result.refined_exactly) == (30, 0, 0, 0)
+    assert math.isclose(result.max, float(expected.max()), rel_tol=1e-5)
+    stored = estimator.store.get(torch.arange(30)).double()
+    top_left = torch.linalg.svd(jac).U[:, :, :3].mT
+    assert ((stored * top_left).sum(2).abs() > 1 - 1e-4).all()
+    perturb(model, 1e-3, seed=1)
+    result = estimator.measure(model, batches(x, 30))
+    assert result.cold == 0 and 1 <= result.iterations <= estimator.max_iter

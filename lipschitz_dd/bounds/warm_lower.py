@@ -99,6 +99,14 @@ class LeftVectorStore:
     def __len__(self) -> int:
         return self._size
 
+    def contains(self, indices: Tensor) -> Tensor:
+        """[b] bool: whether each point has stored vectors."""
+        idx = _as_index_array(indices)
+        known = idx < self._row_of.shape[0]
+        found = np.zeros(idx.shape[0], dtype=bool)
+        found[known] = self._row_of[idx[known]] >= 0
+        return torch.from_numpy(found)
+
     def get(self, indices: Tensor) -> Tensor:
         """[b, r, K] float32 CPU tensor of the stored vectors; zero rows for points never stored."""
         idx = _as_index_array(indices)
@@ -383,7 +391,8 @@ class WarmLowerResult:
     avg_tol: mean over points of the relative change of their last iteration (0 for exact);
     iterations: mean iterations per point (refinement excluded); refined: how many points were refined,
     refine_iterations: the iterations of their (batched) refinement, refined_exactly: how many of them were
-    then computed exactly; method: "exact" / "warm".
+    then computed exactly; cold: how many points had no stored vectors (see ``cold_*`` of
+    :class:`WarmLowerBound`); method: "exact" / "warm".
     """
 
     count: int
@@ -397,6 +406,7 @@ class WarmLowerResult:
     refined: int
     refine_iterations: int
     refined_exactly: int
+    cold: int
     method: str
 
     @property
@@ -423,6 +433,9 @@ class WarmLowerBound:
     largest when K <= refine_exact_max_outputs (at K = 1,000 with a few dozen points one exact point
     would cost more than the whole warm pass). memory_budget_bytes: for the exact chunks (default: a
     quarter of the free memory of the model's device). chunk_size: points per exact chunk at most.
+    Points without stored vectors (the first measurement) start cold: exactly, storing their top r left
+    singular vectors, when K <= cold_exact_max_outputs and K x d fits (one exact measurement, after which
+    1-2 iterations per measurement track the vectors), else with cold_max_iter iterations.
     store_capacity: keep the vectors in a numpy memmap file instead of RAM.
     """
 
@@ -442,6 +455,8 @@ class WarmLowerBound:
         refine_round: int = 5,
         refine_exact_top: int = 1,
         refine_exact_max_outputs: int = 128,
+        cold_exact_max_outputs: int = 128,
+        cold_max_iter: int = 30,
         exact_max_outputs: int = DEFAULT_EXACT_MAX_OUTPUTS,
         memory_budget_bytes: int | None = None,
         chunk_size: int = 256,
@@ -466,6 +481,8 @@ class WarmLowerBound:
         self.refine_round = refine_round
         self.refine_exact_top = refine_exact_top
         self.refine_exact_max_outputs = refine_exact_max_outputs
+        self.cold_exact_max_outputs = cold_exact_max_outputs
+        self.cold_max_iter = cold_max_iter
         self.exact_max_outputs = exact_max_outputs
         self.memory_budget_bytes = memory_budget_bytes
         self.chunk_size = chunk_size
@@ -491,6 +508,7 @@ class WarmLowerBound:
         self._refine_iterations = 0
         self._refine_exact = 0
         self._refined_count = 0
+        self._cold_count = 0
 
     @_float32
     def update(self, model, x: Tensor, indices: Tensor) -> Tensor:
@@ -508,6 +526,9 @@ class WarmLowerBound:
             norms = self._exact(model, x)
             change = torch.zeros_like(norms)
             iterations = 0
+        elif self.store is None or not bool(self.store.contains(indices).all()):
+            norms, change, iterations = self._cold(model, x, indices)
+            self._cold_count += x.shape[0]
         else:
             result = self._warm(model, x, indices, block=self.block, max_iter=self.max_iter, tol=self.tol)
             norms, change, iterations = result.norms, result.rel_change, result.iterations
@@ -517,7 +538,8 @@ class WarmLowerBound:
         self._sum_sq += float((norms_cpu * norms_cpu).sum())
         self._change_sum += float(change.double().sum())
         self._iter_sum += iterations * norms_cpu.numel()
-        self._add_candidates(x, indices, norms_cpu, change.detach().double().cpu())
+        exact = torch.full_like(norms_cpu, iterations == 0, dtype=torch.bool)  # exact or cold-exact values
+        self._add_candidates(x, indices, norms_cpu, change.detach().double().cpu(), exact)
         return norms.detach()
 
     @_float32
@@ -554,6 +576,7 @@ class WarmLowerBound:
             refined=refined,
             refine_iterations=self._refine_iterations,
             refined_exactly=self._refine_exact,
+            cold=self._cold_count,
             method=method,
         )
         choice = self.choice
@@ -614,6 +637,31 @@ class WarmLowerBound:
             lefts.append(triplets.u.detach())
         return (torch.cat(sigmas), torch.cat(lefts)) if vectors else torch.cat(sigmas)
 
+    def _cold(self, model, x: Tensor, indices: Tensor) -> tuple[Tensor, Tensor, int]:
+        """First measurement of points without stored vectors: exact, keeping the top r left singular
+        vectors, when K <= cold_exact_max_outputs and K x d fits; else cold_max_iter iterations."""
+        n_out, r = self.choice.n_outputs, self.block
+        if self.choice.exact_chunk < 1 or n_out > self.cold_exact_max_outputs:
+            result = self._warm(
+                model, x, indices, block=r, max_iter=max(self.max_iter, self.cold_max_iter), tol=self.tol
+            )
+            return result.norms, result.rel_change, result.iterations
+        if self.store is None:
+            self.store = self._new_store(n_out)
+        sigmas = []
+        for part, part_indices in zip(
+            x.split(self.choice.exact_chunk), indices.split(self.choice.exact_chunk), strict=True
+        ):
+            jac = jacobian_rows(model, part).detach()
+            left, singular_values, _ = torch.linalg.svd(jac, full_matrices=False)
+            left = left[:, :, :r].mT
+            if left.shape[1] < r:
+                left = torch.cat([left, left.new_zeros(left.shape[0], r - left.shape[1], n_out)], 1)
+            self.store.put(part_indices, left)
+            sigmas.append(singular_values[:, 0])
+        norms = torch.cat(sigmas)
+        return norms, torch.zeros_like(norms), 0
+
     def _warm(self, model, x: Tensor, indices: Tensor, **options) -> WarmBatchResult:
         start = None if self.store is None else self.store.get(indices)
         result = warm_spectral_norms(model, x, start, jvp=self.jvp, generator=self.generator, **options)
@@ -637,7 +685,7 @@ class WarmLowerBound:
         change = self._pool["change"].clone()
         exact_fits = self.choice.exact_chunk >= 1
         exact_cheaper = exact_fits and self.choice.n_outputs <= 2 * self.block * self.refine_round
-        done = torch.zeros(values.numel(), dtype=torch.bool)
+        done = self._pool["exact"].clone()
         touched = torch.zeros(values.numel(), dtype=torch.bool)
         iterations = 0
         while True:
@@ -683,11 +731,18 @@ class WarmLowerBound:
         self.store.put(indices[pick], _orthonormal_rows(start) if start.shape[1] > 1 else start)
         self._refine_exact += int(pick.numel())
 
-    def _add_candidates(self, x: Tensor, indices: Tensor, norms: Tensor, change: Tensor) -> None:
+    def _add_candidates(self, x: Tensor, indices: Tensor, norms: Tensor, change: Tensor, exact: Tensor) -> None:
         """Keep the points that may hold the max: top refine_top values, and those whose optimistic value
         norm * (1 + refine_slack * change) reaches the running max; at most refine_limit of them."""
         optimistic = norms * (1 + self.refine_slack * change)
-        new = {"index": indices, "point": x.detach().cpu(), "value": norms, "change": change, "optimistic": optimistic}
+        new = {
+            "index": indices,
+            "point": x.detach().cpu(),
+            "value": norms,
+            "change": change,
+            "exact": exact,
+            "optimistic": optimistic,
+        }
         pool = new if self._pool is None else {key: torch.cat([self._pool[key], new[key]]) for key in new}
         running_max = float(pool["value"].max())
         keep = pool["optimistic"] >= running_max
