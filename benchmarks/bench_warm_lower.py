@@ -66,7 +66,7 @@ def official_norms(model: nn.Module, x: torch.Tensor, chunk: int, max_iter: int 
     for part in x.split(chunk):
         jac = jacobian_rows(model, part)
         for matrix in jac:
-            v = torch.randn(matrix.shape[1], generator=generator)
+            v = torch.randn(matrix.shape[1], generator=generator).to(matrix.device)
             v = v / v.norm()
             sigma = 0.0
             for _ in range(max_iter):
@@ -81,9 +81,19 @@ def official_norms(model: nn.Module, x: torch.Tensor, chunk: int, max_iter: int 
     return torch.tensor(norms)
 
 
+DEVICE = torch.device("cpu")
+
+
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def timed(fn, *args):
+    synchronize()
     start = time.perf_counter()
     result = fn(*args)
+    synchronize()
     return result, time.perf_counter() - start
 
 
@@ -99,6 +109,7 @@ def warm_measure(estimator: WarmLowerBound, model, x: torch.Tensor, chunk: int):
 def run_training(name, model, x, y, *, measurements, steps, lr, chunk, exact_subset=None, official=True):
     """Measure `measurements` times with SGD steps in between; print one row per method and measurement,
     then the median time ratios over the warm measurements (2nd and later)."""
+    model, x, y = model.to(DEVICE), x.to(DEVICE), y.to(DEVICE)
     n = x.shape[0]
     n_exact = n if exact_subset is None else exact_subset
     print(
@@ -130,7 +141,7 @@ def run_training(name, model, x, y, *, measurements, steps, lr, chunk, exact_sub
             )
         for key, estimator in estimators.items():
             (result, values), seconds = timed(warm_measure, estimator, model, x, chunk)
-            err = (exact - values[:n_exact]) / exact
+            err = ((exact - values[:n_exact]) / exact).cpu()
             full_exact = n_exact == n
             lower_rel = abs(result.max - lower) / lower if full_exact else float("nan")
             avg_rel = abs(result.mean - avg) / avg if full_exact else float("nan")
@@ -164,8 +175,8 @@ def cifar(n: int, classes: int, seed: int = 0):
 
 def section_jvp(quick: bool) -> None:
     torch.manual_seed(0)
-    model = build_cnn(20, num_classes=100).eval()
-    x, _ = cifar(25 if quick else 100, 100)
+    model = build_cnn(20, num_classes=100).eval().to(DEVICE)
+    x = cifar(25 if quick else 100, 100)[0].to(DEVICE)
     pairs = 3 if quick else 7
     print(f"\nJVP implementation: warm_spectral_norms(block=2, max_iter=2, tol=0), CNN 20 K=100, {x.shape[0]} points")
     times = {"forward": [], "double_backward": []}
@@ -284,13 +295,16 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=None, help="points per measurement (per section default)")
     parser.add_argument("--measurements", type=int, default=4, help="measurements per training run (default 4)")
     parser.add_argument("--only", default="jvp,k10,k100,k1000,memory", help="comma-separated sections")
+    parser.add_argument("--device", default="cpu", help="torch device (memory section: CPU only)")
     parser.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.memory_probe is not None:
         memory_probe(args.memory_probe)
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float32, CPU")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float32, {DEVICE}")
     sections = {"jvp": lambda: section_jvp(args.quick), "k10": lambda: section_k10(args)}
     sections |= {"k100": lambda: section_k100(args), "k1000": lambda: section_k1000(args)}
     sections |= {"memory": lambda: section_memory(args)}
