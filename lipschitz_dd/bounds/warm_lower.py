@@ -64,6 +64,7 @@ from lipschitz_dd.bounds.jacobian import (
 WARM_METHODS = ("auto", "exact", "warm")
 JVP_MODES = ("double_backward", "forward")
 DEFAULT_EXACT_MAX_OUTPUTS = 16
+KRYLOV_MAX_BLOCKS = 4  # basis of at most 4 r vectors per point, then restarted from the top r Ritz vectors
 BYTES_PER_NUMBER = 4
 
 
@@ -219,6 +220,7 @@ def warm_spectral_norms(
     max_iter: int = 3,
     tol: float = 1e-4,
     jvp: str = "forward",
+    krylov: bool = True,
     generator: torch.Generator | None = None,
 ) -> WarmBatchResult:
     """Block power iteration with Rayleigh-Ritz for ||J(x_i)||_2 on a batch x [B, ...], from start vectors.
@@ -227,6 +229,12 @@ def warm_spectral_norms(
     N(0, I) with ``generator``. Each iteration costs r VJPs and r JVPs for the whole batch (see the module
     docstring); stops when every point's ``rel_change`` <= tol or after ``max_iter`` iterations. The
     returned norms err low (certified up to float32 rounding of the final product J v).
+
+    krylov: Rayleigh-Ritz over all right-space blocks of this call (each new block orthogonalised against
+    the previous ones before its JVP, so the basis stays orthonormal and its images exact): the block
+    Krylov space of J^T J of dimension t r instead of the last block only (plain subspace iteration, with
+    krylov=False); same passes, memory up to 4 r d numbers per point (the basis restarts from the top r
+    Ritz vectors every 4 blocks).
     """
     check_autograd_available()
     if max_iter < 1 or block < 1 or tol < 0:
@@ -246,6 +254,8 @@ def warm_spectral_norms(
             return WarmBatchResult(zeros, out.new_zeros(batch, r, n_out), zeros, 0)
         jvp_fn = _forward_jvp(model, leaf) if jvp == "forward" else _double_backward_jvp(out, leaf)
         u = _start_block(start, batch, r, n_out, out, generator)
+        vs: list[Tensor] = []  # right-space blocks so far (krylov)
+        ys: list[Tensor] = []  # their images under J
         iteration = 0
         while iteration < max_iter:
             iteration += 1
@@ -255,6 +265,8 @@ def warm_spectral_norms(
             )  # [B, r, d] rows J^T u_j
             before = _top_ritz_norm(w, u)  # ||J^T u*|| / ||u*|| for the best start vector u*
             v = _orthonormal_rows(w)
+            if krylov and vs:
+                v = _extend_basis(torch.cat(vs, dim=1), v)
             try:
                 y = jvp_fn(v).detach()  # [B, r, K] rows J v_j
             except (RuntimeError, NotImplementedError) as error:  # an op without a forward-mode rule
@@ -263,16 +275,39 @@ def warm_spectral_norms(
                 warnings.warn(f"forward-mode JVP failed ({error}); using the double-backward trick", stacklevel=2)
                 jvp, jvp_fn = "double_backward", _double_backward_jvp(out, leaf)
                 y = jvp_fn(v).detach()
+            if krylov:
+                vs.append(v)
+                ys.append(y)
+                v, y = torch.cat(vs, dim=1), torch.cat(ys, dim=1)  # orthonormal basis [B, t r, d], images
             values, vectors = torch.linalg.eigh(y @ y.mT)  # ascending
-            q = vectors.flip(-1)  # best first
+            q = vectors.flip(-1)[:, :, :r]  # best first
             left = q.mT @ y  # [B, r, K] rows J (V^T q_j)
             norms = left[:, 0].norm(dim=1) / (q[:, :, 0:1] * v).sum(dim=1).norm(dim=1).clamp_min(1e-30)
+            if krylov and (len(vs) >= KRYLOV_MAX_BLOCKS or (len(vs) + 1) * r > n_in):  # restart: keep the Ritz block
+                vs, ys = [q.mT @ v], [left]
             left_norms = left.norm(dim=2, keepdim=True)
             u = torch.where(left_norms > 0, left / left_norms.clamp_min(1e-30), u)
             rel_change = ((norms - before) / norms.clamp_min(1e-30)).clamp_min(0)
             if bool((rel_change <= tol).all()):
                 break
     return WarmBatchResult(norms.detach(), u.detach(), rel_change.detach(), iteration)
+
+
+def _extend_basis(previous: Tensor, new: Tensor, threshold: float = 1e-5) -> Tensor:
+    """Rows of new [B, r, d] (unit) made orthonormal to the orthonormal rows of previous [B, m, d] and to
+    each other by Gram-Schmidt, twice per row; a row whose remainder is below threshold (it lies in the
+    span already, e.g. once converged) becomes zero instead of amplified rounding noise."""
+    basis = previous
+    rows = []
+    for j in range(new.shape[1]):
+        row = new[:, j : j + 1]
+        for _ in range(2):
+            row = row - (row @ basis.mT) @ basis
+        norm = row.norm(dim=2, keepdim=True)
+        row = torch.where(norm > threshold, row / norm.clamp_min(1e-30), torch.zeros_like(row))
+        rows.append(row)
+        basis = torch.cat([basis, row], dim=1)
+    return torch.cat(rows, dim=1)
 
 
 def _top_ritz_norm(w: Tensor, u: Tensor) -> Tensor:
@@ -450,7 +485,7 @@ class WarmLowerBound:
         refine_top: int = 8,
         refine_slack: float = 10.0,
         refine_limit: int = 64,
-        refine_tol: float = 1e-7,
+        refine_tol: float = 1e-6,
         refine_max_iter: int = 100,
         refine_round: int = 5,
         refine_exact_top: int = 1,
