@@ -2,20 +2,24 @@
 
 For a model f with K flattened logits and a point x_i with d flattened input coordinates, J_i = J(x_i) is
 the K x d Jacobian and sigma_i = ||J_i||_2 its largest singular value. The exact method needs K
-vector-Jacobian products (VJPs) per point; this module needs about 2 r t, where r is a small block size
-(1-3) and t the number of iterations (1-3 when warm-started), which pays off for K >= ~20.
+vector-Jacobian products (VJPs) per point; this module needs about 2 r t passes, where r is a small block
+size (1-3) and t the number of iterations (1-3 when warm-started), which pays off for K >= ~20 (at K = 10
+the exact method is as fast; ``method="auto"`` picks it there).
 
 Per point i the :class:`LeftVectorStore` keeps r orthonormal vectors U_i (r x K, float32, host memory) in
 output space, indexed by a stable point index, from one measurement to the next. One iteration for a
 batch of points:
 
     W = U J          (r VJPs, [r, d]: rows J^T u_j)
-    V = orth(W)      (QR; the right-space block)
+    V = orth(W)      (orthonormal, and orthogonal to the blocks of earlier iterations of this call)
     Y = V J^T        (r Jacobian-vector products (JVPs), rows J v_j)
-    Rayleigh-Ritz:   G = Y Y^T = V J^T J V^T (r x r), top eigenvector q; v* = V^T q, sigma_i ~ ||J v*||
-    U <- Ritz left vectors (rows of Q^T Y, normalised), stored for the next measurement.
+    Rayleigh-Ritz over all blocks so far (B = [V_1; ...; V_t], JB = [Y_1; ...; Y_t]):
+                     G = JB JB^T = B J^T J B^T, top eigenvector q; v* = B^T q, sigma_i ~ ||J v*||
+    U <- the top r Ritz left vectors (rows of Q^T JB, normalised), stored for the next measurement.
 
-This is block power (subspace) iteration on J^T J with Rayleigh-Ritz. Which way each number errs:
+This is block Krylov (block Lanczos-like) iteration on J^T J with Rayleigh-Ritz, restarted every 4
+blocks. Points never measured before start exactly (K VJPs, keeping their top r left singular vectors)
+where K is moderate, else from random vectors with more iterations. Which way each number errs:
 
 * every returned per-point value is ||J v|| / ||v|| for an explicit vector v (computed as such, not taken
   from an eigenvalue), so it is <= sigma_i up to float32 rounding of that product: a certified lower
@@ -27,9 +31,9 @@ This is block power (subspace) iteration on J^T J with Rayleigh-Ritz. Which way 
   close);
 * the refined points (the top ``refine_top`` and those whose estimate plus ``refine_slack`` x its change
   reaches the running max) are iterated to ``refine_tol`` and, where K is moderate and K x d numbers fit,
-  the largest of them are recomputed exactly (K VJPs + eigh); so ``max`` equals the exact max whenever the exact maximiser is among them
-  (checked by the tests and benchmarks, not guaranteed: a point whose estimate is far from converged and
-  far below the max is not refined).
+  the largest of them are recomputed exactly (K VJPs + eigh); so ``max`` equals the exact max whenever
+  the exact maximiser is among them (checked by the tests and benchmarks, not guaranteed: a point whose
+  estimate is far from converged and far below the max is not refined).
 
 JVPs use forward-mode AD by default (``torch.func.jvp`` vmapped over the block: one batched dual forward
 pass), faster on the CPU than the double-backward trick (two backward passes through a retained graph;
