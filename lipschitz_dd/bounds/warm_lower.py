@@ -529,7 +529,8 @@ class WarmLowerBound:
         self.store_capacity = store_capacity
         self.generator = torch.Generator().manual_seed(seed)
         self.store: LeftVectorStore | None = None
-        self.choice: MethodChoice | None = None
+        self.choice: MethodChoice | None = None  # of the measurement in progress
+        self.last_choice: MethodChoice | None = None  # of the last finished measurement
         self.begin()
 
     # -- one measurement
