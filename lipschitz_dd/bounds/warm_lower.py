@@ -775,13 +775,17 @@ class WarmLowerBound:
         """Keep the points that may hold the max: top refine_top values, and those whose optimistic value
         norm * (1 + refine_slack * change) reaches the running max; at most refine_limit of them."""
         optimistic = norms * (1 + self.refine_slack * change)
+        running_max = max(float(norms.max()), -math.inf if self._pool is None else float(self._pool["value"].max()))
+        select = optimistic >= running_max  # only these rows of the batch can enter the pool: copy only them
+        select[torch.topk(norms, min(self.refine_top, norms.numel())).indices] = True
+        select = select.nonzero().flatten()
         new = {
-            "index": indices,
-            "point": x.detach().cpu(),
-            "value": norms,
-            "change": change,
-            "exact": exact,
-            "optimistic": optimistic,
+            "index": indices[select],
+            "point": x.detach()[select.to(x.device)].cpu(),
+            "value": norms[select],
+            "change": change[select],
+            "exact": exact[select],
+            "optimistic": optimistic[select],
         }
         pool = new if self._pool is None else {key: torch.cat([self._pool[key], new[key]]) for key in new}
         running_max = float(pool["value"].max())
