@@ -475,7 +475,17 @@ class WarmLowerBound:
     Points without stored vectors (the first measurement) start cold: exactly, storing their top r left
     singular vectors, when K <= cold_exact_max_outputs and K x d fits (one exact measurement, after which
     1-2 iterations per measurement track the vectors), else with cold_max_iter iterations.
-    store_capacity: keep the vectors in a numpy memmap file instead of RAM.
+    store_path / store_capacity: keep the vectors in a numpy memmap file of that many points instead of
+    RAM. seed: of the estimator's own generator (start vectors of cold points when iterated).
+
+    Example (one estimator per process, kept across measurements; indices are the points' positions in
+    the fixed point set, the same in every measurement)::
+
+        estimator = WarmLowerBound()
+        estimator.begin()
+        for x, idx in this_ranks_batches:
+            estimator.update(model, x, idx)
+        result = estimator.finish(model)  # max, mean, rms, avg_tol, iterations, method; sums for DDP
     """
 
     def __init__(
