@@ -282,3 +282,16 @@ def test_cold_points_start_exactly_with_their_top_left_singular_vectors(device):
     perturb(model, 1e-3, seed=1)
     result = estimator.measure(model, batches(x, 30))
     assert result.cold == 0 and 1 <= result.iterations <= estimator.max_iter
+
+
+def test_models_with_half_precision_weights_are_measured_in_their_dtype():
+    """A "bf16-true" model cannot run float32 inputs: the input is cast for it (values ~ bfloat16 accurate)."""
+    model = mlp(outputs=20)
+    x = torch.randn(8, 10, generator=torch.Generator().manual_seed(13))
+    expected = reference_norms(model, x)
+    model = model.to(torch.bfloat16)
+    exact = jacobian_spectral_norms(model, x, method="exact")
+    assert exact.dtype == torch.float32
+    torch.testing.assert_close(exact.double(), expected, rtol=2e-2, atol=0)
+    result = WarmLowerBound(method="warm").measure(model, batches(x, 8))
+    assert math.isclose(result.max, float(expected.max()), rel_tol=2e-2)

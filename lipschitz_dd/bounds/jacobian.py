@@ -126,12 +126,23 @@ def _input_leaf(x: Tensor) -> Tensor:
 
 def _flat_logits(model, x: Tensor) -> Tensor:
     check_eval_mode(model)
-    out = model(x)
+    out = model(_to_parameter_dtype(model, x))
     if not isinstance(out, Tensor):
         raise ValueError(f"model must return a Tensor of logits, got {type(out).__name__}")
     if out.dim() < 1 or out.shape[0] != x.shape[0]:
         raise ValueError(f"model output shape {tuple(out.shape)} does not have batch size {x.shape[0]} first")
     return out.reshape(x.shape[0], -1)
+
+
+def _to_parameter_dtype(model, x: Tensor) -> Tensor:
+    """x cast (differentiably) to the dtype of a model whose weights are float16 / bfloat16 themselves
+    (Lightning's "16-true" / "bf16-true" precision), which cannot take the float32 inputs used here."""
+    if isinstance(model, nn.Module):
+        for parameter in model.parameters():
+            if parameter.dtype in (torch.float16, torch.bfloat16) and parameter.dtype != x.dtype:
+                return x.to(parameter.dtype)
+            break
+    return x
 
 
 def jacobian_rows(model, x: Tensor) -> Tensor:
