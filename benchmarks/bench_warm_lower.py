@@ -295,12 +295,14 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=None, help="points per measurement (per section default)")
     parser.add_argument("--measurements", type=int, default=4, help="measurements per training run (default 4)")
     parser.add_argument("--only", default="jvp,k10,k100,k1000,memory", help="comma-separated sections")
+    parser.add_argument("--configs", default="1/1,2/1,2/2,3/2", help="warm block/iterations pairs, e.g. 2/3,3/3")
     parser.add_argument("--device", default="cpu", help="torch device (memory section: CPU only)")
     parser.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     global DEVICE
     DEVICE = torch.device(args.device)
+    WARM_CONFIGS[:] = [tuple(int(n) for n in pair.split("/")) for pair in args.configs.split(",")]
     if args.memory_probe is not None:
         memory_probe(args.memory_probe)
         return
