@@ -12,6 +12,7 @@ from lipschitz_dd.bounds.exact import ExactLipschitz, exact_lipschitz
 from lipschitz_dd.bounds.jacobian import (
     PowerIterationResult,
     SingularTriplets,
+    float32_measurement,
     jacobian_rows,
     jacobian_spectral_norms,
     power_iteration_spectral_norms,
@@ -32,6 +33,15 @@ from lipschitz_dd.bounds.points import (
     project_to_box,
 )
 from lipschitz_dd.bounds.upper import LayerConstant, UpperBoundEstimator, UpperBoundResult, upper_bound
+from lipschitz_dd.bounds.warm_lower import (
+    LeftVectorStore,
+    MethodChoice,
+    WarmBatchResult,
+    WarmLowerBound,
+    WarmLowerResult,
+    choose_method,
+    warm_spectral_norms,
+)
 
 __all__ = [
     "LayerConstant",
@@ -70,4 +80,12 @@ __all__ = [
     "eclipse_fast",
     "LipSDPResult",
     "lipsdp_neuron",
+    "LeftVectorStore",
+    "MethodChoice",
+    "WarmBatchResult",
+    "WarmLowerBound",
+    "WarmLowerResult",
+    "choose_method",
+    "float32_measurement",
+    "warm_spectral_norms",
 ]
