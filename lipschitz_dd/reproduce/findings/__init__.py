@@ -1,0 +1,11 @@
+"""The study's findings; importing this package registers them all, in the study's order."""
+
+from lipschitz_dd.reproduce.findings import (  # noqa: F401
+    axes,
+    bias_variance,
+    double_descent,
+    evolution,
+    heatmap,
+    pending,
+    toy2d,
+)

@@ -1,0 +1,107 @@
+"""Findings that need a feature lipschitz_dd does not have yet: listed, and refused with one line when run.
+
+When the feature lands, move the finding to a module of its own with a sweep and an analysis (see registry.py).
+"""
+
+from __future__ import annotations
+
+from lipschitz_dd.reproduce.registry import Finding, register
+
+_PENDING = [
+    (
+        "cnn_double_descent",
+        "Finding 2 (CNN on CIFAR-10 / CIFAR-100 coarse / MNIST with 10 % noise, ViT on CIFAR-10)",
+        "The Lipschitz double descent also shows for CNNs (widths 5..60) and ViTs over width.",
+        "CIFAR-10/100 on disk (no network here) and the CNN sweep's quick/cpu scales (full scale: "
+        "sweeps/cnn_cifar10_width_noise.yaml)",
+    ),
+    (
+        "cnn_fashion_mnist_dd",
+        "Companion issue: CNN double descent on Fashion-MNIST",
+        "CNN widths over the interpolation threshold on Fashion-MNIST show the Lipschitz double descent.",
+        "a Fashion-MNIST data module and its CNN width sweep (companion training issue)",
+    ),
+    (
+        "pairwise",
+        "C_lower vs pairwise C_alt (Table 3)",
+        "The pairwise bound max ||f(x)-f(y)||/||x-y|| over training pairs stays below C_lower at every checkpoint.",
+        "the pairwise bound (bounds.pairwise_lipschitz) as an option of the Lipschitz callback",
+    ),
+    (
+        "linearisation",
+        "Linearisation check",
+        "The mixed derivative d2f/(dx dtheta) at init has a small sup norm; the displacement ||theta - theta_0|| "
+        "drives the growth of C_lower.",
+        "an analysis step running bounds.mixed_derivative_norm on the saved initial checkpoint",
+    ),
+    (
+        "evolution_bound",
+        "Evolution bound (Bounds 1 and 2)",
+        "(2/r) C_theta sum ||theta_{t+1} - theta_t|| + C_x(theta_0) and (2/r) C_theta B eta T + C_x(theta_0) follow "
+        "the empirical trend and lie below C_upper early in training.",
+        "the EvolutionBound callback wired into the training CLI (configs/fcn_mnist1d_evolution_bound.yaml)",
+    ),
+    (
+        "out_of_distribution",
+        "Out-of-distribution points",
+        "C_lower over training points plus Gaussian noise (times the data radius) barely changes; the test loss on "
+        "noisy test points rises.",
+        "the test loss on noisy test points (the callback's lipschitz/lower_noise exists)",
+    ),
+    (
+        "adversarial",
+        "Adversarial points (Table 6)",
+        "C_lower over PGD points (L2, eps 0.5) moves by at most ~5 %; the finite-difference ratio at PGD points stays "
+        "below C_lower.",
+        "CIFAR-10 on disk and the finite-difference ratio (bounds.finite_difference_ratio) in the callback",
+    ),
+    (
+        "constrained",
+        "Constrained double descent",
+        "Renormalising every weight to spectral norm <= C^(1/depth) (with a logit temperature) damps the double "
+        "descent in test loss and in the bounds.",
+        "spectral-norm constrained training with a logit temperature (companion training issue)",
+    ),
+    (
+        "jacobian_distributions",
+        "Jacobian-norm distributions",
+        "Per-sample norm histograms on the training set; ResNets show a long right tail.",
+        "per-sample training-set norms saved per run (a histogram analysis step)",
+    ),
+    (
+        "regulariser",
+        "C_lower as a regulariser",
+        "loss + lambda * C_lower improves the test loss while C_upper barely changes.",
+        "the C_lower regulariser in the training loss (companion training issue)",
+    ),
+    (
+        "softmax",
+        "CE vs MSE, softmax outputs",
+        "The bound of softmax(f) of a CE network is far below that of its logits.",
+        "output_transform='softmax' in the Lipschitz callback (bounds.SoftmaxOutput exists)",
+    ),
+    (
+        "dropout_weight_decay",
+        "Dropout and weight decay (CIFAR ResNet-20)",
+        "C_lower falls with dropout p and with weight decay; misclassified points have larger norms more often, "
+        "loss and norm barely correlate (~0.03).",
+        "ResNet-20 with dropout and CIFAR-10 on disk (companion training issue); bounds.correctness_split exists",
+    ),
+    (
+        "imagenet",
+        "Large scale: ResNet-50 / SimpleViT on ImageNet",
+        "The product bound is ~1e27 at init, ~40 orders above C_lower; sub-sampling error 21 %..6 %; hard convex "
+        "combinations shift the norm distribution by < 2x.",
+        "an ImageNet data module, ResNet-50 and SimpleViT (companion training issue) and a GPU",
+    ),
+    (
+        "sandwich",
+        "Exact constant vs bounds",
+        "For small ReLU MLPs the exact Lipschitz constant lies between C_lower and the certified upper bounds, "
+        "much closer to C_lower.",
+        "the exact Lipschitz constant of ReLU MLPs and LipSDP/ECLipsE bounds (companion issue)",
+    ),
+]
+
+for _name, _section, _claim, _needs in _PENDING:
+    register(Finding(name=_name, section=_section, claim=_claim, needs=_needs, cost={"cpu": "not estimated"}))
