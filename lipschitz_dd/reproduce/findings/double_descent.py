@@ -38,7 +38,7 @@ def analyse(records, out: Path) -> Analysis:
                 if metric == "lipschitz/lower":
                     widths = list(group[WIDTH])
                     near = abs(widths.index(peak) - widths.index(peak_loss)) <= 1
-                    interior = widths.index(peak) not in (len(widths) - 1,)
+                    interior = 0 < widths.index(peak) < len(widths) - 1
                     together.append(near and interior and row[f"{metric}: last/peak"] < 0.9)
         rows.append(row)
     import pandas as pd
