@@ -5,6 +5,7 @@ from lipschitz_dd.reproduce.findings import (  # noqa: F401
     bias_variance,
     double_descent,
     evolution,
+    evolution_bound,
     heatmap,
     pending,
     toy2d,

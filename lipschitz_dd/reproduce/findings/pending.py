@@ -35,13 +35,6 @@ _PENDING = [
         "an analysis step running bounds.mixed_derivative_norm on the saved initial checkpoint",
     ),
     (
-        "evolution_bound",
-        "Evolution bound (Bounds 1 and 2)",
-        "(2/r) C_theta sum ||theta_{t+1} - theta_t|| + C_x(theta_0) and (2/r) C_theta B eta T + C_x(theta_0) follow "
-        "the empirical trend and lie below C_upper early in training.",
-        "the EvolutionBound callback wired into the training CLI (configs/fcn_mnist1d_evolution_bound.yaml)",
-    ),
-    (
         "out_of_distribution",
         "Out-of-distribution points",
         "C_lower over training points plus Gaussian noise (times the data radius) barely changes; the test loss on "
