@@ -69,3 +69,40 @@ def test_quick_scale_runs_end_to_end(name, tmp_path, monkeypatch):
     assert "failed this time" not in text
     assert "(no verdict" not in text
     assert list(summary.parent.glob("*.png")), "every real finding draws a figure"
+
+
+def _fake_run(folder, config: dict, final: dict, initial: dict | None = None) -> None:
+    """A run folder as the training CLI writes it: results.json and metrics.csv (epoch 0 and the last epoch)."""
+    import json
+
+    folder.mkdir(parents=True)
+    payload = {"status": "finished", "config": config, "final": final, "max": {}, "epochs": 5, "seconds": 1.0}
+    (folder / "results.json").write_text(json.dumps(payload))
+    columns = sorted(final)
+    rows = [["step", *columns], [0, *[(initial or final)[c] for c in columns]], [5, *[final[c] for c in columns]]]
+    (folder / "metrics.csv").write_text("\n".join(",".join(map(str, row)) for row in rows) + "\n")
+
+
+def test_ratio_analysis_on_hand_made_runs(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for loss, scale in (("ce", 1.0), ("mse", 0.5)):
+        bounds = {"lipschitz/lower": 4 * scale, "lipschitz/avg": 2 * scale, "lipschitz/upper": 8.0}
+        _fake_run(runs / loss, {"model.loss": loss, "model.width": 16, "seed_everything": 0}, bounds)
+    assert main(["reproduce", "loss", "--runs", str(runs), "--out", str(tmp_path / "out")]) == 0
+    summary = (tmp_path / "out" / "loss" / "cpu" / "summary.md").read_text()
+    assert "| 16 | 0.5 | 0.5 | 1 |" in summary
+    assert "holds: C_lower with mse is smaller than with ce at every width" in summary
+
+
+def test_slope_analysis_recovers_a_power_law(tmp_path):
+    from lipschitz_dd.reproduce.run import analyse_folder
+
+    runs = tmp_path / "runs"
+    for depth in (1, 2, 4, 8):
+        final = {"lipschitz/lower": 3.0 * depth**2.0, "lipschitz/avg": depth**1.2, "lipschitz/upper": 5 * depth**3.3}
+        initial = {"lipschitz/lower": depth**-1.0, "lipschitz/avg": depth**-0.5, "lipschitz/upper": 2 * depth**0.1}
+        _fake_run(runs / f"d{depth}", {"model.depth": depth, "seed_everything": 0}, final, initial)
+    summary = analyse_folder(get_finding("depth"), "cpu", runs, tmp_path / "out").read_text()
+    assert "| at init | lipschitz/lower | -1 | 1 | 4 | - |" in summary
+    assert "| after training | lipschitz/upper | 3.3 | 1 | 4 | 3.3 |" in summary
+    assert "holds: all three bounds rise with model.depth" in summary

@@ -21,6 +21,9 @@ def make_parser() -> ArgumentParser:
     parser.add_argument("--scale", choices=SCALES, default="cpu", help="quick, cpu (default) or full")
     parser.add_argument("--out", default="reproduce_out", help="output folder (default reproduce_out)")
     parser.add_argument("--workers", type=int, default=1, help="runs in parallel (default 1)")
+    parser.add_argument(
+        "--runs", default=None, help="analyse the run folders below this folder (e.g. a W&B agent's) without running"
+    )
     return parser
 
 
@@ -38,12 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.name is None:
         print(listing())
         return 0
-    from lipschitz_dd.reproduce.run import NotAvailable, run_finding
+    from lipschitz_dd.reproduce.run import NotAvailable, analyse_folder, run_finding
 
     scale = "quick" if args.quick else args.scale
     try:
         finding = get_finding(args.name)
-        summary = run_finding(finding, scale, args.out, workers=args.workers)
+        if args.runs is not None:
+            summary = analyse_folder(finding, scale, args.runs, args.out)
+        else:
+            summary = run_finding(finding, scale, args.out, workers=args.workers)
     except (KeyError, NotAvailable, ValueError, FileNotFoundError) as error:
         message = error.args[0] if isinstance(error, KeyError) else str(error)
         sys.stderr.write(f"lipschitz-dd reproduce: {message}\n")

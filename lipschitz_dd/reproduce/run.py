@@ -76,6 +76,17 @@ def run_finding(
     return write_summary(finding, scale, folder, analysis, failed=len(result.failed_this_time()))
 
 
+def analyse_folder(finding: Finding, scale: str, runs: str | Path, out: str | Path = "reproduce_out") -> Path:
+    """Analyse the run folders below `runs` (run elsewhere, e.g. by a W&B agent) into out/<name>/<scale>/."""
+    from lipschitz_dd.report.records import load_runs
+
+    if finding.needs:
+        raise NotAvailable(f"{finding.name} needs: {finding.needs}")
+    folder = finding_folder(finding, scale, out)
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_summary(finding, scale, folder, finding.analyse(load_runs(runs), folder))
+
+
 def write_summary(finding: Finding, scale: str, folder: Path, analysis: Analysis, failed: int = 0) -> Path:
     """summary.md: the claim, the study's numbers, ours, the figures and the verdict."""
     lines = [
