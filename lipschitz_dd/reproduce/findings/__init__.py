@@ -7,6 +7,7 @@ from lipschitz_dd.reproduce.findings import (  # noqa: F401
     evolution,
     evolution_bound,
     heatmap,
+    linearisation,
     pending,
     toy2d,
 )

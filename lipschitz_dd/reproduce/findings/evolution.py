@@ -15,6 +15,21 @@ from lipschitz_dd.reproduce.registry import Analysis, Finding, register
 FIT_FROM_FRACTION = 0.125
 
 
+SCALES = {
+    "quick": {
+        "model.width": 32,
+        "trainer.max_epochs": 6,
+        "seed_everything": 0,
+        "data.num_samples": 1000,
+        "lipschitz.every_n_epochs": 1,
+        "model.lr_schedule": "constant",  # a first look: the warm-up alone would last 2,500 epochs
+        "model.lr": 0.05,
+    },
+    "cpu": {"trainer.max_epochs": 5000, "seed_everything": 0, "lipschitz.every_n_epochs": 25},
+    "full": {},
+}
+
+
 def analyse(records, out: Path) -> Analysis:
     """Growth final/initial of each bound and its log-log slope against the epoch from FIT_FROM_FRACTION of the
     run on (mean over seeds), beside the study's 0.6 / 0.46 / 0.44 (upper / lower / avg)."""
@@ -65,19 +80,7 @@ register(
         "the epoch after a warm-up.",
         paper={"slopes upper / lower / avg": "0.6 / 0.46 / 0.44 (from epoch 2,500)", "growth": "tens of times"},
         sweep="fcn_mnist1d_evolution",
-        scales={
-            "quick": {
-                "model.width": 32,
-                "trainer.max_epochs": 6,
-                "seed_everything": 0,
-                "data.num_samples": 1000,
-                "lipschitz.every_n_epochs": 1,
-                "model.lr_schedule": "constant",  # a first look: the warm-up alone would last 2,500 epochs
-                "model.lr": 0.05,
-            },
-            "cpu": {"trainer.max_epochs": 5000, "seed_everything": 0, "lipschitz.every_n_epochs": 25},
-            "full": {},
-        },
+        scales=SCALES,
         cost={"quick": "~15 s (1 run)", "cpu": "~20-30 min (1 run, 5,000 epochs)", "full": "~4 runs x hours (GPU/CPU)"},
         analyse=analyse,
     )

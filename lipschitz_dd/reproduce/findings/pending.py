@@ -28,13 +28,6 @@ _PENDING = [
         "the pairwise bound (bounds.pairwise_lipschitz) as an option of the Lipschitz callback",
     ),
     (
-        "linearisation",
-        "Linearisation check",
-        "The mixed derivative d2f/(dx dtheta) at init has a small sup norm; the displacement ||theta - theta_0|| "
-        "drives the growth of C_lower.",
-        "an analysis step running bounds.mixed_derivative_norm on the saved initial checkpoint",
-    ),
-    (
         "out_of_distribution",
         "Out-of-distribution points",
         "C_lower over training points plus Gaussian noise (times the data radius) barely changes; the test loss on "
