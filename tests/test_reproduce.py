@@ -13,7 +13,7 @@ from lipschitz_dd.sweep.config import validate_sweep_config
 # plus the companion issue's training-side ones.
 EXPECTED = {
     "evolution", "evolution_bound", "double_descent", "bias_variance", "heatmap", "optimizer", "loss", "depth",
-    "train_size", "toy2d", "cnn_double_descent", "cnn_fashion_mnist_dd", "pairwise", "linearisation",
+    "train_size", "toy2d", "lower_bound_diagnostics", "cnn_double_descent", "cnn_fashion_mnist_dd", "pairwise", "linearisation",
     "out_of_distribution", "adversarial", "constrained", "jacobian_distributions", "regulariser", "softmax",
     "dropout_weight_decay", "imagenet", "sandwich",
 }  # fmt: skip
@@ -59,10 +59,16 @@ def test_scaled_sweeps_are_valid_and_only_the_knobs_change(name):
     assert set(finding.cost) >= set(SCALES)
 
 
+@pytest.fixture(scope="module")
+def shared_folder(tmp_path_factory):
+    """One working folder for all quick runs: MNIST-1D is generated once per setting into its data/ cache."""
+    return tmp_path_factory.mktemp("reproduce_quick")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", REAL)
-def test_quick_scale_runs_end_to_end(name, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # MNIST-1D's cache and the runs stay in the test's folder
+def test_quick_scale_runs_end_to_end(name, shared_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(shared_folder)
     summary = run_finding(get_finding(name), "quick", tmp_path / "out", progress=False)
     text = summary.read_text()
     assert "## Numbers here" in text and "## Verdict" in text

@@ -3,6 +3,7 @@
 from lipschitz_dd.reproduce.findings import (  # noqa: F401
     axes,
     bias_variance,
+    checkpoint_measures,
     double_descent,
     evolution,
     evolution_bound,

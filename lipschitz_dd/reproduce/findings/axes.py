@@ -129,7 +129,7 @@ def _slope_figure(rows, key: str, path: Path) -> Path:
     return path
 
 
-QUICK = {"trainer.max_epochs": 3, "data.num_samples": 2000, SEED: 0}
+QUICK = {"trainer.max_epochs": 3, "data.num_samples": 1000, SEED: 0}
 
 register(
     Finding(

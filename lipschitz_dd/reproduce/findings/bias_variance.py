@@ -54,7 +54,7 @@ register(
                 "data.label_noise": 0.15,
                 SEED: [0, 1],
                 "trainer.max_epochs": 3,
-                "data.num_samples": 2000,
+                "data.num_samples": 1000,
             },
             "cpu": {"data.label_noise": 0.15, SEED: [0, 1, 2, 3]},
             "full": {"sweep": "fcn_mnist1d_ce_width_noise"},

@@ -64,7 +64,7 @@ register(
         paper={"peak": "at the interpolation threshold (params ~ n for CE)", "after the peak": "all bounds fall"},
         sweep="fcn_mnist1d_dd",
         scales={
-            "quick": {WIDTH: [8, 64], NOISE: 0.15, "trainer.max_epochs": 4, "data.num_samples": 2000},
+            "quick": {WIDTH: [8, 64], NOISE: 0.15, "trainer.max_epochs": 3, "data.num_samples": 1000},
             "cpu": {},
             "full": {"sweep": "fcn_mnist1d_ce_width_noise"},
         },

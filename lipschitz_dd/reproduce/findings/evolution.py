@@ -18,7 +18,7 @@ FIT_FROM_FRACTION = 0.125
 SCALES = {
     "quick": {
         "model.width": 32,
-        "trainer.max_epochs": 6,
+        "trainer.max_epochs": 4,
         "seed_everything": 0,
         "data.num_samples": 1000,
         "lipschitz.every_n_epochs": 1,

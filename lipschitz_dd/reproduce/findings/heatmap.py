@@ -53,7 +53,7 @@ register(
         paper={"setting": "CNN widths 5..40 on CIFAR-10, shuffled fraction 0..100 %", "peak": "moves right with noise"},
         sweep="fcn_mnist1d_heatmap",
         scales={
-            "quick": {WIDTH: [8, 32], NOISE: [0.0, 0.3], "trainer.max_epochs": 3, "data.num_samples": 2000},
+            "quick": {WIDTH: [8, 32], NOISE: [0.0, 0.3], "trainer.max_epochs": 2, "data.num_samples": 1000},
             "cpu": {},
             "full": {"sweep": "cnn_cifar10_width_noise"},
         },

@@ -8,8 +8,8 @@ import pandas as pd
 import torch
 
 from lipschitz_dd.reproduce.analysis import fmt, markdown_table
+from lipschitz_dd.reproduce.checkpoints import load_trained
 from lipschitz_dd.reproduce.findings.evolution import SCALES as EVOLUTION_SCALES
-from lipschitz_dd.reproduce.findings.toy2d import load_trained
 from lipschitz_dd.reproduce.registry import Analysis, Finding, register
 
 #: Training points on which the mixed derivative is measured (the study: a few hundred).

@@ -61,12 +61,6 @@ _PENDING = [
         "the C_lower regulariser in the training loss (companion training issue)",
     ),
     (
-        "softmax",
-        "CE vs MSE, softmax outputs",
-        "The bound of softmax(f) of a CE network is far below that of its logits.",
-        "output_transform='softmax' in the Lipschitz callback (bounds.SoftmaxOutput exists)",
-    ),
-    (
         "dropout_weight_decay",
         "Dropout and weight decay (CIFAR ResNet-20)",
         "C_lower falls with dropout p and with weight decay; misclassified points have larger norms more often, "

@@ -7,36 +7,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
-from lipschitz_dd.report.records import RunRecord
 from lipschitz_dd.report.toy2d import plot_local_lipschitz_map
 from lipschitz_dd.reproduce.analysis import fmt, markdown_table
+from lipschitz_dd.reproduce.checkpoints import load_trained
 from lipschitz_dd.reproduce.registry import Analysis, Finding, register
 
 #: Points per side of the grid (the study: 1,000 x 1,000).
 GRID = 400
 #: The grid covers the training points' bounding box widened by this fraction on each side.
 MARGIN = 0.25
-
-
-def load_trained(record: RunRecord) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    """The run's last checkpoint (in eval mode) and its training points and labels (rebuilt from config.yaml)."""
-    import importlib
-
-    checkpoints = sorted((record.path / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not checkpoints:
-        raise FileNotFoundError(f"{record.path}: no checkpoint (run with checkpointing enabled)")
-    config = yaml.safe_load((record.path / "config.yaml").read_text())
-
-    def build(section: str):
-        module, _, name = config[section]["class_path"].rpartition(".")
-        return getattr(importlib.import_module(module), name)
-
-    model = build("model").load_from_checkpoint(checkpoints[-1], map_location="cpu").eval()
-    data = build("data")(**(config["data"].get("init_args") or {}))
-    data.setup("fit")
-    return model, data.train_x, data.train_y
 
 
 def local_lipschitz_grid(model, train_x: torch.Tensor, resolution: int = GRID):
