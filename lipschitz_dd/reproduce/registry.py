@@ -36,8 +36,9 @@ class Finding:
 
     name: the CLI name (`lipschitz-dd reproduce NAME`). section: where the study makes the claim.
     claim: the claim in one line. paper: the study's numbers the summary compares with ({label: value}).
-    sweep: the shipped sweep file it runs (lipschitz_dd.shipped.resolve(name, "sweeps")); None when `needs` is
-    set. scales: {scale: {sweep parameter: value or list of values}} replacing the file's parameters.
+    sweep: the shipped sweep file it runs (lipschitz_dd.shipped.resolve(name, "sweeps")). Or, for a finding
+    of a few runs, config: a shipped config, and parameters: the grid ({key: value or list of values}) of the
+    sweep generated around it. scales: {scale: {sweep parameter: value or list of values}} replacing the file's parameters.
     cost: {scale: estimated CPU time here, in words}. analyse(records, out) -> Analysis, with `records` the run
     records of the finding's sweep (lipschitz_dd.report.records.load_runs) and `out` its output folder.
     needs: a feature that is missing today; a finding with `needs` refuses to run with one line.
@@ -48,14 +49,16 @@ class Finding:
     claim: str
     paper: dict[str, Any] = field(default_factory=dict)
     sweep: str | None = None
+    config: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
     scales: dict[str, dict[str, Any]] = field(default_factory=dict)
     cost: dict[str, str] = field(default_factory=dict)
     analyse: Callable[[Sequence[Any], Path], Analysis] | None = None
     needs: str | None = None
 
     def __post_init__(self) -> None:
-        if self.needs is None and (self.sweep is None or self.analyse is None):
-            raise ValueError(f"finding {self.name!r}: give a sweep and analyse, or say what it needs")
+        if self.needs is None and ((self.sweep is None) == (self.config is None) or self.analyse is None):
+            raise ValueError(f"finding {self.name!r}: give a sweep or a config, and analyse, or say what it needs")
         unknown = set(self.scales) - set(SCALES)
         if unknown:
             raise ValueError(f"finding {self.name!r}: unknown scales {sorted(unknown)} (known: {SCALES})")

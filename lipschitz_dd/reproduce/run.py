@@ -29,9 +29,14 @@ def scaled_sweep(finding: Finding, scale: str) -> dict[str, Any]:
         raise NotAvailable(f"{finding.name} needs: {finding.needs}")
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r} (known: {', '.join(SCALES)})")
-    config = yaml.safe_load(resolve(sweep_name(finding, scale), "sweeps").read_text())
+    if finding.config is not None and "sweep" not in finding.scales.get(scale, {}):
+        config = generated_sweep(finding.config)
+        overrides = {**finding.parameters, **finding.scales.get(scale, {})}
+    else:
+        config = yaml.safe_load(resolve(sweep_name(finding, scale), "sweeps").read_text())
+        overrides = finding.scales.get(scale, {})
     parameters = dict(config.get("parameters") or {})
-    for key, value in finding.scales.get(scale, {}).items():
+    for key, value in overrides.items():
         if key == "sweep":
             continue
         parameters[key] = {"values": list(value)} if isinstance(value, (list, tuple)) else {"value": value}
@@ -45,9 +50,22 @@ def scaled_sweep(finding: Finding, scale: str) -> dict[str, Any]:
     return config
 
 
+def generated_sweep(config_name: str) -> dict[str, Any]:
+    """A grid sweep in W&B's format that runs `lipschitz-dd fit --config <config_name>` (parameters added by the
+    caller), for findings of a few runs that ship a config but no sweep file."""
+    return {
+        "name": config_name,
+        "method": "grid",
+        "metric": {"name": "test/loss", "goal": "minimize"},
+        "parameters": {},
+        "command": ["${env}", "lipschitz-dd", "fit", "--config", f"configs/{config_name}.yaml", "${args}"],
+    }
+
+
 def sweep_name(finding: Finding, scale: str) -> str:
-    """The shipped sweep the finding runs at `scale`: the scale's "sweep" entry, else `finding.sweep`."""
-    return str(finding.scales.get(scale, {}).get("sweep", finding.sweep))
+    """The sweep the finding runs at `scale`: the scale's "sweep" entry, else `finding.sweep`, else the name of
+    its config (the generated sweep)."""
+    return str(finding.scales.get(scale, {}).get("sweep", finding.sweep or finding.config))
 
 
 def finding_folder(finding: Finding, scale: str, out: str | Path) -> Path:

@@ -59,7 +59,8 @@ register(
         claim="(2/r) C_theta sum ||theta_{t+1} - theta_t|| + C_x(theta_0) and (2/r) C_theta B eta T + C_x(theta_0) "
         "follow the empirical trend and lie below C_upper early in training.",
         paper={"early in training": "both bounds below C_upper", "trend": "both follow C_lower's growth"},
-        sweep="fcn_mnist1d_evolution_bound",
+        config="fcn_mnist1d_evolution_bound",
+        parameters={"trainer.max_epochs": 2000, "seed_everything": [0]},
         scales={
             "quick": {"trainer.max_epochs": 3, "data.num_samples": 1000, "lipschitz.every_n_epochs": 1},
             "cpu": {},

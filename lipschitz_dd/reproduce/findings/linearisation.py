@@ -9,6 +9,7 @@ import torch
 
 from lipschitz_dd.reproduce.analysis import fmt, markdown_table
 from lipschitz_dd.reproduce.checkpoints import load_trained
+from lipschitz_dd.reproduce.findings.evolution import PARAMETERS as EVOLUTION_PARAMETERS
 from lipschitz_dd.reproduce.findings.evolution import SCALES as EVOLUTION_SCALES
 from lipschitz_dd.reproduce.registry import Analysis, Finding, register
 
@@ -77,7 +78,8 @@ register(
         claim="The mixed derivative d2f/(dx dtheta) at init has a small sup norm; the displacement ||theta - "
         "theta_0|| drives the growth of C_lower.",
         paper={"sup ||M|| at init": "single digits (FCN 256)", "C_lower end / init": "~65x"},
-        sweep="fcn_mnist1d_evolution",
+        config="fcn_mnist1d",
+        parameters=EVOLUTION_PARAMETERS,
         scales=EVOLUTION_SCALES,
         cost={"quick": "~20 s (1 run)", "cpu": "~20-30 min (1 run, 5,000 epochs)", "full": "~4 runs x hours"},
         analyse=analyse,

@@ -84,7 +84,8 @@ register(
         claim="On three Gaussian classes in the plane, the max of ||J(x)|| over the training points is close to the "
         "max over a dense grid of the plane; the large norms sit on the decision boundaries.",
         paper={"grid": "1,000 x 1,000", "C_lower vs grid max": "close"},
-        sweep="toy2d",
+        config="toy2d",
+        parameters={"seed_everything": [0]},
         scales={"quick": {"trainer.max_epochs": 30}, "cpu": {}, "full": {"seed_everything": [0, 1, 2, 3]}},
         cost={"quick": "~15 s (1 run)", "cpu": "~2 min (1 run, up to 2,000 full-batch epochs)", "full": "~8 min"},
         analyse=analyse,
