@@ -26,9 +26,13 @@ def test_listing_names_every_finding(capsys):
     assert EXPECTED <= {f.name for f in findings()}
     for name in EXPECTED:
         assert f"{name} " in listed
+    numbers = [f.number for f in findings()]
+    assert all(numbers) and len(set(numbers)) == len(numbers), "every finding has its own section number"
+    positions = [listed.index(f"{f.name} ") for f in findings()]
+    assert positions == sorted(positions), "listed in the order of their section numbers"
     for finding in findings():
         assert finding.claim in listed
-        assert (f"needs: {finding.needs}" if finding.needs else finding.cost["cpu"]) in listed
+        assert (f"needs: {finding.needs}" if finding.needs else f"cpu {finding.cost['cpu']}") in listed
 
 
 def test_pending_findings_refuse_in_one_line(capsys, tmp_path):

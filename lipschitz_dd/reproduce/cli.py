@@ -28,10 +28,14 @@ def make_parser() -> ArgumentParser:
 
 
 def listing() -> str:
-    """One line per finding: name, claim, estimated CPU time at cpu scale (or what it needs)."""
+    """Per finding: name and claim, then its estimated time here at quick and cpu scale (or what it needs)."""
     rows = []
     for finding in findings():
-        cost = f"needs: {finding.needs}" if finding.needs else f"cpu {finding.cost.get('cpu', '?')}"
+        cost = (
+            f"needs: {finding.needs}"
+            if finding.needs
+            else f"quick {finding.cost.get('quick', '?')}; cpu {finding.cost.get('cpu', '?')}"
+        )
         rows.append(f"{finding.name:24} {finding.claim}\n{'':24} [{cost}]")
     return "\n".join(rows)
 

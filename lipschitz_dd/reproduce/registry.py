@@ -34,7 +34,8 @@ class Analysis:
 class Finding:
     """One finding of the study.
 
-    name: the CLI name (`lipschitz-dd reproduce NAME`). section: where the study makes the claim.
+    name: the CLI name (`lipschitz-dd reproduce NAME`). section: where the study makes the claim. number: its
+    section number in docs/reproduction.md ("5.2"); the catalogue is listed in that order.
     claim: the claim in one line. paper: the study's numbers the summary compares with ({label: value}).
     sweep: the shipped sweep file it runs (lipschitz_dd.shipped.resolve(name, "sweeps")). Or, for a finding
     of a few runs, config: a shipped config, and parameters: the grid ({key: value or list of values}) of the
@@ -47,6 +48,7 @@ class Finding:
     name: str
     section: str
     claim: str
+    number: str = ""
     paper: dict[str, Any] = field(default_factory=dict)
     sweep: str | None = None
     config: str | None = None
@@ -76,10 +78,13 @@ def register(finding: Finding) -> Finding:
 
 
 def findings() -> list[Finding]:
-    """Every registered finding, in the order of registration (the study's order)."""
+    """Every registered finding, in the order of their section numbers (the study's order)."""
     import lipschitz_dd.reproduce.findings  # noqa: F401  (registers them)
 
-    return list(_FINDINGS.values())
+    def key(finding: Finding) -> tuple[int, ...]:
+        return tuple(int(part) for part in finding.number.split(".") if part.isdigit()) or (10**6,)
+
+    return sorted(_FINDINGS.values(), key=key)
 
 
 def get_finding(name: str) -> Finding:

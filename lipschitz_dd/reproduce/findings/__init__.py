@@ -1,4 +1,4 @@
-"""The study's findings; importing this package registers them all, in the study's order."""
+"""The study's findings; importing this package registers them all (listed by their section numbers)."""
 
 from lipschitz_dd.reproduce.findings import (  # noqa: F401
     axes,

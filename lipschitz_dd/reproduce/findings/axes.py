@@ -134,6 +134,7 @@ QUICK = {"trainer.max_epochs": 3, "data.num_samples": 1000, SEED: 0}
 register(
     Finding(
         name="optimizer",
+        number="5.1",
         section="Finding 5: SGD vs Adam",
         claim="Adam gives much larger bounds than SGD.",
         paper={"Adam / SGD": "much larger than 1"},
@@ -152,6 +153,7 @@ register(
 register(
     Finding(
         name="loss",
+        number="5.2",
         section="Finding 5: CE vs MSE (softmax outputs)",
         claim="MSE gives slightly smaller bounds than CE (the softmax of a CE network far smaller: see "
         "'softmax' below).",
@@ -165,6 +167,7 @@ register(
 register(
     Finding(
         name="depth",
+        number="5.4",
         section="Finding 5: depth (FCN 64, 1..5 hidden layers)",
         claim="At init the lower/avg bounds fall with depth and the product bound rises slightly; after training all "
         "three rise with depth.",
@@ -180,6 +183,7 @@ register(
 register(
     Finding(
         name="train_size",
+        number="5.5",
         section="Finding 5: training-set size (FCN 256 on 100..4,000 points)",
         claim="All bounds rise sub-linearly with the training-set size.",
         paper={"slopes": "about 0.53 / 0.37 / 0.36 (read here as upper / lower / avg)"},

@@ -43,6 +43,7 @@ def analyse(records, out: Path) -> Analysis:
 register(
     Finding(
         name="bias_variance",
+        number="3",
         section="Finding 3 (bias-variance view)",
         claim="Var over seeds of the test loss <= 3(Cbar^2 + mean C_seed^2) E||x||^2 + 3 Var f(0); the variance "
         "term peaks with the double descent.",

@@ -108,6 +108,7 @@ def analyse_diagnostics(records, out: Path) -> Analysis:
 register(
     Finding(
         name="softmax",
+        number="5.3",
         section="CE vs MSE, softmax outputs",
         claim="The lower bound of softmax(f) of a CE network is far below that of its logits.",
         paper={"softmax vs logits": "far smaller"},
@@ -120,6 +121,7 @@ register(
 register(
     Finding(
         name="lower_bound_diagnostics",
+        number="6.6",
         section="Large scale (sub-sampling, hard convex combinations), adversarial points (finite differences), "
         "dropout/weight decay (correct vs wrong points): measured here on MNIST-1D FCNs",
         claim="C_lower from subsets falls a little below the full set's; midpoints of high-norm pairs shift norms by "

@@ -58,6 +58,7 @@ def analyse(records, out: Path) -> Analysis:
 register(
     Finding(
         name="double_descent",
+        number="2",
         section="Finding 2; 'A double descent that fits on two CPU cores'",
         claim="Test loss and the lower, average and upper bounds peak together at the interpolation threshold "
         "over width and fall after it.",

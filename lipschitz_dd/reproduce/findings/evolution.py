@@ -83,6 +83,7 @@ def analyse(records, out: Path) -> Analysis:
 register(
     Finding(
         name="evolution",
+        number="1",
         section="Finding 1; 'Evolution' (main figure 2)",
         claim="Both bounds grow during training to tens of times their initial value, roughly as a power law in "
         "the epoch after a warm-up.",

@@ -55,6 +55,7 @@ def analyse(records, out: Path) -> Analysis:
 register(
     Finding(
         name="evolution_bound",
+        number="1.1",
         section="Evolution bound (Bounds 1 and 2)",
         claim="(2/r) C_theta sum ||theta_{t+1} - theta_t|| + C_x(theta_0) and (2/r) C_theta B eta T + C_x(theta_0) "
         "follow the empirical trend and lie below C_upper early in training.",

@@ -47,6 +47,7 @@ def analyse(records, out: Path) -> Analysis:
 register(
     Finding(
         name="heatmap",
+        number="4",
         section="Finding 4; 'Label noise x capacity' (main figure 8)",
         claim="For a fixed width C_lower first rises then falls with the label noise; its peak over width moves to "
         "larger widths with more noise.",

@@ -74,6 +74,7 @@ def analyse(records, out: Path) -> Analysis:
 register(
     Finding(
         name="linearisation",
+        number="1.2",
         section="Linearisation check",
         claim="The mixed derivative d2f/(dx dtheta) at init has a small sup norm; the displacement ||theta - "
         "theta_0|| drives the growth of C_lower.",

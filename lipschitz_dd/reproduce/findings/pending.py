@@ -83,5 +83,19 @@ _PENDING = [
     ),
 ]
 
+_NUMBERS = {
+    "pairwise": "1.3",
+    "cnn_double_descent": "2.1",
+    "cnn_fashion_mnist_dd": "2.2",
+    "constrained": "2.3",
+    "dropout_weight_decay": "5.6",
+    "out_of_distribution": "6.2",
+    "adversarial": "6.3",
+    "jacobian_distributions": "6.4",
+    "sandwich": "6.5",
+    "regulariser": "7",
+    "imagenet": "8",
+}
+
 for _name, _section, _claim, _needs in _PENDING:
-    register(Finding(name=_name, section=_section, claim=_claim, needs=_needs, cost={"cpu": "not estimated"}))
+    register(Finding(name=_name, section=_section, number=_NUMBERS[_name], claim=_claim, needs=_needs))

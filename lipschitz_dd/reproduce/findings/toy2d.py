@@ -80,6 +80,7 @@ def analyse(records, out: Path) -> Analysis:
 register(
     Finding(
         name="toy2d",
+        number="6.1",
         section="Architectures: the 2-D toy (the lower bound is tight)",
         claim="On three Gaussian classes in the plane, the max of ||J(x)|| over the training points is close to the "
         "max over a dense grid of the plane; the large norms sit on the decision boundaries.",
