@@ -28,7 +28,8 @@ def test_listing_names_every_finding(capsys):
         assert f"{name} " in listed
     numbers = [f.number for f in findings()]
     assert all(numbers) and len(set(numbers)) == len(numbers), "every finding has its own section number"
-    positions = [listed.index(f"{f.name} ") for f in findings()]
+    first_words = [line.split()[0] for line in listed.splitlines() if line and not line[0].isspace()]
+    positions = [first_words.index(f.name) for f in findings()]
     assert positions == sorted(positions), "listed in the order of their section numbers"
     for finding in findings():
         assert finding.claim in listed
