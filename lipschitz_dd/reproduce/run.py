@@ -90,8 +90,17 @@ def run_finding(
     result = run_sweep(sweep_file, out=folder, workers=workers, progress=progress)
     if result.interrupted:
         raise KeyboardInterrupt
-    analysis = finding.analyse(load_runs(result.folder / "runs"), folder)
+    analysis = safe_analyse(finding, load_runs(result.folder / "runs"), folder)
     return write_summary(finding, scale, folder, analysis, failed=len(result.failed_this_time()))
+
+
+def safe_analyse(finding: Finding, records: list, folder: Path) -> Analysis:
+    """finding.analyse, except that an error in it becomes one line of the summary (the runs stay where they are,
+    and the analysis can be re-run with --runs once fixed)."""
+    try:
+        return finding.analyse(records, folder)
+    except Exception as error:  # noqa: BLE001 - any analysis bug must not hide the runs' results
+        return Analysis(lines=[f"analysis failed: {type(error).__name__}: {error}"], verdict="not analysed (error)")
 
 
 def analyse_folder(finding: Finding, scale: str, runs: str | Path, out: str | Path = "reproduce_out") -> Path:
@@ -102,7 +111,7 @@ def analyse_folder(finding: Finding, scale: str, runs: str | Path, out: str | Pa
         raise NotAvailable(f"{finding.name} needs: {finding.needs}")
     folder = finding_folder(finding, scale, out)
     folder.mkdir(parents=True, exist_ok=True)
-    return write_summary(finding, scale, folder, finding.analyse(load_runs(runs), folder))
+    return write_summary(finding, scale, folder, safe_analyse(finding, load_runs(runs), folder))
 
 
 def write_summary(finding: Finding, scale: str, folder: Path, analysis: Analysis, failed: int = 0) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -28,7 +29,7 @@ def analyse(records, out: Path) -> Analysis:
         frame = record.metrics[[c for c in CURVES if c in record.metrics.columns]].dropna(how="all")
         for column in frame.columns:
             series = frame[column].dropna()
-            ax.plot(series.index.clip(lower=1), series.to_numpy(), label=f"{column} ({record.name})")
+            ax.plot(np.maximum(series.index.to_numpy(), 1), series.to_numpy(), label=f"{column} ({record.name})")
         measured = frame.dropna(subset=["evolution/bound1"])
         for stage, epoch in (("first", measured.index.min()), ("last", measured.index.max())):
             row = {"run": record.name, "stage": stage, "epoch": int(epoch)}
