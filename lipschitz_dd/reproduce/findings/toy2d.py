@@ -88,7 +88,7 @@ register(
         config="toy2d",
         parameters={"seed_everything": [0]},
         scales={"quick": {"trainer.max_epochs": 30}, "cpu": {}, "full": {"seed_everything": [0, 1, 2, 3]}},
-        cost={"quick": "~15 s (1 run)", "cpu": "~2 min (1 run, up to 2,000 full-batch epochs)", "full": "~8 min"},
+        cost={"quick": "~15 s (1 run)", "cpu": "~5-16 min (1 run, stops near epoch 800)", "full": "~8 min"},
         analyse=analyse,
     )
 )
