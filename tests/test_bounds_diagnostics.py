@@ -42,13 +42,14 @@ def test_top_pair_midpoints_are_the_pairs_of_the_top_m():
 def test_subsample_error_against_numpy_brute_force():
     values = torch.tensor([1.0, 2.0, 3.0, 10.0])
     (full_size,) = subsample_error(values, [4], repeats=3)
-    assert full_size.mean_ratio == 1.0 and full_size.mean_below_pct == 0.0
+    assert full_size.mean_ratio == 1.0 and full_size.mean_below_pct == 0.0 and full_size.share_below == 0.0
     # subsets of 2 of 4 points miss the maximum with probability 1/2: ratio -> (1/2 * 1 + 1/2 * E[max others]/10)
     (pairs,) = subsample_error(values, [2], repeats=20000, generator=torch.Generator().manual_seed(1))
     others = [max(a, b) for a, b in itertools.combinations([1.0, 2.0, 3.0], 2)]
     exact = 0.5 + 0.5 * np.mean(others) / 10
     assert abs(pairs.mean_ratio - exact) < 0.01
     assert 0 < pairs.std_ratio < 1
+    assert abs(pairs.share_below - 0.5) < 0.02  # P(the maximum is not among 2 of 4 points) = 1/2
 
 
 def test_finite_difference_ratio_is_below_the_exact_constant_of_a_1d_relu_net():

@@ -11,12 +11,14 @@ from torch import Tensor, nn
 @dataclass(frozen=True)
 class SubsampleError:
     """C_lower of random subsets of `size` points against the full-set maximum: mean and (sample) std over the
-    repeats of max(subset)/max(all), and `mean_below_pct` = 100 * (1 - mean)."""
+    repeats of max(subset)/max(all), `mean_below_pct` = 100 * (1 - mean), and `share_below` the fraction of
+    subsets whose maximum is strictly below the full one (they missed every maximiser)."""
 
     size: int
     repeats: int
     mean_ratio: float
     std_ratio: float
+    share_below: float
 
     @property
     def mean_below_pct(self) -> float:
@@ -41,7 +43,8 @@ def subsample_error(
         )
         ratios = maxima / full
         std = float(ratios.std()) if repeats > 1 else float("nan")
-        rows.append(SubsampleError(size, repeats, float(ratios.mean()), std))
+        share = float((maxima < full).double().mean())
+        rows.append(SubsampleError(size, repeats, float(ratios.mean()), std, share))
     return rows
 
 
