@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
 from lipschitz_dd.reproduce.analysis import fmt, markdown_table
 from lipschitz_dd.reproduce.checkpoints import load_trained
@@ -20,6 +21,23 @@ def _norms(model, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([jacobian_spectral_norms(model, b, method="exact").detach() for b in x.split(512)])
 
 
+def _histograms(named_norms: dict[str, torch.Tensor], title: str, path: Path) -> Path:
+    """Overlaid histograms of per-sample norms (log-spaced bins), one per entry of `named_norms`."""
+    import numpy as np
+
+    figure = Figure(figsize=(6.5, 4), layout="constrained")
+    ax = figure.subplots()
+    values = torch.cat([v.flatten() for v in named_norms.values()])
+    positive = values[values > 0]
+    bins = np.geomspace(float(positive.min()), float(positive.max()), 40) if len(positive) else 40
+    for label, norms in named_norms.items():
+        ax.hist(norms.numpy(), bins=bins, alpha=0.55, label=label)
+    ax.set(xscale="log", xlabel="||J(x)||_2", ylabel="points", title=title)
+    ax.legend(fontsize="small")
+    figure.savefig(path, dpi=120)
+    return path
+
+
 def analyse_softmax(records, out: Path) -> Analysis:
     """Per completed CE run: C_lower of the logits and of softmax(logits) over the training set, and their ratio
     (at most 1/2: the softmax is 1/2-Lipschitz)."""
@@ -28,7 +46,15 @@ def analyse_softmax(records, out: Path) -> Analysis:
     result, rows = Analysis(), []
     for record in [r for r in records if r.completed and r.config.get("model.loss") == "ce"]:
         model, x, _ = load_trained(record)
-        logits, probabilities = float(_norms(model, x).max()), float(_norms(SoftmaxOutput(model), x).max())
+        logit_norms, softmax_norms = _norms(model, x), _norms(SoftmaxOutput(model), x)
+        logits, probabilities = float(logit_norms.max()), float(softmax_norms.max())
+        result.figures.append(
+            _histograms(
+                {"logits": logit_norms, "softmax": softmax_norms},
+                f"training set, run {record.name}",
+                out / f"softmax_{record.name}.png",
+            )
+        )
         rows.append(
             {
                 "run": record.name,
@@ -76,6 +102,13 @@ def analyse_diagnostics(records, out: Path) -> Analysis:
         errors = subsample_error(norms, sizes, repeats=200)
         midpoints = top_pair_midpoints(x, norms, TOP_M)
         hard = _norms(model, midpoints)
+        result.figures.append(
+            _histograms(
+                {"training points": norms, f"top-{TOP_M} pair midpoints": hard},
+                f"run {record.name}",
+                out / f"norms_{record.name}.png",
+            )
+        )
         adversarial = torch.cat(
             [pgd_perturbations(model, b, t, eps=0.5) for b, t in zip(x.split(512), y.split(512), strict=True)]
         )

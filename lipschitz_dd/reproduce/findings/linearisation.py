@@ -26,6 +26,23 @@ def initial_model(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return type(model)(**dict(model.hparams)).eval()
 
 
+def _figure(table: pd.DataFrame, path: Path) -> Path:
+    """Per run: C_lower at init, the first-order prediction and C_lower at the end (log scale)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 3.8), layout="constrained")
+    ax = figure.subplots()
+    columns = ["C_lower init", "first-order C_lower", "C_lower end"]
+    width = 0.8 / len(columns)
+    for i, column in enumerate(columns):
+        ax.bar([j + i * width for j in range(len(table))], table[column], width=width, label=column)
+    ax.set_xticks([j + width for j in range(len(table))], table["run"])
+    ax.set(yscale="log", ylabel="constant", title="C_lower vs the first-order prediction from theta_0")
+    ax.legend(fontsize="small")
+    figure.savefig(path, dpi=120)
+    return path
+
+
 def analyse(records, out: Path) -> Analysis:
     """Per run: C_lower at init and at the end, sup ||M|| at init over POINTS training points, ||theta - theta_0||,
     the first-order prediction, and the check that the rebuilt theta_0 is the run's (its distance to the final
@@ -56,6 +73,7 @@ def analyse(records, out: Path) -> Analysis:
     if not rows:
         return result
     table = pd.DataFrame(rows)
+    result.figures.append(_figure(table, out / "linearisation.png"))
     result.lines += [f"Mixed derivative measured on {POINTS} training points.", "", *markdown_table(table)]
     if not all(consistent):
         result.verdict = "cannot tell: the rebuilt initial parameters differ from the run's (see dist_init columns)"
