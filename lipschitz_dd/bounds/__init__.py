@@ -16,7 +16,7 @@ from lipschitz_dd.bounds.jacobian import (
 )
 from lipschitz_dd.bounds.lower import LowerBoundStats, iterate_batches, lower_bound
 from lipschitz_dd.bounds.operator_norms import NormEstimate, conv_operator_norm, linear_operator_norm
-from lipschitz_dd.bounds.optimised import OptimisedLowerBound, optimised_lower_bound
+from lipschitz_dd.bounds.optimised import OptimisedLowerBound, TopPoints, optimised_lower_bound
 from lipschitz_dd.bounds.pairwise import pairwise_lipschitz
 from lipschitz_dd.bounds.points import (
     convex_combinations,
@@ -53,6 +53,7 @@ __all__ = [
     "top_singular_from_jacobians",
     "top_singular_triplets",
     "upper_bound",
+    "TopPoints",
 ]
 
 # Issue 13 measurements (linearisation check, evolution bound, softmax outputs, lower-bound diagnostics)

@@ -14,6 +14,7 @@ far from the data), but whatever it returns is a valid lower bound.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -44,22 +45,43 @@ class OptimisedLowerBound:
     values: Tensor
 
 
+class TopPoints:
+    """The m points with the largest ||J(x)||_2 seen so far, kept while streaming (memory ~ m + one batch).
+
+    `add(x, norms)` merges a batch; `points` [<= m, ...] and `norms` [<= m] hold the best ones in decreasing
+    order of norm (None before the first batch). A NaN norm ranks lowest, so a diverged batch never displaces
+    a finite point. Exact: the result is the top m of everything added (ties: the earlier point first).
+    """
+
+    def __init__(self, m: int) -> None:
+        if not isinstance(m, int) or m < 1:
+            raise ValueError(f"TopPoints needs an int m >= 1, got {m!r}")
+        self.m = m
+        self.points: Tensor | None = None
+        self.norms: Tensor | None = None
+
+    def add(self, x: Tensor, norms: Tensor) -> None:
+        """Merge a batch: points x [b, ...] with their norms [b]."""
+        x, norms = x.detach(), norms.detach().reshape(-1)
+        if len(x) != len(norms):
+            raise ValueError(f"TopPoints got {len(norms)} norms for {len(x)} points")
+        points = x if self.points is None else torch.cat([self.points, x])
+        values = norms if self.norms is None else torch.cat([self.norms, norms])
+        keep = torch.nan_to_num(values, nan=-math.inf).topk(min(self.m, len(values))).indices
+        self.points, self.norms = points[keep], values[keep]
+
+
 def _top_points(model, points, top_m: int, batch_size: int, device, method: str) -> tuple[Tensor, Tensor]:
     """The top_m points by ||J(x)||_2 and their norms, streaming (memory ~ top_m + one batch)."""
-    best_norms, best_points = None, None
+    top = TopPoints(top_m)
     for chunk in iterate_batches(points, batch_size):
         if chunk.shape[0] == 0:
             continue
         chunk = chunk.to(device) if device is not None else chunk
-        norms = jacobian_spectral_norms(model, chunk, method=method)
-        if best_norms is not None:
-            norms = torch.cat([best_norms, norms])
-            chunk = torch.cat([best_points, chunk])
-        keep = torch.topk(norms, min(top_m, norms.shape[0])).indices
-        best_norms, best_points = norms[keep], chunk[keep].detach()
-    if best_norms is None:
+        top.add(chunk, jacobian_spectral_norms(model, chunk, method=method))
+    if top.points is None:
         raise ValueError("optimised_lower_bound got no points")
-    return best_points, best_norms
+    return top.points, top.norms
 
 
 def _sigma_gradient(model, z: Tensor, u: Tensor, v: Tensor) -> Tensor:
