@@ -11,4 +11,5 @@ from lipschitz_dd.reproduce.findings import (  # noqa: F401
     linearisation,
     pending,
     toy2d,
+    training_options,
 )

@@ -12,9 +12,10 @@ from lipschitz_dd.reproduce.registry import Analysis, Finding, register
 WIDTH, NOISE = "model.width", "data.label_noise"
 
 
-def analyse(records, out: Path) -> Analysis:
-    """Per noise level: the width where test loss and each bound peak, and how far each bound falls after its
-    peak (value at the largest width / peak value)."""
+def analyse(records, out: Path, hue: str = NOISE) -> Analysis:
+    """Per level of `hue` (default: the label noise): the width where test loss and each bound peak, and how far
+    each bound falls after its peak (value at the largest width / peak value)."""
+    NOISE = hue  # noqa: N806 - the grouping key of this call
     table = completed_table(records, [WIDTH, NOISE, "seed_everything"])
     result = Analysis()
     if table.empty:
@@ -29,7 +30,7 @@ def analyse(records, out: Path) -> Analysis:
     for noise, group in means(table, [NOISE, WIDTH]).groupby(NOISE):
         group = group.sort_values(WIDTH)
         peak_loss = argmax_of(group, WIDTH, "test/loss")
-        row = {"label noise": noise, "peak width of test/loss": peak_loss}
+        row = {NOISE: noise, "peak width of test/loss": peak_loss}
         for metric in BOUNDS:
             if metric in group.columns and group[metric].notna().any():
                 peak = argmax_of(group, WIDTH, metric)

@@ -16,12 +16,6 @@ _PENDING = [
         "sweeps/cnn_cifar10_width_noise.yaml)",
     ),
     (
-        "cnn_fashion_mnist_dd",
-        "Companion issue: CNN double descent on Fashion-MNIST",
-        "CNN widths over the interpolation threshold on Fashion-MNIST show the Lipschitz double descent.",
-        "a Fashion-MNIST data module and its CNN width sweep (companion training issue)",
-    ),
-    (
         "pairwise",
         "C_lower vs pairwise C_alt (Table 3)",
         "The pairwise bound max ||f(x)-f(y)||/||x-y|| over training pairs stays below C_lower at every checkpoint.",
@@ -42,37 +36,24 @@ _PENDING = [
         "CIFAR-10 on disk and the finite-difference ratio (bounds.finite_difference_ratio) in the callback",
     ),
     (
-        "constrained",
-        "Constrained double descent",
-        "Renormalising every weight to spectral norm <= C^(1/depth) (with a logit temperature) damps the double "
-        "descent in test loss and in the bounds.",
-        "spectral-norm constrained training with a logit temperature (companion training issue)",
-    ),
-    (
         "jacobian_distributions",
         "Jacobian-norm distributions",
         "Per-sample norm histograms on the training set; ResNets show a long right tail.",
         "per-sample training-set norms saved per run (a histogram analysis step)",
     ),
     (
-        "regulariser",
-        "C_lower as a regulariser",
-        "loss + lambda * C_lower improves the test loss while C_upper barely changes.",
-        "the C_lower regulariser in the training loss (companion training issue)",
-    ),
-    (
         "dropout_weight_decay",
         "Dropout and weight decay (CIFAR ResNet-20)",
         "C_lower falls with dropout p and with weight decay; misclassified points have larger norms more often, "
         "loss and norm barely correlate (~0.03).",
-        "ResNet-20 with dropout and CIFAR-10 on disk (companion training issue); bounds.correctness_split exists",
+        "an analysis entry for the ResNet-20 dropout / weight-decay sweeps (sweeps/resnet20_fashion_mnist_dropout.yaml, _weight_decay.yaml); bounds.correctness_split exists",
     ),
     (
         "imagenet",
         "Large scale: ResNet-50 / SimpleViT on ImageNet",
         "The product bound is ~1e27 at init, ~40 orders above C_lower; sub-sampling error 21 %..6 %; hard convex "
         "combinations shift the norm distribution by < 2x.",
-        "an ImageNet data module, ResNet-50 and SimpleViT (companion training issue) and a GPU",
+        "ImageNet on disk and a GPU (configs resnet50_imagenet, simplevit_imagenet and sweeps/imagenet_seeds.yaml exist)",
     ),
     (
         "sandwich",
@@ -86,14 +67,11 @@ _PENDING = [
 _NUMBERS = {
     "pairwise": "1.3",
     "cnn_double_descent": "2.1",
-    "cnn_fashion_mnist_dd": "2.2",
-    "constrained": "2.3",
     "dropout_weight_decay": "5.6",
     "out_of_distribution": "6.2",
     "adversarial": "6.3",
     "jacobian_distributions": "6.4",
     "sandwich": "6.5",
-    "regulariser": "7",
     "imagenet": "8",
 }
 
