@@ -22,6 +22,7 @@ def analyse_penalty(records, out: Path) -> Analysis:
         return result
     mean = means(table, [PENALTY], ("test/loss", "test/acc", *BOUNDS)).sort_values(PENALTY)
     result.lines += markdown_table(mean)
+    result.figures.append(_penalty_figure(mean, out / "regulariser.png"))
     base = mean[mean[PENALTY] == 0]
     penalised = mean[mean[PENALTY] > 0]
     if base.empty or penalised.empty:
@@ -35,6 +36,21 @@ def analyse_penalty(records, out: Path) -> Analysis:
         f"{base['test/loss'].iloc[0]:.4g} without penalty; C_upper changes by {100 * upper_change:+.1f} %"
     )
     return result
+
+
+def _penalty_figure(mean, path: Path) -> Path:
+    """Test loss and the three bounds against lambda (symlog x: lambda = 0 is shown)."""
+    from matplotlib.figure import Figure
+
+    metrics = ["test/loss", *BOUNDS]
+    figure = Figure(figsize=(3.6 * len(metrics), 3.4), layout="constrained")
+    for ax, metric in zip(figure.subplots(1, len(metrics)), metrics, strict=True):
+        ax.plot(mean[PENALTY], mean[metric], "o-")
+        positive = mean[PENALTY][mean[PENALTY] > 0]
+        ax.set_xscale("symlog", linthresh=float(positive.min()) if len(positive) else 1e-3)
+        ax.set(xlabel="lambda", ylabel=metric)
+    figure.savefig(path, dpi=120)
+    return path
 
 
 QUICK_DD = {"model.width": [4, 32], "trainer.max_epochs": 2, "data.num_samples": 1000}
