@@ -40,6 +40,12 @@ def scaled_sweep(finding: Finding, scale: str) -> dict[str, Any]:
         if key == "sweep":
             continue
         parameters[key] = {"values": list(value)} if isinstance(value, (list, tuple)) else {"value": value}
+    if "config" in parameters:  # a grid over shipped configs (e.g. the constrained double descent): absolute paths
+        entry = parameters["config"]
+        if "values" in entry:
+            parameters["config"] = {"values": [str(resolve(v, "configs").resolve()) for v in entry["values"]]}
+        elif "value" in entry:
+            parameters["config"] = {"value": str(resolve(entry["value"], "configs").resolve())}
     config["parameters"] = parameters
     command = list(config.get("command") or [])
     for i, chunk in enumerate(command[:-1]):
