@@ -17,8 +17,6 @@ def analyse(records, out: Path, hue: str = NOISE) -> Analysis:
     each bound falls after its peak (value at the largest width / peak value)."""
     NOISE = hue  # noqa: N806 - the grouping key of this call
     table = completed_table(records, [WIDTH, NOISE, "seed_everything"])
-    if NOISE == "config" and not table.empty:  # a grid over shipped configs: name them by their file's stem
-        table[NOISE] = table[NOISE].map(lambda path: Path(str(path)).stem)
     result = Analysis()
     if table.empty:
         return result

@@ -93,7 +93,7 @@ register(
             "full": {"seed_everything": [0, 1, 2, 3]},
         },
         cost={"quick": "~40 s (3 runs)", "cpu": "~1 h (36 runs x 300 epochs, 2 workers)", "full": "as cpu x 4"},
-        analyse=partial(double_descent, hue="config"),
+        analyse=partial(double_descent, hue="model.logit_temperature"),  # 1 / 10 / 40: one per setting
     )
 )
 register(
