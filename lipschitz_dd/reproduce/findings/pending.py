@@ -36,12 +36,6 @@ _PENDING = [
         "CIFAR-10 on disk and the finite-difference ratio (bounds.finite_difference_ratio) in the callback",
     ),
     (
-        "jacobian_distributions",
-        "Jacobian-norm distributions",
-        "Per-sample norm histograms on the training set; ResNets show a long right tail.",
-        "per-sample training-set norms saved per run (a histogram analysis step)",
-    ),
-    (
         "dropout_weight_decay",
         "Dropout and weight decay (CIFAR ResNet-20)",
         "C_lower falls with dropout p and with weight decay; misclassified points have larger norms more often, "
@@ -70,7 +64,6 @@ _NUMBERS = {
     "dropout_weight_decay": "5.6",
     "out_of_distribution": "6.2",
     "adversarial": "6.3",
-    "jacobian_distributions": "6.4",
     "sandwich": "6.5",
     "imagenet": "8",
 }
