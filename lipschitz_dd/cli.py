@@ -5,6 +5,7 @@
     lipschitz-dd fit --config configs/cnn_cifar10.yaml --print_config
     lipschitz-dd sweep sweeps/fcn_mnist1d_dd.yaml --workers 2
     lipschitz-dd report sweeps_out/fcn_mnist1d_dd
+    lipschitz-dd reproduce [NAME [--quick]]
 
 Lightning is imported only for fit/validate/test, so `sweep status` and `report` start quickly.
 """
@@ -89,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         from lipschitz_dd.report.cli import main as report_main
 
         return report_main(argv[1:]) or 0
+    if argv and argv[0] == "reproduce":
+        from lipschitz_dd.reproduce.cli import main as reproduce_main
+
+        return reproduce_main(argv[1:]) or 0
     threads = os.environ.get("TORCH_NUM_THREADS")
     if threads:
         import torch
