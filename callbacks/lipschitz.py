@@ -6,8 +6,11 @@ local Lipschitz constant at x is ||J(x)||_2, the largest singular value of the i
 runs with the model in eval mode, autograd on, parameters frozen, the global RNG streams saved and restored, so
 training is bit-identical with and without the callback. Logged metrics:
 
-    lipschitz/lower         max_{x in train} ||J(x)||_2                a guaranteed lower bound of Lip(f)
-    lipschitz/avg, /rms     mean and root-mean-square of ||J(x)||_2    over train; not bounds
+    lipschitz/lower         max_{x in train} ||J(x)||_2                a guaranteed lower bound of Lip(f);
+                            the exact max also with method="warm" (its candidates are computed exactly)
+    lipschitz/avg, /rms     mean and root-mean-square of ||J(x)||_2    over train; not bounds (warm: err low)
+    lipschitz/avg_tol       mean relative change of the warm estimates' last iteration (0 = exact values):
+                            about how much avg and rms may still be too low
     lipschitz/lower_test    max over the test points                   a lower bound
     lipschitz/lower_interp  max over random convex combinations of pairs of train points   a lower bound
     lipschitz/lower_noise   max over Gaussian-perturbed train points   a lower bound
@@ -21,6 +24,15 @@ training is bit-identical with and without the callback. Logged metrics:
     lipschitz/seconds       wall time of the measurement (max over ranks)
     params/dist_init        ||theta - theta_0||_2
     params/path_length      sum of ||theta_{t+1} - theta_t||_2 over consecutive measurements
+
+Training points (`method`, see _warm.py): one estimator per process, kept for the whole run, computes ||J(x)||_2
+at the training points. "exact" forms the K x d Jacobian (K backward passes per point, K logits); "warm" starts
+each point from the top singular vectors it kept for that point (found again by the point's stable index) and
+runs 1-3 block iterations, then refines the candidates for the max and computes the largest exactly: every value
+errs low, the max is the exact method's. "auto" (default) takes exact for K <= 16, where it is as fast, and
+warm above; `last_method` and results.json's "measurement" entry say which ran and why. The other point sets
+and the optimised bound use `jacobian_method`. Every measurement runs in float32 with autocast off, so a model
+trained with precision="16-mixed" / "bf16-mixed" gets the values of its float32 weights.
 
 Point sets (`callbacks/point_sets.py`): each lower bound over points is a `PointSet` object (name, source data,
 how it makes points from a batch); the keyword flags `test`, `interp`, `noise`, `pgd` switch the built-in ones
@@ -46,7 +58,10 @@ no `forward` without `network=`) gets one warning saying why and no lipschitz/* 
 Points: explicit tensors, else the datamodule's in-memory `train_x`/`test_x`, else the samples of the loaders
 (any batch format: tensors, tuples, dicts, or `get_input`), always the same seeded subset (`max_samples`),
 one batch in memory at a time. Under DDP each rank measures its share of the points and the `LowerBoundStats`
-of every set are reduced across ranks (maxima max-reduced, means from summed sums and counts).
+of every set are reduced across ranks (maxima max-reduced, means and avg_tol from summed sums and counts); each
+rank keeps the warm-start vectors of its own points, all ranks choose the method with the smallest free memory
+of any rank. A checkpoint holds rank 0's vectors: on resume rank 0 continues warm, the other ranks start their
+points afresh (one exact or longer measurement; the max is unaffected).
 `callback.last_metrics` holds the latest values, `callback.history` all of them (`{"epoch": e, metric: value}`),
 e.g. for notebooks (a callback reused for another fit starts afresh; resuming from a checkpoint restores its
 state):
@@ -54,8 +69,9 @@ state):
     trainer = Trainer(callbacks=[LipschitzCallback(every_n_epochs=5, test=True)])
 
 Modules: point_sets.py (what is measured), _points.py (where points come from), _measurement.py (one pass over
-the points), _upper.py (the upper bound), _schedule.py (when), _logging.py (the rows), _distributed.py (DDP),
-_trajectory.py (parameter distances), _isolation.py (no trace on training); this file wires them to the hooks.
+the points), _warm.py (the training points' estimator), _upper.py (the upper bound), _schedule.py (when),
+_logging.py (the rows), _distributed.py (DDP), _trajectory.py (parameter distances), _isolation.py (no trace on
+training); this file wires them to the hooks.
 """
 
 from __future__ import annotations
