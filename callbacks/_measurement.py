@@ -114,7 +114,8 @@ def measure_point_sets(
                     labels = predicted
                 made = point_set.points(x, labels, model, generator)
                 if made is x and type(point_set).norms is PointSet.norms:  # the data: their norms once per batch
-                    x_norms = (norms(x) if warm is None else warm(model, x, indices)) if x_norms is None else x_norms
+                    if x_norms is None:
+                        x_norms = norms(x) if warm is None else warm(model, x, indices)
                     if warm is None:
                         stats[point_set.name].update(x_norms)
                     of_data.add(point_set.name)
