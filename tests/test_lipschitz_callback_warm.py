@@ -209,3 +209,18 @@ def test_point_sources_give_stable_indices():
     indices = torch.cat([i for _, _, i in stream.indexed_batches(torch.device("cpu"))])
     assert torch.equal(indices, torch.arange(12))  # running positions
     assert math.isclose(sum(len(b) for b, _ in stream.batches(torch.device("cpu"))), 12)
+
+
+def test_a_non_finite_point_logs_nan_with_a_warning_and_does_not_stop_the_run():
+    torch.manual_seed(0)
+    model, (x, _) = WideNet(), arrays()
+    x[3] = float("nan")
+    trainer = connected(model)
+    callback = LipschitzCallback(train_points=x, batch_size=16, upper=False, progress_bar=False)
+    with pytest.warns(RuntimeWarning, match="Jacobian norms failed"):
+        first = callback.measure(trainer, model, epoch=0)
+    second = callback.measure(trainer, model, epoch=1)
+    for metrics in (first, second):
+        assert math.isnan(metrics["lipschitz/lower"]) and math.isnan(metrics["lipschitz/avg"])
+    store = callback._train_norms.estimator.store  # the other batches keep their vectors, the failed one has none
+    assert N_POINTS - 16 <= len(store) < N_POINTS and not bool(store.contains(torch.tensor([3])))
