@@ -47,6 +47,12 @@ class LipschitzCLI(LightningCLI):
     """LightningCLI with the run folder, the loggers, the Lipschitz callback, the function snapshot and the run
     record wired in."""
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit, validate and test; not predict: lipschitz_dd's datamodules have no predict set and the run folder
+        records no predictions, so `lipschitz-dd predict` is not offered rather than failing after setup."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name != "predict"}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--save_dir",
