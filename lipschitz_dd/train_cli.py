@@ -11,12 +11,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lipschitz_dd.callbacks import FunctionSnapshot, GradNormStopping, LipschitzCallback, RunRecord
-from lipschitz_dd.loggers import EpochCSVLogger, build_wandb_logger
+from lipschitz_dd.loggers import (
+    ConfigOnlyWandbLogger,
+    EpochCSVLogger,
+    build_wandb_logger,
+    readable_run_name,
+    run_summary,
+    stored_wandb_id,
+    sweep_id,
+    sweep_params,
+)
 
 ENV_SAVE_DIR = "LIPSCHITZ_DD_SAVE_DIR"
 ENV_EXPERIMENT = "LIPSCHITZ_DD_EXPERIMENT"
@@ -43,9 +52,39 @@ def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def resumed_run_dir(ckpt_path: str | None) -> str | None:
+    """The run folder a checkpoint belongs to (`<run dir>/checkpoints/<name>.ckpt`, the folder holding a
+    config.yaml or metrics.csv), else None."""
+    if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
+        return None
+    path = Path(ckpt_path).resolve()
+    run_dir = path.parent.parent
+    if path.parent.name == "checkpoints" and any((run_dir / f).is_file() for f in ("config.yaml", "metrics.csv")):
+        return str(run_dir)
+    return None
+
+
+class _ResumedRows(Callback):
+    """On `fit --ckpt_path`: tells the loggers the epoch the run resumes at, before the module logs its epoch-0
+    row (callbacks' on_train_start runs first), so the checkpoint's already-recorded rows are neither
+    duplicated nor overwritten by a row measured on the loaded weights."""
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for logger in trainer.loggers:
+            if hasattr(logger, "keep_rows_through"):
+                logger.keep_rows_through(trainer.current_epoch)
+
+
 class LipschitzCLI(LightningCLI):
     """LightningCLI with the run folder, the loggers, the Lipschitz callback, the function snapshot and the run
     record wired in."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        import sys
+
+        given = kwargs.get("args")
+        self.argv = [str(a) for a in given] if isinstance(given, list) else sys.argv[1:]
+        super().__init__(*args, **kwargs)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -93,6 +132,10 @@ class LipschitzCLI(LightningCLI):
     # --- the run folder -------------------------------------------------------------------------------------
     def _run_location(self) -> tuple[str, str, str]:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        resumed = resumed_run_dir(cfg.get("ckpt_path")) if self.subcommand == "fit" else None
+        if resumed and not cfg.get("run_name"):  # `fit --ckpt_path <run dir>/checkpoints/x.ckpt` continues there
+            run_dir = Path(resumed)
+            return str(run_dir.parent.parent), run_dir.parent.name, run_dir.name
         experiment = cfg.get("experiment")
         if not experiment:
             config_files = cfg.get("config") or []
@@ -117,9 +160,11 @@ class LipschitzCLI(LightningCLI):
         save_dir, experiment, run_name = self._run_location()
         self.run_dir = os.path.join(save_dir, experiment, run_name)
         rank_zero = rank_zero_only.rank == 0  # DDP's other ranks start after rank 0, into its folder
-        if rank_zero:
-            self._refuse_earlier_run(self.run_dir)
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        resuming = self.subcommand == "fit" and resumed_run_dir(cfg.get("ckpt_path")) is not None
+        resuming = resuming and os.path.abspath(resumed_run_dir(cfg.get("ckpt_path"))) == os.path.abspath(self.run_dir)
+        if rank_zero and not resuming:
+            self._refuse_earlier_run(self.run_dir)
         self.flat_config = flatten_config(cfg)
         self.flat_config.update({"experiment": experiment, "run_name": run_name})
         trainer_cfg = self._get(self.config_init, "trainer", default={})
@@ -132,30 +177,56 @@ class LipschitzCLI(LightningCLI):
                 "network, run `lipschitz-dd validate` with the same arguments"
             )
         if trainer_cfg.get("logger") in (None, True) and "logger" not in kwargs:
-            csv_logger = EpochCSVLogger(save_dir=save_dir, name=experiment, version=run_name)
+            csv_logger = EpochCSVLogger(save_dir=save_dir, name=experiment, version=run_name, resume=resuming)
             # Open the CSV writer now, while the run folder is still empty: W&B creates <run dir>/wandb when built,
             # and a writer opened later warns "exists and is not empty. Previous log files ... will be deleted".
             if rank_zero:
                 _ = csv_logger.experiment
             loggers: list[Any] = [csv_logger]
             if cfg.get("wandb") and os.environ.get("WANDB_MODE") != "disabled":
-                loggers.append(build_wandb_logger(self.run_dir, experiment, run_name, self.flat_config))
+                display_name = readable_run_name(sweep_params(self.argv)) if sweep_id() else None
+                wandb_id = stored_wandb_id(self.run_dir) if resuming else None
+                loggers.append(
+                    build_wandb_logger(
+                        self.run_dir,
+                        experiment,
+                        run_name,
+                        self.flat_config,
+                        display_name=display_name,
+                        resume_id=wandb_id,
+                    )
+                )
             kwargs["logger"] = loggers
         self.run_record = RunRecord(run_dir=self.run_dir, config=self.flat_config)
         trainer = super().instantiate_trainer(**kwargs)
         if cfg.get("snapshot", True):  # before RunRecord: results.json is the last file a run writes
             trainer.callbacks.append(FunctionSnapshot(run_dir=self.run_dir))
         trainer.callbacks.append(self.run_record)
+        if resuming:
+            trainer.callbacks.insert(0, _ResumedRows())
         return trainer
 
     def after_fit(self) -> None:
         results = os.path.join(self.run_dir, "results.json")
+        self._write_wandb_summary(results)
         final = self._final_metrics(results)
         rank_zero_info(
             f"\nRun finished. Results: {results}\n  (metrics per epoch: "
             f"{os.path.join(self.run_dir, 'metrics.csv')}; config: "
             f"{os.path.join(self.run_dir, 'config.yaml')})" + final
         )
+
+    def _write_wandb_summary(self, results_path: str) -> None:
+        """The run's maxima, final values, epochs and status into the W&B summary (see loggers.run_summary)."""
+        import json
+
+        loggers = [lg for lg in self.trainer.loggers if isinstance(lg, ConfigOnlyWandbLogger)]
+        if not loggers or not os.path.exists(results_path):
+            return
+        with open(results_path) as f:
+            summary = run_summary(json.load(f))
+        for logger in loggers:
+            logger.write_summary(summary)
 
     @staticmethod
     def _final_metrics(results_path: str) -> str:
