@@ -140,7 +140,8 @@ class LipschitzCallback(Callback):
             `datamodule.train_dataloader()` (else `trainer.train_dataloader`), test points from the first
             validation loader (else the test loader).
         jacobian_method: passed to `jacobian_spectral_norms`.
-        progress_bar: show a tqdm bar for measurements that take longer than 2 seconds.
+        progress_bar: show a tqdm bar for measurements that take longer than 2 seconds (never when the Trainer
+            has no progress bar, e.g. `--trainer.enable_progress_bar false`).
         network: dotted attribute path of the submodule that maps inputs to logits, for modules that call e.g.
             `self.model(x)` in `training_step` (default: `pl_module` itself).
         output: which element of a tuple/list output (an index) or dict output (a key) are the logits.
@@ -436,7 +437,7 @@ class LipschitzCallback(Callback):
                 unit="pt",
                 leave=False,
                 delay=2.0,
-                disable=not (self.progress_bar and trainer.is_global_zero),
+                disable=not (self.progress_bar and trainer.is_global_zero and trainer.progress_bar_callback),
             )
             with bar:
                 if train is not None:

@@ -68,14 +68,15 @@ def _one_line_error(exc: BaseException) -> int:
 
 
 def _chooses_config_or_classes(args: list[str]) -> bool:
-    """True when the subcommand's arguments give a config file, a model or data class, or ask for help: then the
+    """True when the subcommand's arguments give a config file, a model or data class (`--data X` or
+    `--data.class_path X`, which must give the same defaults), or ask for help: then the
     embedded default config is not put in front. Every spelling jsonargparse accepts counts: `--config X`,
     `--config=X`, `-c X`, `-c=X`, `-cX` and unambiguous abbreviations (`--conf X`)."""
     for arg in args:
         if arg == "--":
             break
         name = arg.split("=", 1)[0]
-        if name in ("--model", "--data", "-h", "--help"):
+        if name in ("--model", "--data", "--model.class_path", "--data.class_path", "-h", "--help"):
             return True
         if arg.startswith("-c") or (len(name) >= 4 and "--config".startswith(name)):  # --c alone: --ckpt_path
             return True

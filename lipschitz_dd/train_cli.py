@@ -156,7 +156,32 @@ class LipschitzCLI(LightningCLI):
                 "(or --experiment/--save_dir) to keep it, or delete the folder to replace it"
             )
 
+    def _check_validation_convention(self) -> None:
+        """A model given with --model must read our datamodules' validation loaders: lipschitz_dd's datamodules
+        give two (0: the test set, 1: the training set in eval mode), so its validation_step needs a
+        `dataloader_idx` argument; Lightning would fail on it only after the first training epoch."""
+        import inspect
+
+        from lipschitz_dd.data.base import ArrayDataModule
+
+        model, data = getattr(self, "model", None), getattr(self, "datamodule", None)
+        if not isinstance(data, ArrayDataModule) or model is None:
+            return
+        step = getattr(type(model), "validation_step", None)
+        if step is None or step is LightningModule.validation_step:
+            return
+        parameters = inspect.signature(step).parameters
+        if "dataloader_idx" in parameters or any(p.kind is p.VAR_POSITIONAL for p in parameters.values()):
+            return
+        name = f"{type(model).__module__}.{type(model).__qualname__}"
+        raise ValueError(
+            f"model {name}: its validation_step(self, batch, batch_idx) takes no dataloader_idx, but "
+            f"{type(data).__name__} gives two validation loaders (0: test set, 1: training set); add "
+            "`dataloader_idx: int = 0` and log test/loss for loader 0, or subclass lipschitz_dd.models.LipschitzModule"
+        )
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        self._check_validation_convention()
         save_dir, experiment, run_name = self._run_location()
         self.run_dir = os.path.join(save_dir, experiment, run_name)
         rank_zero = rank_zero_only.rank == 0  # DDP's other ranks start after rank 0, into its folder

@@ -181,3 +181,52 @@ def test_a_shipped_sweeps_command_runs_from_an_empty_directory(tmp_path):
     config = record["config"]
     assert config.get("model.width", config.get("model.init_args.width")) == 4
     assert config.get("data.label_noise", config.get("data.init_args.label_noise")) == 0.15
+
+
+def test_data_class_and_data_class_path_give_the_same_defaults(capsys):
+    """Both choose the data class, so neither gets the embedded default config's data settings."""
+    by_class = _printed_config(capsys, ["--data", "lipschitz_dd.data.MNIST1DDataModule"])
+    by_path = _printed_config(capsys, ["--data.class_path", "lipschitz_dd.data.MNIST1DDataModule"])
+    assert by_class == by_path
+    assert by_path["data"]["init_args"]["label_noise"] == 0.0  # the class's default, not default.yaml's 0.15
+
+
+def test_a_plain_lightning_module_without_dataloader_idx_is_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "plain_net.py").write_text(
+        "import torch\nimport lightning as L\n\n"
+        "class Net(L.LightningModule):\n"
+        "    def __init__(self, num_classes: int = 10):\n"
+        "        super().__init__()\n        self.net = torch.nn.Linear(40, num_classes)\n"
+        "    def forward(self, x):\n        return self.net(x)\n"
+        "    def training_step(self, batch, batch_idx):\n"
+        "        return torch.nn.functional.cross_entropy(self(batch[0]), batch[1])\n"
+        "    def validation_step(self, batch, batch_idx):\n        pass\n"
+        "    def configure_optimizers(self):\n        return torch.optim.SGD(self.parameters(), lr=0.1)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["--model", "plain_net.Net", "--data", "lipschitz_dd.data.SyntheticDataModule", "--data.input_shape=[40]"]
+    assert main(["fit", *args, "--trainer.max_epochs=1", "--run_name", "p"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # (earlier lines: log records of other tests' streams)
+    assert last.startswith("lipschitz-dd: error:") and "plain_net.Net" in last and "dataloader_idx" in last
+    assert not (tmp_path / "runs").exists()  # refused before anything ran
+
+
+def test_no_progress_bar_silences_the_lipschitz_bar(tmp_path, monkeypatch):
+    from lipschitz_dd.callbacks import lipschitz
+
+    disabled = []
+
+    def recording_tqdm(*args, **kwargs):
+        disabled.append(kwargs.get("disable"))
+        return real_tqdm(*args, **kwargs)
+
+    real_tqdm = lipschitz.tqdm
+    monkeypatch.setattr(lipschitz, "tqdm", recording_tqdm)
+    monkeypatch.chdir(tmp_path)
+    common = ["fit", "-c", "test_tiny", "--trainer.max_epochs=1", "--snapshot=false"]
+    assert main([*common, "--trainer.enable_progress_bar=true", "--run_name", "a"]) == 0
+    assert disabled and not any(disabled)
+    disabled.clear()
+    assert main([*common, "--trainer.enable_progress_bar=false", "--run_name", "b"]) == 0
+    assert disabled and all(disabled)
