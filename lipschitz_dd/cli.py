@@ -206,6 +206,9 @@ def format_shipped() -> str:
         lines.append(f"{kind} ({usage}; in {shipped_dir(kind)}):")
         name_width = max(len(name) for name in files)
         lines += [f"  {name:<{name_width}}  {describe_shipped(path, kind)}" for name, path in files.items()]
+    scripts = sorted((shipped_dir("sweeps") / "agents").glob("*.sh"))
+    if scripts:
+        lines.append(f"agent scripts (docs/agents.md; in {scripts[0].parent}): {', '.join(p.name for p in scripts)}")
     return "\n".join(lines)
 
 
