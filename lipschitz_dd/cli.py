@@ -21,7 +21,7 @@ import warnings
 from argparse import ArgumentError
 from pathlib import Path
 
-# `lipschitz-dd fit` with no config and no model/data: paper.md's cheap double-descent setting at width 256.
+# `lipschitz-dd fit` with no config and no model/data: the paper's cheap double-descent setting (MNIST-1D) at width 256.
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 
 
