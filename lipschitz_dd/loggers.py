@@ -133,7 +133,19 @@ NAME_ABBREVIATIONS = {
     "seed_everything": "s",
 }
 # Swept keys that say how long or where a run goes rather than what it is: left out of the display name.
-_NOT_IN_NAME = ("trainer.", "lipschitz.", "stopping.", "config", "save_dir", "experiment", "run_name", "ckpt_path")
+_NOT_IN_NAME = (
+    "trainer.",
+    "lipschitz.",
+    "stopping.",
+    "config",
+    "save_dir",
+    "experiment",
+    "run_name",
+    "ckpt_path",
+    "wandb",
+    "snapshot",
+    "print_config",
+)
 
 
 def readable_run_name(params: dict[str, Any]) -> str:

@@ -54,7 +54,7 @@ def test_self_hosted_credentials_count_as_configured(home):
 def test_readable_run_names_from_swept_parameters(monkeypatch):
     monkeypatch.delenv("WANDB_SWEEP_PARAM_PATH", raising=False)
     argv = ["fit", "--config", "x", "--model.width=64", "--data.label_noise=0.15", "--seed_everything=0"]
-    argv += ["--trainer.max_epochs=300", "--model.init_args.bias=False"]
+    argv += ["--trainer.max_epochs=300", "--model.init_args.bias=False", "--wandb=true", "--snapshot=false"]
     assert loggers.readable_run_name(loggers.sweep_params(argv)) == "w64-noise0.15-s0-bias=False"
     assert loggers.readable_run_name({}) == ""
 
