@@ -1,9 +1,9 @@
 """Benchmark of the upper-bound engine (run: python benchmarks/bench_upper_bound.py [--threads 1]).
 
-1. Conv operator norms of CNN 20 (paper.md's Nakkiran CNN, w = 20, 32x32 inputs): ours (certified Fourier
-   bound; cold and warm power iteration) against building the explicit sparse convolution matrix with
-   scipy.sparse and calling scipy.sparse.linalg.svds (the sparse 2-norm). Target: >= 20x faster, same value
-   to 1e-3 relative.
+1. Conv operator norms of CNN 20 (the four-layer CNN of Nakkiran et al., w = 20, 32x32 inputs): ours
+   (certified Fourier bound; cold and warm power iteration) against building the explicit sparse
+   convolution matrix with scipy.sparse and calling scipy.sparse.linalg.svds (the sparse 2-norm).
+   Target: >= 20x faster, same value to 1e-3 relative.
 2. The warm-started upper bound of FCN 256 on MNIST-1D-shaped data (40 features, 10 classes, 4,000 points)
    in units of one training epoch (SGD, batch 512, cross-entropy). Target: <= 2 % of an epoch.
 All figures come from one process, side by side.

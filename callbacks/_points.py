@@ -6,6 +6,7 @@ same samples in the same order (a seeded subset), and under DDP only this rank's
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Union
 
@@ -207,3 +208,55 @@ class PointSource:
                     return
 
         return cls(stream, None)
+
+
+STREAM_SAMPLES = 10_000
+"""Points read from a loader that can only be iterated (no length, no trainer limit) when max_samples is None."""
+
+
+def resolve_source(
+    trainer: Trainer,
+    kind: str,
+    points: Tensor | None,
+    labels: Tensor | None,
+    *,
+    max_samples: int | None,
+    seed: int,
+    batch_size: int,
+    warn: Callable[[str, str], None],
+    input_key: Key | None = None,
+    label_key: Key | None = None,
+    get_input: BatchFn | None = None,
+    get_label: BatchFn | None = None,
+) -> PointSource | None:
+    """This rank's "train" or "test" points: the explicit `points` tensor if given, else for "train" the
+    datamodule's `measure_dataloader()` if it defines one (its own measurement set, e.g. a fixed subset of
+    ImageNet with eval transforms, already this rank's share), else the datamodule's in-memory `{kind}_x`, else
+    the samples of its loader (see `train_loader` / `test_loader`); None if there are none.
+    `warn(key, message)` reports a stream read only up to STREAM_SAMPLES samples."""
+    common = dict(max_samples=max_samples, seed=seed, batch_size=batch_size)
+    common.update(rank=trainer.global_rank, world_size=trainer.world_size)
+    readers = dict(input_key=input_key, label_key=label_key, get_input=get_input, get_label=get_label)
+    measure = getattr(getattr(trainer, "datamodule", None), "measure_dataloader", None)
+    if points is None and kind == "train" and callable(measure):
+        common.update(rank=0, world_size=1)  # the datamodule shards its measurement set itself
+        return PointSource.from_loader(measure(), **readers, **common)
+    if points is None:
+        points, labels = datamodule_tensors(trainer, kind)
+    if points is not None:
+        return PointSource.from_tensors(points, labels, **common)
+    loader = train_loader(trainer) if kind == "train" else test_loader(trainer)
+    if loader is None:
+        return None
+    max_batches = None
+    if is_streamed(loader):  # read by iterating: stop where the fit does, and never run forever
+        limit = trainer.num_training_batches if kind == "train" else math.inf
+        max_batches = int(limit) if isinstance(limit, (int, float)) and math.isfinite(limit) else None
+        if max_batches is None and max_samples is None:
+            common["max_samples"] = STREAM_SAMPLES
+            warn(
+                f"stream-{kind}",
+                f"LipschitzCallback: the {kind} loader can only be iterated and has no length; measuring its "
+                f"first {STREAM_SAMPLES} samples (set max_samples to choose)",
+            )
+    return PointSource.from_loader(loader, max_batches=max_batches, **readers, **common)

@@ -4,7 +4,7 @@ The network is f = `pl_module(x)` (the logits; `network=` names a submodule to u
 logits out of a tuple or dict output), norms are Euclidean on the flattened input and output, and the
 local Lipschitz constant at x is ||J(x)||_2, the largest singular value of the input Jacobian. Every measurement
 runs with the model in eval mode, autograd on, parameters frozen, the global RNG streams saved and restored, so
-training is bit-identical with and without the callback. Logged metrics (names fixed by design.md):
+training is bit-identical with and without the callback. Logged metrics:
 
     lipschitz/lower         max_{x in train} ||J(x)||_2                a guaranteed lower bound of Lip(f)
     lipschitz/avg, /rms     mean and root-mean-square of ||J(x)||_2    over train; not bounds
@@ -12,6 +12,7 @@ training is bit-identical with and without the callback. Logged metrics (names f
     lipschitz/lower_interp  max over random convex combinations of pairs of train points   a lower bound
     lipschitz/lower_noise   max over Gaussian-perturbed train points   a lower bound
     lipschitz/lower_pgd     max over PGD-perturbed train points        a lower bound
+    lipschitz/lower_<name>  max over the points of a user's point set  a lower bound
     lipschitz/lower_opt     the optimised lower bound (gradient ascent on ||J(x)||_2)       a lower bound
     lipschitz/upper         product of per-layer constants             an upper bound (absent if unavailable);
                             per-layer norms by warm-started power iteration, which may err slightly low,
@@ -21,27 +22,40 @@ training is bit-identical with and without the callback. Logged metrics (names f
     params/dist_init        ||theta - theta_0||_2
     params/path_length      sum of ||theta_{t+1} - theta_t||_2 over consecutive measurements
 
-When: epoch 0 (at `on_train_start`, before the first update, written straight to every logger at step 0),
-then at the end of every epoch e <= dense_epochs, every every_n_epochs-th epoch and the last epoch, logged
-with `pl_module.log` in `on_validation_epoch_end` (same row as the test loss), or in `on_train_epoch_end` when
-no validation ran; if training stops after those hooks (a stopping callback listed after this one), the final
-weights are written straight to the loggers at `on_train_end` (at the step the module's own epoch metrics
-use: finished epochs if it logs a "step" metric, as lipschitz_dd's models do, else Lightning's global step):
-list stopping callbacks before this one to keep the last values in the test-loss row. Metrics appear only on
-measured epochs, so a monitor such as EarlyStopping sees the latest measured value in between. Under `trainer.validate` /
-`trainer.test` it measures once (it leaves inference mode itself) and logs beside their metrics.
+Point sets (`callbacks/point_sets.py`): each lower bound over points is a `PointSet` object (name, source data,
+how it makes points from a batch); the keyword flags `test`, `interp`, `noise`, `pgd` switch the built-in ones
+on, `point_sets=[...]` adds any others (class_path/init_args in a LightningCLI config).
+
+When and at which step (the epoch axis of `lipschitz_dd.epoch_axis`; epoch = finished epochs, 0 = before the
+first update): epoch 0 is measured at `on_train_start` and written straight to every logger at step 0; then the
+end of every epoch e <= dense_epochs, every every_n_epochs-th epoch and the last epoch, logged with
+`pl_module.log` in `on_validation_epoch_end` (same row as the test loss), or in `on_train_epoch_end` when no
+validation ran. Every epoch of fit, measured or not, the callback logs `step` = the epoch in that row
+(Lightning's rule: a logged metric named "step" is the row's logger step, and a ModelCheckpoint's `{step}`):
+any module, lipschitz_dd's (which log the same `step` themselves) or a user's plain one, gets its epoch rows at
+step = epoch, with no need for the callback to know the module's own convention. If training stops after those hooks
+(a stopping callback listed after this one), the final weights are written straight to the loggers at
+`on_train_end`, at step = the finished epochs, the step of the last epoch's row. Metrics appear only on measured
+epochs, so a monitor such as EarlyStopping sees the latest measured value in between. Under `trainer.validate` /
+`trainer.test` it measures once (it leaves inference mode itself) and logs beside their metrics at Lightning's
+step.
 
 A model the bounds cannot handle (a non-tensor output without `output=`, integer inputs such as token ids,
 no `forward` without `network=`) gets one warning saying why and no lipschitz/* metrics; training goes on.
 
 Points: explicit tensors, else the datamodule's in-memory `train_x`/`test_x`, else the samples of the loaders
 (any batch format: tensors, tuples, dicts, or `get_input`), always the same seeded subset (`max_samples`),
-one batch in memory at a time. Under DDP each rank measures its share of the points; maxima are max-reduced,
-means come from reduced sums and counts. `callback.last_metrics` holds the latest values, `callback.history`
-all of them (`{"epoch": e, metric: value}`), e.g. for notebooks (a callback reused for another fit starts
-afresh; resuming from a checkpoint restores its state):
+one batch in memory at a time. Under DDP each rank measures its share of the points and the `LowerBoundStats`
+of every set are reduced across ranks (maxima max-reduced, means from summed sums and counts).
+`callback.last_metrics` holds the latest values, `callback.history` all of them (`{"epoch": e, metric: value}`),
+e.g. for notebooks (a callback reused for another fit starts afresh; resuming from a checkpoint restores its
+state):
 
     trainer = Trainer(callbacks=[LipschitzCallback(every_n_epochs=5, test=True)])
+
+Modules: point_sets.py (what is measured), _points.py (where points come from), _measurement.py (one pass over
+the points), _upper.py (the upper bound), _schedule.py (when), _logging.py (the rows), _distributed.py (DDP),
+_trajectory.py (parameter distances), _isolation.py (no trace on training); this file wires them to the hooks.
 """
 
 from __future__ import annotations
@@ -60,51 +74,28 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lipschitz_dd.bounds import (
-    LowerBoundStats,
-    UpperBoundEstimator,
-    convex_combinations,
-    gaussian_perturbations,
-    jacobian_spectral_norms,
-    optimised_lower_bound,
-    pgd_perturbations,
-)
-from lipschitz_dd.callbacks._distributed import Reduction, reduce_across_ranks
+from lipschitz_dd.bounds import LowerBoundStats, TopPoints, optimised_lower_bound
+from lipschitz_dd.callbacks._distributed import reduce_across_ranks, reduce_stats
 from lipschitz_dd.callbacks._isolation import measurement_mode, preserved_rng_state
-from lipschitz_dd.callbacks._points import Key, PointSource, datamodule_tensors, is_streamed, test_loader, train_loader
+from lipschitz_dd.callbacks._logging import log_epoch_row, write_row
+from lipschitz_dd.callbacks._measurement import JacobianNorms, measure_point_sets, measured_network
+from lipschitz_dd.callbacks._points import Key, PointSource, resolve_source
+from lipschitz_dd.callbacks._schedule import Schedule
 from lipschitz_dd.callbacks._trajectory import ParameterTrajectory, flat_parameters
+from lipschitz_dd.callbacks._upper import UpperBoundTracker
+from lipschitz_dd.callbacks.point_sets import (
+    InterpolatedPoints,
+    NoisePoints,
+    PGDPoints,
+    PointSet,
+    TestPoints,
+    TrainPoints,
+)
 
 __all__ = ["LipschitzCallback"]
 
-STREAM_SAMPLES = 10_000
-"""Points read from a loader that can only be iterated (no length, no trainer limit) when max_samples is None."""
-
-
-class SelectedOutput(nn.Module):
-    """x -> module(x)[output]: the logits of a module that returns a tuple/list (output = an index) or a dict
-    (output = a key). A selection of one part of the output, so bounds of this function are bounds of the logits."""
-
-    def __init__(self, module: nn.Module, output: Key) -> None:
-        super().__init__()
-        self.module, self.output = module, output
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.module(x)[self.output]
-
-
-class TopPoints:
-    """The m points with the largest ||J(x)||_2 seen so far (starting points of the optimised lower bound)."""
-
-    def __init__(self, m: int) -> None:
-        self.m = m
-        self.points: Tensor | None = None
-        self.norms: Tensor | None = None
-
-    def add(self, x: Tensor, norms: Tensor) -> None:
-        points = x.detach() if self.points is None else torch.cat([self.points, x.detach()])
-        values = norms.detach() if self.norms is None else torch.cat([self.norms, norms.detach()])
-        keep = torch.nan_to_num(values, nan=-math.inf).topk(min(self.m, len(values))).indices
-        self.points, self.norms = points[keep], values[keep]
+OPTIMISED = "opt"
+"""Name of the optimised lower bound's statistics (lipschitz/lower_opt); no point set may take it."""
 
 
 class LipschitzCallback(Callback):
@@ -145,6 +136,8 @@ class LipschitzCallback(Callback):
         network: dotted attribute path of the submodule that maps inputs to logits, for modules that call e.g.
             `self.model(x)` in `training_step` (default: `pl_module` itself).
         output: which element of a tuple/list output (an index) or dict output (a key) are the logits.
+        point_sets: more point sets (`PointSet` objects, see point_sets.py), measured after the built-in ones;
+            each logs lipschitz/lower_<name> (names must differ from each other and from the built-ins on).
     """
 
     def __init__(
@@ -184,12 +177,11 @@ class LipschitzCallback(Callback):
         progress_bar: bool = True,
         network: str | None = None,
         output: Key | None = None,
+        point_sets: list[PointSet] | None = None,
     ) -> None:
         for name, value in (
             ("every_n_epochs", every_n_epochs),
             ("batch_size", batch_size),
-            ("interp_points", interp_points),
-            ("pgd_steps", pgd_steps),
             ("optimised_top_m", optimised_top_m),
             ("optimised_steps", optimised_steps),
         ):
@@ -200,10 +192,8 @@ class LipschitzCallback(Callback):
                 raise ValueError(f"LipschitzCallback: {name} must be a non-negative integer, got {value!r}")
         if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
             raise ValueError(f"LipschitzCallback: max_samples must be a positive integer or None, got {max_samples!r}")
-        if noise_sigma <= 0 or pgd_eps <= 0:
-            raise ValueError(f"LipschitzCallback: noise_sigma and pgd_eps must be > 0, got {noise_sigma}, {pgd_eps}")
-        if not all(0.0 <= lam <= 1.0 for lam in interp_lambdas) or not interp_lambdas:
-            raise ValueError(f"LipschitzCallback: interp_lambdas must be non-empty, in [0, 1], got {interp_lambdas}")
+        # the built-in point sets check their own arguments, also when switched off
+        _ = InterpolatedPoints(interp_points, interp_lambdas), NoisePoints(noise_sigma), PGDPoints(pgd_eps, pgd_steps)
         self.every_n_epochs, self.dense_epochs = every_n_epochs, dense_epochs
         self.max_samples, self.seed, self.batch_size = max_samples, seed, batch_size
         self.lower, self.average, self.test = lower, average, test
@@ -223,20 +213,51 @@ class LipschitzCallback(Callback):
         self.jacobian_method = jacobian_method
         self.progress_bar = progress_bar
         self.network, self.output = network, output
+        self.point_sets = list(point_sets or [])
+        self._check_point_sets(self.measured_point_sets())
 
         self._module: weakref.ref | None = None  # the LightningModule of the current run
         self._reset_run_state()
+
+    # ------------------------------------------------------------------ what is measured
+    def measured_point_sets(self) -> list[PointSet]:
+        """The point sets of a measurement: the built-ins switched on by the flags (train, test, interp,
+        noise, pgd, in this order), then `point_sets`. Built from the current attributes at each measurement."""
+        sets: list[PointSet] = []
+        if self.lower or self.average:
+            sets.append(TrainPoints(lower=self.lower, average=self.average))
+        if self.test:
+            sets.append(TestPoints())
+        if self.interp:
+            sets.append(InterpolatedPoints(self.interp_points, self.interp_lambdas))
+        if self.noise:
+            sets.append(NoisePoints(self.noise_sigma, self.data_box))
+        if self.pgd:
+            sets.append(PGDPoints(self.pgd_eps, self.pgd_steps, self.data_box))
+        return sets + self.point_sets
+
+    @staticmethod
+    def _check_point_sets(sets: list[PointSet]) -> None:
+        names = [s.name for s in sets]
+        for point_set in sets:
+            if not isinstance(point_set, PointSet):
+                raise ValueError(f"LipschitzCallback: point_sets must hold PointSet objects, got {point_set!r}")
+        duplicated = sorted({n for n in names if names.count(n) > 1} | ({OPTIMISED} & set(names)))
+        if duplicated:
+            raise ValueError(
+                f"LipschitzCallback: point set names must be unique and not {OPTIMISED!r} (the optimised bound); "
+                f"repeated or reserved: {duplicated} (switch the built-in flag off to replace a built-in set)"
+            )
 
     def _reset_run_state(self) -> None:
         """Forget everything measured: a new fit (or another model) starts from scratch."""
         self.last_metrics: dict[str, float] = {}  # the latest measurement, as logged
         self.history: list[dict[str, float]] = []  # every measurement of this run: {"epoch": e, metric: value}
         self._trajectory = ParameterTrajectory()
-        self._estimator: UpperBoundEstimator | None = None
-        self._estimator_state: dict[str, Any] | None = None  # loaded before the estimator exists
-        self._upper_failure: str | None = None
+        self._upper = UpperBoundTracker(certified=self.upper_certified)
         self._measurements = 0
         self._last_measured_epoch: int | None = None
+        self._row_epoch: int | None = None  # the epoch whose row got its step from this callback
         self._sources: dict[str, PointSource | None] = {}
         self._warned: set[str] = set()
 
@@ -255,14 +276,7 @@ class LipschitzCallback(Callback):
     def is_scheduled(self, epoch: int, last: bool = False) -> bool:
         """Whether the parameters after `epoch` finished epochs are measured: epoch 0, epochs 1..dense_epochs,
         multiples of every_n_epochs, and the last epoch."""
-        return last or epoch <= self.dense_epochs or epoch % self.every_n_epochs == 0
-
-    @staticmethod
-    def _is_last_epoch(trainer: Trainer, finished_epochs: int) -> bool:
-        max_epochs = trainer.max_epochs
-        reached_epochs = max_epochs is not None and max_epochs >= 0 and finished_epochs >= max_epochs
-        reached_steps = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
-        return bool(trainer.should_stop or reached_epochs or reached_steps)
+        return Schedule(self.every_n_epochs, self.dense_epochs).is_scheduled(epoch, last)
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -277,66 +291,45 @@ class LipschitzCallback(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.current_epoch > 0 or trainer.global_step > 0 or self._last_measured_epoch == 0:
             return  # resumed: epoch 0 was measured by the original run
-        self._write_to_loggers(trainer, self.measure(trainer, pl_module, epoch=0, record_trajectory=True), step=0)
+        write_row(trainer, self.measure(trainer, pl_module, epoch=0, record_trajectory=True), epoch=0)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
         if trainer.state.fn != TrainerFn.FITTING:  # trainer.validate(): one measurement of the current weights
-            self._log(pl_module, self.measure(trainer, pl_module, epoch=trainer.current_epoch))
+            log_epoch_row(pl_module, self.measure(trainer, pl_module, epoch=trainer.current_epoch), epoch=None)
             return
         if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return  # a mid-epoch validation (val_check_interval < 1): measure at the epoch's end only
-        self._measure_epoch_end(trainer, pl_module)
+        self._epoch_end(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._measure_epoch_end(trainer, pl_module, in_validation=False)  # no-op if validation measured this epoch
+        self._epoch_end(trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         finished = trainer.current_epoch
         if finished > 0 and self._last_measured_epoch != finished and self._last_measured_epoch is not None:
-            # stopped after the epoch-end hooks ran (e.g. a callback set should_stop late): the final weights
-            metrics = self.measure(trainer, pl_module, epoch=finished, record_trajectory=True)
-            step = finished if "step" in trainer.callback_metrics else self._last_epoch_row_step(trainer)
-            self._write_to_loggers(trainer, metrics, step)
-
-    @staticmethod
-    def _last_epoch_row_step(trainer: Trainer) -> int:
-        """The logger step of the last epoch's rows for a module that logs no "step" metric (lipschitz_dd's
-        models log step = finished epochs): Lightning writes epoch-level metrics at its count of batches that
-        stepped, minus one (no public accessor; the global step, minus one, where it is missing)."""
-        stepped = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
-        return max(int(stepped) - 1, 0)
+            # stopped after the epoch-end hooks ran (e.g. a callback set should_stop late): the final weights,
+            # at the step of the last epoch's row
+            write_row(trainer, self.measure(trainer, pl_module, epoch=finished, record_trajectory=True), finished)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._log(pl_module, self.measure(trainer, pl_module, epoch=trainer.current_epoch))
+        log_epoch_row(pl_module, self.measure(trainer, pl_module, epoch=trainer.current_epoch), epoch=None)
 
-    def _measure_epoch_end(self, trainer: Trainer, pl_module: LightningModule, in_validation: bool = True) -> None:
+    def _epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """At the end of an epoch of fit (the validation row, then the training epoch's end): the measurement if
+        scheduled and not yet made (the training epoch's end catches a stop decided after validation), logged with
+        step = the epoch; the step is logged in the first of these hooks of every epoch, measured or not, so the
+        row of any module is on the epoch axis and a checkpoint callback sees the current epoch."""
         finished = trainer.current_epoch + 1
-        if self._last_measured_epoch == finished:
-            return
-        if self.is_scheduled(finished, last=self._is_last_epoch(trainer, finished)):
+        log_step, self._row_epoch = self._row_epoch != finished, finished
+        metrics: dict[str, float] = {}
+        if self._last_measured_epoch != finished and self.is_scheduled(
+            finished, last=Schedule.is_last_epoch(trainer, finished)
+        ):
             metrics = self.measure(trainer, pl_module, epoch=finished, record_trajectory=True)
-            # A module that logs a "step" metric (lipschitz_dd's models: step = finished epochs) has already
-            # written this epoch's row if validation ran: self.log at the train-epoch end would open a row at
-            # Lightning's global step, so the values go straight to the loggers at that step.
-            if not in_validation and "step" in trainer.callback_metrics:
-                self._write_to_loggers(trainer, metrics, finished)
-            else:
-                self._log(pl_module, metrics)
-
-    @staticmethod
-    def _write_to_loggers(trainer: Trainer, metrics: dict[str, float], step: int) -> None:
-        """Metrics straight to every logger at `step` (outside the hooks where `self.log` is allowed)."""
-        for logger in trainer.loggers if metrics else ():
-            logger.log_metrics(metrics, step=step)
-
-    @staticmethod
-    def _log(pl_module: LightningModule, metrics: dict[str, float]) -> None:
-        # values are already identical on every rank; sync_dist with max keeps them and avoids Lightning's
-        # "use sync_dist=True" warning under DDP
-        for name, value in metrics.items():
-            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
+        if metrics or log_step:
+            log_epoch_row(pl_module, metrics, epoch=finished)
 
     # ------------------------------------------------------------------ measurement
     def measure(
@@ -345,17 +338,15 @@ class LipschitzCallback(Callback):
         """One measurement of the current parameters (all ranks must call it): returns the reduced metrics,
         stores them in `last_metrics` and `history`. `record_trajectory` adds the parameters to the path."""
         start = time.perf_counter()
-        values: dict[str, float] = {}
-        ops: dict[str, Reduction] = {}
-        model = self._measured_network(pl_module)
+        model = measured_network(pl_module, self.network, self.output, self._warn_once)
         if model is None:
             return {}
+        point_sets = self.measured_point_sets()
         with preserved_rng_state(), measurement_mode(pl_module):
             finite_params = all(bool(torch.isfinite(p).all()) for p in pl_module.parameters())
             try:
-                self._measure_points(trainer, model, epoch, finite_params, values, ops)
-                if self.upper:
-                    self._measure_upper(trainer, model, finite_params, values, ops)
+                stats = self._measure_points(trainer, model, point_sets, epoch, finite_params)
+                upper = self._measure_upper(trainer, model, finite_params) if self.upper else {}
             except RuntimeError as error:
                 if "inference" in str(error).lower():
                     raise RuntimeError(
@@ -370,8 +361,13 @@ class LipschitzCallback(Callback):
                     "lipschitz/* metrics are logged, training goes on",
                 )
                 return {}
-        values["lipschitz/seconds"], ops["lipschitz/seconds"] = time.perf_counter() - start, "max"
-        metrics = self._finalise(reduce_across_ranks(trainer, values, ops))
+        stats = reduce_stats(trainer, stats)
+        scalars = reduce_across_ranks(
+            trainer,
+            {**upper, "lipschitz/seconds": time.perf_counter() - start},
+            {"upper/value": "max", "upper/available": "min", "lipschitz/seconds": "max"},
+        )
+        metrics = self._finalise(point_sets, stats, scalars)
         if self.track_params:
             theta = flat_parameters(pl_module.parameters())
             if record_trajectory:
@@ -386,84 +382,34 @@ class LipschitzCallback(Callback):
         self.history.append({"epoch": float(epoch), **metrics})
         return metrics
 
-    def _measured_network(self, pl_module: LightningModule) -> nn.Module | None:
-        """The function whose bounds are measured: `pl_module` or its submodule `network`, with the logits
-        picked by `output`; None (warned once) if the module has no forward and no `network` is named."""
-        module: nn.Module = pl_module
-        if self.network is not None:
-            try:
-                module = pl_module.get_submodule(self.network)
-            except AttributeError as error:
-                raise ValueError(
-                    f"LipschitzCallback: network={self.network!r} is not a submodule of "
-                    f"{type(pl_module).__name__} ({error})"
-                ) from error
-        elif type(pl_module).forward in (LightningModule.forward, nn.Module.forward):  # nn.Module's raises
-            self._warn_once(
-                "forward",
-                f"LipschitzCallback: {type(pl_module).__name__} defines no forward(); set "
-                "network='<attribute>' to the submodule that maps inputs to logits",
-            )
-            return None
-        return module if self.output is None else SelectedOutput(module, self.output)
-
     def _measure_points(
-        self,
-        trainer: Trainer,
-        model: nn.Module,
-        epoch: int,
-        finite_params: bool,
-        values: dict[str, float],
-        ops: dict[str, Reduction],
-    ) -> None:
-        """Per-point norms on this rank: one pass over the training points (lower, avg, rms, interp, noise,
-        pgd, top points for the optimised bound), one over the test points."""
+        self, trainer: Trainer, model: nn.Module, point_sets: list[PointSet], epoch: int, finite_params: bool
+    ) -> dict[str, LowerBoundStats]:
+        """This rank's `LowerBoundStats` of every point set (and of the optimised bound, "opt", when it runs
+        this time). Non-finite parameters are not measured: NaN statistics, counted as the source's points."""
         run_opt = self.optimised_every > 0 and self._measurements % self.optimised_every == 0
-        want_train = self.lower or self.average or self.interp or self.noise or self.pgd or run_opt
-        wanted = {"train": self.lower or self.average, "interp": self.interp, "noise": self.noise, "pgd": self.pgd}
-        sets = {name: LowerBoundStats() for name, on in wanted.items() if on}
-        test_stats = LowerBoundStats()
+        kinds = {s.source for s in point_sets} | ({"train"} if run_opt else set())
+        sources = {kind: self._source(trainer, kind) for kind in ("train", "test") if kind in kinds}
+        if not finite_params:
+            nan = float("nan")
+            counts = {kind: (s.num_points or 1) if s is not None else 0 for kind, s in sources.items()}
+            stats = {s.name: LowerBoundStats(counts[s.source], nan, nan, nan) for s in point_sets}
+            if run_opt:
+                stats[OPTIMISED] = LowerBoundStats()
+            return stats
+        seed = int(np.random.SeedSequence([self.seed, epoch, trainer.global_rank]).generate_state(1)[0])
+        generator = torch.Generator().manual_seed(seed)  # CPU: the bounds engine draws on it
+        norms = JacobianNorms(model, self.jacobian_method, self._warn_once)
         top = TopPoints(self.optimised_top_m) if run_opt else None
-        train = self._source(trainer, "train") if want_train else None
-        testset = self._source(trainer, "test") if self.test else None
-        generator = None
-        if finite_params:
-            generator_seed = int(np.random.SeedSequence([self.seed, epoch, trainer.global_rank]).generate_state(1)[0])
-            generator = torch.Generator().manual_seed(generator_seed)  # CPU: the bounds engine draws on it
-            total = sum(s.num_points or 0 for s in (train, testset) if s is not None)
-            bar = tqdm(
-                total=total or None,
-                desc="Lipschitz",
-                unit="pt",
-                leave=False,
-                delay=2.0,
-                disable=not (self.progress_bar and trainer.is_global_zero and trainer.progress_bar_callback),
-            )
-            with bar:
-                if train is not None:
-                    for x, y in train.batches(trainer.strategy.root_device):
-                        self._train_batch(model, x, y, sets, top, generator, train.num_points)
-                        bar.update(len(x))
-                if testset is not None:
-                    for x, _ in testset.batches(trainer.strategy.root_device):
-                        test_stats.update(self._norms(model, x))
-                        bar.update(len(x))
-        nan = float("nan")
-        if self.test:
-            sets["test"] = test_stats
-        for name, stats in sets.items():  # per rank: partial sums and maxima (max is 0.0 for no points)
-            # non-finite parameters: not measured, NaN; the count says whether this rank has such points at all
-            source = testset if name == "test" else train
-            count = stats.count if finite_params else (source is not None and (source.num_points or 1))
-            values[f"{name}/max"], ops[f"{name}/max"] = (stats.max if finite_params else nan), "max"
-            values[f"{name}/count"], ops[f"{name}/count"] = float(count), "sum"
-        if "train" in sets:
-            for key, v in (("train/sum", sets["train"].sum), ("train/sum_sq", sets["train"].sum_sq)):
-                values[key], ops[key] = (float(v) if finite_params else nan), "sum"
-        if top is not None:  # no top points on this rank: 0.0, a trivial lower bound, with count 0
-            opt, count = 0.0, 0 if top.points is None else len(top.points)
-            if count:
-                opt = optimised_lower_bound(
+        total = sum(s.num_points or 0 for s in sources.values() if s is not None)
+        disable = not (self.progress_bar and trainer.is_global_zero and trainer.progress_bar_callback)
+        with tqdm(total=total or None, desc="Lipschitz", unit="pt", leave=False, delay=2.0, disable=disable) as bar:
+            device = trainer.strategy.root_device
+            stats = measure_point_sets(norms, point_sets, sources, device, generator, top, progress=bar.update)
+        if top is not None:  # no top points on this rank: count 0, left out of the reduced max
+            stats[OPTIMISED] = LowerBoundStats()
+            if top.points is not None:
+                result = optimised_lower_bound(
                     model,
                     top.points,
                     top_m=self.optimised_top_m,
@@ -471,97 +417,26 @@ class LipschitzCallback(Callback):
                     data_box=self.data_box,
                     method=self.jacobian_method,
                     generator=generator,
-                ).value
-            values["opt/max"], ops["opt/max"] = opt, "max"
-            values["opt/count"], ops["opt/count"] = float(count), "sum"
+                )
+                stats[OPTIMISED] = LowerBoundStats(count=len(top.points), max=result.value, argmax_index=0)
+        return stats
 
-    def _train_batch(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor | None,
-        sets: dict[str, LowerBoundStats],
-        top: TopPoints | None,
-        generator: torch.Generator,
-        num_points: int | None,
-    ) -> None:
-        if "train" in sets or top is not None:
-            norms = self._norms(model, x)
-            if "train" in sets:
-                sets["train"].update(norms)
-            if top is not None:
-                top.add(x, norms)
-        if "interp" in sets and len(x) > 1:
-            share = math.ceil(self.interp_points * len(x) / (num_points or self.max_samples or len(x)))
-            for chunk in convex_combinations(x, share, lambdas=self.interp_lambdas, generator=generator):
-                sets["interp"].update(self._norms(model, chunk))
-        if "noise" in sets:
-            noisy = gaussian_perturbations(x, self.noise_sigma, generator=generator, data_box=self.data_box)
-            sets["noise"].update(self._norms(model, noisy))
-        if "pgd" in sets:
-            if y is None:
-                with torch.no_grad():
-                    y = model(x).argmax(dim=-1)
-            points = pgd_perturbations(model, x, y, eps=self.pgd_eps, steps=self.pgd_steps, data_box=self.data_box)
-            sets["pgd"].update(self._norms(model, points))
-
-    def _norms(self, model: nn.Module, x: Tensor) -> Tensor:
-        """||J(x_i)||_2 per point; NaN for the batch (with a warning) if the SVD fails on non-finite values."""
-        try:
-            return jacobian_spectral_norms(model, x, method=self.jacobian_method)
-        except torch.linalg.LinAlgError as error:
-            self._warn_once("linalg", f"LipschitzCallback: Jacobian norms failed ({error}); logging NaN")
-            return torch.full((len(x),), float("nan"), device=x.device)
-
-    def _measure_upper(
-        self,
-        trainer: Trainer,
-        model: nn.Module,
-        finite_params: bool,
-        values: dict[str, float],
-        ops: dict[str, Reduction],
-    ) -> None:
+    def _measure_upper(self, trainer: Trainer, model: nn.Module, finite_params: bool) -> dict[str, float]:
         """The upper bound of the estimator (identical on every rank); not available when the model cannot be
         bounded (warned once with the reason) or its parameters are not finite (warned as non-finite)."""
-        value, available, reason = float("nan"), False, self._upper_failure
-        if finite_params and self._upper_failure is None:
-            estimator = self._upper_estimator(trainer, model)
-            if estimator is not None:
-                result = estimator.compute(certified=self.upper_certified)
-                value, available, reason = (
-                    result.value if result.value is not None else float("nan"),
-                    bool(result.available),
-                    result.reason,
+        value, available = float("nan"), False
+        if finite_params:
+            value, available, reason = self._upper.compute(model, lambda: self._example_input(trainer))
+            if not available:
+                self._warn_once(
+                    "upper",
+                    f"LipschitzCallback: no upper bound for this model ({reason}); "
+                    "logging lipschitz/upper_available=0 and the lower bounds only",
                 )
-            else:
-                reason = self._upper_failure
-        if finite_params and not available:
-            self._warn_once(
-                "upper",
-                f"LipschitzCallback: no upper bound for this model ({reason}); "
-                "logging lipschitz/upper_available=0 and the lower bounds only",
-            )
-        values["upper/value"], ops["upper/value"] = value, "max"
-        values["upper/available"], ops["upper/available"] = float(available), "min"
+        return {"upper/value": value, "upper/available": float(available)}
 
-    def _upper_estimator(self, trainer: Trainer, model: nn.Module) -> UpperBoundEstimator | None:
-        """Built once, traced on one input sample (the first training point, else the first test point)."""
-        if self._estimator is None:
-            example = self._example_input(trainer, model)
-            if example is None:
-                self._upper_failure = "no input sample to trace the model with"
-                return None
-            try:
-                self._estimator = UpperBoundEstimator(model, example)
-            except Exception as error:  # noqa: BLE001 -- an untraceable user model must not stop training
-                self._upper_failure = f"{type(error).__name__}: {error}"
-                return None
-            if self._estimator_state is not None:
-                self._estimator.load_state_dict(self._estimator_state)
-                self._estimator_state = None
-        return self._estimator
-
-    def _example_input(self, trainer: Trainer, model: nn.Module) -> Tensor | None:
+    def _example_input(self, trainer: Trainer) -> Tensor | None:
+        """One input sample to trace the model with: the first training point, else the first test point."""
         for kind in ("train", "test"):
             source = self._source(trainer, kind)
             if source is not None:
@@ -569,38 +444,44 @@ class LipschitzCallback(Callback):
                     return x[:1]
         return None
 
-    def _finalise(self, reduced: dict[str, float]) -> dict[str, float]:
-        """Partial results of all ranks -> metrics with the names of design.md."""
+    def _finalise(
+        self, point_sets: list[PointSet], stats: dict[str, LowerBoundStats], scalars: dict[str, float]
+    ) -> dict[str, float]:
+        """Statistics and scalars of all ranks -> the logged metrics. A set without points on every rank (none
+        found: warned once) gives no metric rather than NaN."""
         metrics: dict[str, float] = {}
-        # a set without points on every rank (none found: warned once) gives no metric rather than NaN
-        measured = lambda part: f"{part}/max" in reduced and reduced[f"{part}/count"] > 0  # noqa: E731
-        if self.lower and measured("train"):
-            metrics["lipschitz/lower"] = reduced["train/max"]
-        if self.average and measured("train"):
-            count = reduced["train/count"]
-            metrics["lipschitz/avg"] = reduced["train/sum"] / count
-            metrics["lipschitz/rms"] = math.sqrt(reduced["train/sum_sq"] / count)
+        for point_set in point_sets:
+            if stats[point_set.name].count > 0:
+                metrics.update(point_set.metrics(stats[point_set.name]))
         if self.upper:
-            if reduced["upper/available"] > 0:
-                metrics["lipschitz/upper"] = reduced["upper/value"]
-            metrics["lipschitz/upper_available"] = reduced["upper/available"]
-        for part, name in (
-            ("test", "lower_test"),
-            ("interp", "lower_interp"),
-            ("noise", "lower_noise"),
-            ("pgd", "lower_pgd"),
-            ("opt", "lower_opt"),
-        ):
-            if measured(part):
-                metrics[f"lipschitz/{name}"] = reduced[f"{part}/max"]
-        metrics["lipschitz/seconds"] = reduced["lipschitz/seconds"]
+            if scalars["upper/available"] > 0:
+                metrics["lipschitz/upper"] = scalars["upper/value"]
+            metrics["lipschitz/upper_available"] = scalars["upper/available"]
+        if OPTIMISED in stats and stats[OPTIMISED].count > 0:
+            metrics["lipschitz/lower_opt"] = stats[OPTIMISED].max
+        metrics["lipschitz/seconds"] = scalars["lipschitz/seconds"]
         return metrics
 
     # ------------------------------------------------------------------ points
     def _source(self, trainer: Trainer, kind: str) -> PointSource | None:
         """This rank's training ("train") or test ("test") points, resolved once per fit/validate/test."""
         if kind not in self._sources:
-            self._sources[kind] = self._make_source(trainer, kind)
+            explicit = (
+                (self.train_points, self.train_labels) if kind == "train" else (self.test_points, self.test_labels)
+            )
+            self._sources[kind] = resolve_source(
+                trainer,
+                kind,
+                *explicit,
+                max_samples=self.max_samples,
+                seed=self.seed,
+                batch_size=self.batch_size,
+                warn=self._warn_once,
+                input_key=self.input_key,
+                label_key=self.label_key,
+                get_input=self.get_input,
+                get_label=self.get_label,
+            )
             if self._sources[kind] is None:
                 self._warn_once(
                     f"no-{kind}",
@@ -608,46 +489,6 @@ class LipschitzCallback(Callback):
                     f"loader, no {kind}_points); skipping the {kind}-set bounds",
                 )
         return self._sources[kind]
-
-    def _make_source(self, trainer: Trainer, kind: str) -> PointSource | None:
-        common = dict(
-            max_samples=self.max_samples,
-            seed=self.seed,
-            batch_size=self.batch_size,
-            rank=trainer.global_rank,
-            world_size=trainer.world_size,
-        )
-        points, labels = (
-            (self.train_points, self.train_labels) if kind == "train" else (self.test_points, self.test_labels)
-        )
-        if points is None:
-            points, labels = datamodule_tensors(trainer, kind)
-        if points is not None:
-            return PointSource.from_tensors(points, labels, **common)
-        loader = train_loader(trainer) if kind == "train" else test_loader(trainer)
-        if loader is None:
-            return None
-        max_batches = None
-        if is_streamed(loader):  # read by iterating: stop where the fit does, and never run forever
-            limit = trainer.num_training_batches if kind == "train" else math.inf
-            max_batches = int(limit) if isinstance(limit, (int, float)) and math.isfinite(limit) else None
-            if max_batches is None and self.max_samples is None:
-                common["max_samples"] = STREAM_SAMPLES
-                self._warn_once(
-                    f"stream-{kind}",
-                    f"LipschitzCallback: the {kind} loader can only be iterated and "
-                    f"has no length; measuring its first {STREAM_SAMPLES} samples "
-                    "(set max_samples to choose)",
-                )
-        return PointSource.from_loader(
-            loader,
-            input_key=self.input_key,
-            label_key=self.label_key,
-            get_input=self.get_input,
-            get_label=self.get_label,
-            max_batches=max_batches,
-            **common,
-        )
 
     # ------------------------------------------------------------------ warnings, state
     def _warn_once(self, key: str, message: str) -> None:
@@ -666,15 +507,15 @@ class LipschitzCallback(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """theta_0, previous theta and path length; the upper-bound warm-start state; the subset seed; counters
-        and the history of measurements."""
-        upper_state = self._estimator.state_dict() if self._estimator is not None else self._estimator_state
+        and the history of measurements; the state of the user's point sets that have one."""
         return {
             "seed": self.seed,
             "trajectory": self._trajectory.state_dict(),
-            "upper_estimator": upper_state,
+            "upper_estimator": self._upper.state_dict(),
             "measurements": self._measurements,
             "last_measured_epoch": self._last_measured_epoch,
             "history": list(self.history),
+            "point_sets": {s.name: s.state_dict() for s in self.point_sets if s.state_dict()},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -685,7 +526,8 @@ class LipschitzCallback(Callback):
         self.history = list(state_dict["history"])
         self.last_metrics = dict(self.history[-1]) if self.history else {}
         self.last_metrics.pop("epoch", None)
-        self._estimator_state = state_dict["upper_estimator"]
-        if self._estimator is not None and self._estimator_state is not None:
-            self._estimator.load_state_dict(self._estimator_state)
-            self._estimator_state = None
+        self._upper.load_state_dict(state_dict["upper_estimator"])
+        saved = state_dict.get("point_sets", {})  # absent in checkpoints of earlier versions
+        for point_set in self.point_sets:
+            if point_set.name in saved:
+                point_set.load_state_dict(saved[point_set.name])

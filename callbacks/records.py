@@ -1,20 +1,48 @@
-"""`RunRecord`: writes the run's `results.json` at the end of fit, and also on failure or interruption."""
+"""`ResultsWriter`: writes the run's `results.json` at the end of fit, and also on failure or interruption.
+
+The schema, the file names and the statuses are those of :mod:`lipschitz_dd.run_folder`.
+"""
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import platform
 import time
+import warnings
 from importlib import metadata
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-STATUSES = ("finished", "stopped_converged", "diverged", "failed", "interrupted")
+from lipschitz_dd.run_folder import (
+    DIVERGED,
+    DIVERGENCE_FACTOR,
+    DIVERGENCE_METRIC,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    STATUSES,
+    STOPPED_CONVERGED,
+    RunResults,
+    loss_diverged,
+    write_json_atomic,
+    write_results,
+)
+
+__all__ = [
+    "STATUSES",
+    "ResultsWriter",
+    "RunRecord",
+    "package_versions",
+    "read_metric_rows",
+    "summarise",
+    "write_json_atomic",
+]
+
 _VERSIONED_PACKAGES = ("torch", "lightning", "torchmetrics", "numpy", "wandb", "lipschitz_dd")
 
 
@@ -26,14 +54,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return versions
-
-
-def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it over `path` (atomic on POSIX)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, default=str, allow_nan=True)
-    os.replace(tmp, path)
 
 
 def read_metric_rows(metrics_csv: str) -> list[dict[str, float]]:
@@ -63,13 +83,25 @@ def summarise(rows: list[dict[str, float]]) -> tuple[dict[str, float], dict[str,
     return final, maximum
 
 
-class RunRecord(Callback):
-    """Writes `<run dir>/results.json` (schema in design.md) when fit ends, fails or is interrupted.
+def interruption_signal(exception: BaseException) -> str | None:
+    """ "SIGINT" for Ctrl-C (KeyboardInterrupt), "SIGTERM" for Lightning's SIGTERMException, else None."""
+    if isinstance(exception, KeyboardInterrupt):
+        return "SIGINT"
+    if isinstance(exception, SIGTERMException):
+        return "SIGTERM"
+    return None
+
+
+class ResultsWriter(Callback):
+    """Writes `<run dir>/results.json` (:class:`lipschitz_dd.run_folder.RunResults`) when fit ends, fails or is
+    interrupted.
 
     The run directory is `trainer.log_dir` unless `run_dir` is given. The metric history is read back from the
     run's `metrics.csv` (written by a CSVLogger), so it holds whatever every module and callback logged.
-    Status: "diverged" if the module or a callback set `diverged = True`, "stopped_converged" if a callback
-    set `converged = True`, "interrupted" on KeyboardInterrupt, "failed" on any other exception, else "finished".
+    Status: "diverged" if the module or a callback set `diverged = True`, or if the final train/loss exceeds
+    DIVERGENCE_FACTOR times its first logged value (the run blew up but stayed finite); "stopped_converged" if a
+    callback set `converged = True`; "interrupted" on Ctrl-C (SIGINT) or SIGTERM (`signal` says which);
+    "failed" on any other exception; else "finished".
     """
 
     def __init__(self, run_dir: str | None = None, config: dict[str, Any] | None = None) -> None:
@@ -78,6 +110,10 @@ class RunRecord(Callback):
         self._start = time.time()
         self._written = False
         self.error: str | None = None
+        #: "SIGINT" or "SIGTERM" when fit was interrupted by one, else None
+        self.signal: str | None = None
+        #: the status of the last results.json written, None before
+        self.status: str | None = None
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.time()
@@ -87,20 +123,25 @@ class RunRecord(Callback):
         self.write(trainer, pl_module, self._status(trainer, pl_module))
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
-        self.error = f"{type(exception).__name__}: {exception}"
+        self.signal = interruption_signal(exception)
+        if self.signal is not None:
+            self.error = f"interrupted by {self.signal} ({type(exception).__name__})"
+            status = INTERRUPTED
+        else:
+            self.error = f"{type(exception).__name__}: {exception}"
+            status = FAILED
         self.write(trainer, pl_module, status)
 
     @staticmethod
     def _status(trainer: Trainer, pl_module: LightningModule) -> str:
         objects = [pl_module, *trainer.callbacks]
         if any(getattr(o, "diverged", False) for o in objects):
-            return "diverged"
+            return DIVERGED
         if any(getattr(o, "converged", False) for o in objects):
-            return "stopped_converged"
+            return STOPPED_CONVERGED
         if trainer.interrupted:
-            return "interrupted"
-        return "finished"
+            return INTERRUPTED
+        return FINISHED
 
     def _metrics_csv(self, trainer: Trainer) -> str | None:
         for lg in trainer.loggers:
@@ -117,23 +158,44 @@ class RunRecord(Callback):
     def write(self, trainer: Trainer, pl_module: LightningModule, status: str) -> None:
         run_dir = self.run_dir or trainer.log_dir
         if run_dir is None:
-            rank_zero_warn("RunRecord: no run directory (no logger and no run_dir); results.json not written")
+            rank_zero_warn("ResultsWriter: no run directory (no logger and no run_dir); results.json not written")
             return
         os.makedirs(run_dir, exist_ok=True)
         metrics_csv = self._metrics_csv(trainer)
         rows = read_metric_rows(metrics_csv) if metrics_csv else []
         final, maximum = summarise(rows)
-        record = {
-            "status": status,
-            "config": self.config,
-            "final": final,
-            "max": maximum,
-            "epochs": int(trainer.current_epoch),
-            "global_step": int(trainer.global_step),
-            "seconds": round(time.time() - self._start, 3),
-            "versions": package_versions(),
-        }
-        if self.error:
-            record["error"] = self.error
-        write_json_atomic(os.path.join(run_dir, "results.json"), record)
+        losses = [r[DIVERGENCE_METRIC] for r in rows if DIVERGENCE_METRIC in r]
+        if status in (FINISHED, STOPPED_CONVERGED) and loss_diverged(losses):
+            status = DIVERGED
+            self.error = (
+                f"{DIVERGENCE_METRIC} went from {losses[0]:.4g} to {losses[-1]:.4g} "
+                f"(> {DIVERGENCE_FACTOR:g} x its first value): counted as diverged"
+            )
+        results = RunResults(
+            status=status,
+            config=self.config,
+            final=final,
+            max=maximum,
+            epochs=int(trainer.current_epoch),
+            global_step=int(trainer.global_step),
+            seconds=round(time.time() - self._start, 3),
+            versions=package_versions(),
+            error=self.error,
+        )
+        if self.signal is not None:
+            results.extra["signal"] = self.signal
+        write_results(run_dir, results)
+        self.status = status
         self._written = True
+
+
+class RunRecord(ResultsWriter):
+    """Deprecated name of :class:`ResultsWriter` (kept so existing configs and imports keep working)."""
+
+    def __init__(self, run_dir: str | None = None, config: dict[str, Any] | None = None) -> None:
+        warnings.warn(
+            "lipschitz_dd.callbacks.RunRecord is deprecated; use lipschitz_dd.callbacks.ResultsWriter",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(run_dir=run_dir, config=config)

@@ -1,6 +1,6 @@
 """`FunctionSnapshot`: what the report needs to evaluate an ensemble of seeds after training, saved at fit end.
 
-The bias-variance bound of paper.md (finding 3) needs the seed-averaged network f_bar = mean_s f_s, which no
+The bias-variance bound of the study (docs/study.md, finding 3) needs the seed-averaged network f_bar = mean_s f_s, which no
 single run can evaluate. Its outputs and input Jacobians at fixed points are linear in the seeds' ones:
 
     f_bar(x) = mean_s f_s(x)          J_bar(x) = mean_s J_s(x)     (both exact)
@@ -55,10 +55,9 @@ from lipschitz_dd.callbacks._points import (
     test_loader,
     train_loader,
 )
+from lipschitz_dd.run_folder import SNAPSHOT_FILE, write_atomic
 
 __all__ = ["SNAPSHOT_FILE", "FunctionSnapshot"]
-
-SNAPSHOT_FILE = "snapshot.npz"
 
 
 class FunctionSnapshot(Callback):
@@ -226,10 +225,7 @@ def _logits(model: nn.Module, x: Tensor) -> Tensor:
 
 def _save_atomic(path: str, arrays: dict[str, np.ndarray]) -> str:
     """np.savez_compressed to a temporary file beside `path`, then rename it over `path` (atomic on POSIX)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.npz"  # savez adds ".npz" to names without it
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: np.savez_compressed(tmp, **arrays), suffix=".npz")  # savez adds ".npz" otherwise
     return path
 
 

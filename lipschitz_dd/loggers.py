@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only
 
 
 class _RowMergingWriter(ExperimentWriter):
@@ -74,11 +76,19 @@ class EpochCSVLogger(CSVLogger):
     """`CSVLogger` writing `<save_dir>/<name>/<version>/metrics.csv` with one row per logged step.
 
     resume=True keeps the rows already in the folder's metrics.csv (for `fit --ckpt_path`), see keep_rows_through.
+    With an `epoch_clock` (set by `lipschitz_dd.epoch_axis.use_epoch_axis`) the step of every row is the
+    epoch running when it is logged, whatever step the caller passed (see lipschitz_dd/epoch_axis.py).
     """
+
+    epoch_clock: Callable[[], int] | None = None
 
     def __init__(self, *args: Any, resume: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._resume = resume
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        super().log_metrics(metrics, self.epoch_clock() if self.epoch_clock is not None else step)
 
     @property
     def experiment(self) -> _RowMergingWriter:
@@ -96,6 +106,53 @@ class EpochCSVLogger(CSVLogger):
     def finalize(self, status: str) -> None:
         if self._experiment is not None:
             self.flush()
+        super().finalize(status)
+
+
+class EpochWandbLogger(WandbLogger):
+    """`WandbLogger` on the epoch axis: every logged key is plotted against `epoch` (`define_metric("*",
+    step_metric="epoch")`), each row carries `epoch` = its step, and consecutive `log_metrics` calls with the same
+    step make one W&B row (the module's and the callback's epoch-0 values, the rows of one epoch), sent when a row
+    with another step arrives or at `finalize`. With an `epoch_clock` (see `EpochCSVLogger`) the step is the
+    running epoch, whatever step the caller passed."""
+
+    epoch_clock: Callable[[], int] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending_row: tuple[int, dict[str, Any]] | None = None
+        self._epoch_axis_defined = False
+
+    @property
+    def experiment(self) -> Any:
+        run = super().experiment
+        if not self._epoch_axis_defined and callable(getattr(run, "define_metric", None)):
+            run.define_metric("epoch")
+            run.define_metric("*", step_metric="epoch", step_sync=True)
+            self._epoch_axis_defined = True
+        return run
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        step = self.epoch_clock() if self.epoch_clock is not None else step
+        if step is None:
+            super().log_metrics(metrics)
+            return
+        if self._pending_row is not None and self._pending_row[0] != step:
+            self._send_row()
+        if self._pending_row is None:
+            self._pending_row = (step, {})
+        self._pending_row[1].update(metrics)
+
+    def _send_row(self) -> None:
+        if self._pending_row is not None:
+            step, metrics = self._pending_row
+            self._pending_row = None
+            super().log_metrics({**metrics, "epoch": step}, step=step)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self._send_row()
         super().finalize(status)
 
 
@@ -253,8 +310,8 @@ def build_wandb_logger(
     )
 
 
-class ConfigOnlyWandbLogger(WandbLogger):
-    """Lightning's WandbLogger whose run config is only the dotted CLI config given at construction
+class ConfigOnlyWandbLogger(EpochWandbLogger):
+    """The epoch-axis WandbLogger whose run config is only the dotted CLI config given at construction
     ("model.width", "data.label_noise", ...): Lightning's automatic `log_hyperparams` (the model's and
     datamodule's unprefixed hyperparameters: "width", "label_noise", ...) would duplicate every entry.
     A resumed run ignores rows for steps the checkpoint already covers (keep_rows_through)."""
@@ -267,8 +324,9 @@ class ConfigOnlyWandbLogger(WandbLogger):
     def keep_rows_through(self, step: int) -> None:
         self._drop_through = step
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if self._drop_through is not None and step is not None and step <= self._drop_through:
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        effective = self.epoch_clock() if self.epoch_clock is not None else step
+        if self._drop_through is not None and effective is not None and effective <= self._drop_through:
             return
         super().log_metrics(metrics, step)
 

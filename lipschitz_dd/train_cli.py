@@ -7,6 +7,7 @@ results.json, wandb/). See docs/architecture.md.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from lipschitz_dd.callbacks import FunctionSnapshot, GradNormStopping, LipschitzCallback, RunRecord
+from lipschitz_dd.callbacks import FunctionSnapshot, GradNormStopping, LipschitzCallback, ResultsWriter
+from lipschitz_dd.epoch_axis import use_epoch_axis
 from lipschitz_dd.loggers import (
     ConfigOnlyWandbLogger,
     EpochCSVLogger,
@@ -26,12 +28,13 @@ from lipschitz_dd.loggers import (
     sweep_id,
     sweep_params,
 )
+from lipschitz_dd.run_folder import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, RUN_RECORD_FILES, read_results
 
 ENV_SAVE_DIR = "LIPSCHITZ_DD_SAVE_DIR"
 ENV_EXPERIMENT = "LIPSCHITZ_DD_EXPERIMENT"
 ENV_RUN_NAME = "LIPSCHITZ_DD_RUN_NAME"
-# The files that mark a folder as holding a run: a second run into it would replace them.
-RUN_RECORD_FILES = ("results.json", "metrics.csv")
+#: Exit status of a fit stopped by a signal: 128 + the signal's number, as shells report it (Ctrl-C: 130).
+SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
 def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -77,14 +80,29 @@ class _ResumedRows(Callback):
 
 class LipschitzCLI(LightningCLI):
     """LightningCLI with the run folder, the loggers, the Lipschitz callback, the function snapshot and the run
-    record wired in."""
+    record wired in.
+
+    A fit stopped by Ctrl-C (SIGINT) or SIGTERM records `status: interrupted` in results.json and ends with
+    SystemExit(130) or SystemExit(143) after one line saying where the record is (Lightning itself would exit 1
+    after Ctrl-C and 0 after SIGTERM).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        import sys
-
-        given = kwargs.get("args")
+        self.results_writer: ResultsWriter | None = None
+        given = kwargs.get("args")  # the command line, for a sweep run's display name (loggers.sweep_params)
         self.argv = [str(a) for a in given] if isinstance(given, list) else sys.argv[1:]
-        super().__init__(*args, **kwargs)
+        try:
+            super().__init__(*args, **kwargs)
+        except (KeyboardInterrupt, SystemExit) as stop:
+            writer = self.results_writer
+            if writer is None or writer.signal is None:
+                raise
+            code = SIGNAL_EXIT_CODES[writer.signal]
+            sys.stderr.write(
+                f"\nfit interrupted by {writer.signal}: the run's record (status {writer.status}) is in "
+                f"{os.path.join(self.run_dir, RESULTS_FILE)}\n"
+            )
+            raise SystemExit(code) from stop
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -222,23 +240,24 @@ class LipschitzCLI(LightningCLI):
                     )
                 )
             kwargs["logger"] = loggers
-        self.run_record = RunRecord(run_dir=self.run_dir, config=self.flat_config)
+        self.results_writer = ResultsWriter(run_dir=self.run_dir, config=self.flat_config)
         trainer = super().instantiate_trainer(**kwargs)
-        if cfg.get("snapshot", True):  # before RunRecord: results.json is the last file a run writes
+        use_epoch_axis(trainer)  # every row of the run folder on the epoch axis (lipschitz_dd/epoch_axis.py)
+        if cfg.get("snapshot", True):  # before ResultsWriter: results.json is the last file a run writes
             trainer.callbacks.append(FunctionSnapshot(run_dir=self.run_dir))
-        trainer.callbacks.append(self.run_record)
+        trainer.callbacks.append(self.results_writer)
         if resuming:
             trainer.callbacks.insert(0, _ResumedRows())
         return trainer
 
     def after_fit(self) -> None:
-        results = os.path.join(self.run_dir, "results.json")
+        results = os.path.join(self.run_dir, RESULTS_FILE)
         self._write_wandb_summary(results)
-        final = self._final_metrics(results)
+        final = self._final_metrics(self.run_dir)
         rank_zero_info(
             f"\nRun finished. Results: {results}\n  (metrics per epoch: "
-            f"{os.path.join(self.run_dir, 'metrics.csv')}; config: "
-            f"{os.path.join(self.run_dir, 'config.yaml')})" + final
+            f"{os.path.join(self.run_dir, METRICS_FILE)}; config: "
+            f"{os.path.join(self.run_dir, CONFIG_FILE)})" + final
         )
 
     def _write_wandb_summary(self, results_path: str) -> None:
@@ -254,16 +273,13 @@ class LipschitzCLI(LightningCLI):
             logger.write_summary(summary)
 
     @staticmethod
-    def _final_metrics(results_path: str) -> str:
-        import json
-
-        if not os.path.exists(results_path):
+    def _final_metrics(run_dir: str) -> str:
+        record = read_results(run_dir)
+        if record is None:
             return ""
-        with open(results_path) as f:
-            record = json.load(f)
         keys = ["train/loss", "test/loss", "test/acc", "lipschitz/lower", "lipschitz/avg", "lipschitz/upper"]
-        shown = [f"{k}={record['final'][k]:.4g}" for k in keys if k in record.get("final", {})]
-        return f"\n  status: {record.get('status')}; final: " + ", ".join(shown) if shown else ""
+        shown = [f"{k}={record.final[k]:.4g}" for k in keys if k in record.final]
+        return f"\n  status: {record.status}; final: " + ", ".join(shown) if shown else ""
 
 
 def run_training_cli(args: list[str] | None = None) -> LipschitzCLI:

@@ -554,6 +554,10 @@ class InPlace(nn.Module):
         (lambda h, x: h.add_(x), True, False),  # later readers of h see h + x
         (lambda h, x: h.mul_(10.0), True, False),
         (lambda h, x: h.relu_(), True, True),  # a pointwise map with constant 1: readers of h stay bounded
+        (lambda h, x: F.silu(h, True), True, False),  # `inplace` passed by position; SiLU's constant is 1.0998
+        (lambda h, x: F.leaky_relu(h, 2.0, True), True, False),
+        (lambda h, x: F.leaky_relu(h, 0.1, True), True, True),
+        (lambda h, x: F.elu(h, alpha=2.0, inplace=True), True, False),
         (lambda h, x: h.__iadd__(x), False, True),  # out += identity, as in torchvision's ResNet: nobody rereads h
     ],
 )

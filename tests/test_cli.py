@@ -26,6 +26,8 @@ SYNTHETIC_FOR = {
     "CIFAR10DataModule": ([3, 32, 32], 10),
     "CIFAR100DataModule": ([3, 32, 32], 20),
     "MNISTDataModule": ([1, 28, 28], 10),
+    "FashionMNISTDataModule": ([1, 28, 28], 10),
+    "ImageFolderDataModule": ([3, 32, 32], 1000),  # ImageNet configs: small images keep the smoke test quick
     "Toy2DDataModule": None,  # generated in memory already
     "SyntheticDataModule": None,
 }
@@ -46,6 +48,8 @@ def _synthetic_args(config_path: Path) -> list[str]:
         "--data.num_test=8",
         "--data.batch_size=8",
         "--data.eval_batch_size=8",
+        "--data.train_subset=null",  # a config's subsets of the real data do not fit the 16 + 8 stand-ins
+        "--data.test_subset=null",
     ]
 
 
@@ -66,7 +70,14 @@ def test_every_config_parses_and_names_known_classes():
         assert data_class in SYNTHETIC_FOR, f"{path.name}: add {data_class} to SYNTHETIC_FOR"
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
+SLOW_CONFIGS = {"resnet50_imagenet"}  # a torchvision ResNet-50: ~20 s even on tiny images
+
+
+@pytest.mark.parametrize(
+    "config",
+    [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW_CONFIGS else p for p in CONFIGS],
+    ids=[p.stem for p in CONFIGS],
+)
 def test_config_smoke_fast_dev_run(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = [

@@ -278,3 +278,27 @@ def test_every_datamodule_is_configurable_and_knows_classes_and_shape_without_lo
     assert type(cli.datamodule).__name__ == class_name and cli.datamodule.batch_size == 7
     assert cli.datamodule.num_classes == num_classes and cli.datamodule.input_shape == input_shape
     assert cli.datamodule.train_x is None and not (tmp_path / "nothing_here").exists()
+
+
+def test_test_subset_is_fixed_by_the_data_seed_nested_and_independent_of_the_training_subset():
+    def test_set(size, data_seed=0, train_subset=None):
+        dm = SyntheticDataModule(
+            num_train=50, num_test=40, train_subset=train_subset, test_subset=size, data_seed=data_seed
+        )
+        dm.setup()
+        return dm
+
+    full = test_set(None)
+    small, large = test_set(10), test_set(25)
+    assert len(small.test_x) == 10 and len(large.test_x) == 25 and len(full.test_x) == 40
+    rows = lambda dm: {tuple(r.tolist()) for r in dm.test_x}  # noqa: E731
+    assert rows(small) <= rows(large) <= rows(full)  # nested in the size, rows of the full test set
+    assert torch.equal(test_set(10).test_x, small.test_x)  # fixed by the data seed
+    assert not torch.equal(test_set(10, data_seed=1).test_x, small.test_x)
+    assert torch.equal(test_set(10, train_subset=20).test_x, small.test_x)  # the training subset does not move it
+    labels = {tuple(r.tolist()): int(y) for r, y in zip(full.test_x, full.test_y, strict=True)}
+    assert all(labels[tuple(r.tolist())] == int(y) for r, y in zip(small.test_x, small.test_y, strict=True))
+    with pytest.raises(ValueError, match="test_subset"):
+        test_set(41)
+    with pytest.raises(ValueError, match="test_subset"):
+        SyntheticDataModule(test_subset=0)

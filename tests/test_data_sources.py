@@ -6,6 +6,7 @@ import random
 import socket
 import struct
 import urllib.request
+from pathlib import Path
 from urllib.error import URLError
 
 import numpy as np
@@ -158,6 +159,36 @@ def test_fashion_mnist_reads_flat_gzipped_files_like_debians_package(tmp_path):
     assert abs(dm.train_x.mean().item()) < 1e-5 and dm.train_x.std().item() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_fashion_mnist_found_where_debians_package_installs_it(tmp_path, monkeypatch):
+    """Not under data_dir: read from the system folder (Debian's /usr/share/datasets/fashion-mnist)."""
+    system = tmp_path / "usr_share_datasets_fashion_mnist"
+    arrays = write_mnist_like(system, np.random.default_rng(5), compress=True)
+    monkeypatch.setattr(FashionMNISTDataModule, "system_folders", (str(system),))
+    dm = FashionMNISTDataModule(data_dir=str(tmp_path / "data"))
+    dm.setup()
+    assert dm.train_y.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
+    # files under data_dir (torchvision layout) take precedence over the system folder
+    local = write_mnist_like(tmp_path / "data" / "FashionMNIST" / "raw", np.random.default_rng(6), compress=False)
+    dm = FashionMNISTDataModule(data_dir=str(tmp_path / "data"))
+    dm.setup()
+    assert dm.train_y.tolist() == local["train-labels-idx1-ubyte"].tolist()
+    assert dm.train_y.tolist() != arrays["train-labels-idx1-ubyte"].tolist()
+
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(
+    not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(), reason="dataset-fashion-mnist not installed"
+)
+def test_installed_debian_fashion_mnist_reads_as_60000_plus_10000_images(tmp_path):
+    dm = FashionMNISTDataModule(data_dir=str(tmp_path), train_subset=1000, label_noise=0.2, noise_mode="random")
+    dm.setup()
+    assert dm.train_x.shape == (1000, 1, 28, 28) and dm.test_x.shape == (10000, 1, 28, 28)
+    assert 0.0 <= dm.train_x.min() and dm.train_x.max() <= 1.0
+    assert torch.bincount(dm.test_y).tolist() == [1000] * 10  # the official test split: 1,000 per class
+
+
 def write_cifar_batch(path, rng, n, label_keys):
     batch = {"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8)}
     for key, k in label_keys.items():
@@ -220,7 +251,8 @@ def test_cifar100_coarse_falls_back_to_the_standard_table(tmp_path):
     [(MNISTDataModule, "MNIST/raw"), (FashionMNISTDataModule, "FashionMNIST/raw"),
      (CIFAR10DataModule, "cifar-10-batches-py"), (CIFAR100DataModule, "cifar-100-python")],
 )  # fmt: skip
-def test_missing_folder_is_one_clear_file_not_found_error(tmp_path, module, where):
+def test_missing_folder_is_one_clear_file_not_found_error(tmp_path, module, where, monkeypatch):
+    monkeypatch.setattr(module, "system_folders", (str(tmp_path / "not_installed"),), raising=False)
     dm = module(data_dir=str(tmp_path / "empty"))
     dm.prepare_data()  # download=False: does nothing
     with pytest.raises(FileNotFoundError) as error:
@@ -242,6 +274,7 @@ def test_failed_download_is_one_clear_download_error(tmp_path, monkeypatch, modu
         raise URLError(socket.gaierror(-2, "Name or service not known"))
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)  # what torchvision's download calls
+    monkeypatch.setattr(module, "system_folders", (str(tmp_path / "not_installed"),), raising=False)
     dm = module(data_dir=str(tmp_path / "data"), download=True)
     with pytest.raises(DownloadError) as error:
         dm.prepare_data()

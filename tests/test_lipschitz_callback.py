@@ -1,6 +1,6 @@
 """LipschitzCallback on tiny models and data written as a user would (not lipschitz_dd.models/data).
 
-The helpers at the top are shared with the other test_lipschitz_callback_*.py files. Every value is checked
+The toy model, data and trainer helpers shared with the other test files live in conftest.py. Every value is checked
 against an independent computation: explicit per-sample Jacobians (torch.autograd.functional.jacobian, one
 sample at a time) and a dense SVD; explicit weight matrices for the upper bound.
 """
@@ -8,131 +8,29 @@ sample at a time) and a dense SVD; explicit weight matrices for the upper bound.
 from __future__ import annotations
 
 import copy
-import csv
 import math
-import os
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import (
+    CLASSES,
+    DIM,
+    DictDataset,
+    ToyData,
+    ToyNet,
+    dense_jacobian_norms,
+    make_trainer,
+    read_rows,
+    toy_arrays,
+    without_timing,
+)
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader
 
 from lipschitz_dd.callbacks._points import PointSource, batch_input, batch_label, seeded_subset
 from lipschitz_dd.callbacks.lipschitz import LipschitzCallback
-
-N_TRAIN, N_TEST, DIM, CLASSES = 30, 12, 5, 3
-
-
-def toy_arrays(seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N_TRAIN + N_TEST, DIM, generator=g)
-    y = torch.randint(CLASSES, (N_TRAIN + N_TEST,), generator=g)
-    return x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:]
-
-
-class ToyData(pl.LightningDataModule):
-    """30 training points (shuffled batches of 8), 12 test points used as the validation set."""
-
-    def __init__(self, shuffle: bool = True, batch_size: int = 8):
-        super().__init__()
-        self.shuffle, self.batch_size = shuffle, batch_size
-        self.train_x, self.train_y, self.test_x, self.test_y = toy_arrays()
-
-    def train_dataloader(self):
-        return DataLoader(TensorDataset(self.train_x, self.train_y), batch_size=self.batch_size, shuffle=self.shuffle)
-
-    def val_dataloader(self):
-        return DataLoader(TensorDataset(self.test_x, self.test_y), batch_size=self.batch_size)
-
-    test_dataloader = val_dataloader
-
-
-class DictDataset(Dataset):
-    """Samples as dicts {"image": x, "label": y}, as many vision pipelines yield them."""
-
-    def __init__(self, x: Tensor, y: Tensor):
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.x[i], "label": self.y[i]}
-
-
-class ToyNet(pl.LightningModule):
-    """Linear -> BatchNorm -> ReLU -> Dropout -> Linear, SGD; logs test/loss in validation."""
-
-    def __init__(self, hidden: int = 16, dropout: float = 0.2, batchnorm: bool = True, lr: float = 0.1):
-        super().__init__()
-        self.lr = lr
-        self.net = nn.Sequential(
-            nn.Linear(DIM, hidden),
-            nn.BatchNorm1d(hidden) if batchnorm else nn.Identity(),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, CLASSES),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-    @staticmethod
-    def split(batch):
-        if isinstance(batch, dict):
-            return batch["image"], batch["label"]
-        return batch[0], batch[1]
-
-    def training_step(self, batch, batch_idx):
-        x, y = self.split(batch)
-        return nn.functional.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = self.split(batch)
-        self.log("test/loss", nn.functional.cross_entropy(self(x), y), on_epoch=True)
-
-    test_step = validation_step
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
-
-
-def make_trainer(tmp_path, callbacks, max_epochs: int = 3, logger: bool = True, **kwargs) -> pl.Trainer:
-    options = dict(
-        max_epochs=max_epochs,
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        accelerator="cpu",
-        devices=1,
-    )
-    options.update(kwargs)
-    return pl.Trainer(logger=CSVLogger(str(tmp_path), name="run", version=0) if logger else False, **options)
-
-
-def read_rows(trainer: pl.Trainer) -> list[dict[str, float]]:
-    """Rows of the CSVLogger's metrics.csv, empty cells dropped (read from the path: touching
-    `logger.experiment` in the main process after a spawned DDP run would start a new, empty file)."""
-    path = os.path.join(trainer.logger.log_dir, "metrics.csv")
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-
-
-def dense_jacobian_norms(model: nn.Module, x: Tensor) -> Tensor:
-    """||J(x_i)||_2 by an independent route: the explicit Jacobian of each sample from
-    torch.autograd.functional.jacobian (one sample at a time) and a dense SVD."""
-    model.eval()
-    norms = []
-    for xi in x:
-        jac = torch.autograd.functional.jacobian(lambda z: model(z.unsqueeze(0)).reshape(-1), xi)
-        norms.append(torch.linalg.svdvals(jac.reshape(jac.shape[0], -1).double())[0])
-    return torch.stack(norms)
 
 
 def product_of_linear_norms(model: nn.Module) -> float:
@@ -140,10 +38,6 @@ def product_of_linear_norms(model: nn.Module) -> float:
     return math.prod(
         float(torch.linalg.svdvals(m.weight.detach().double())[0]) for m in model.modules() if isinstance(m, nn.Linear)
     )
-
-
-def without_timing(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if k != "lipschitz/seconds"}
 
 
 def assert_close_dicts(a: dict[str, float], b: dict[str, float], rel: float = 1e-6, keys: set | None = None):
@@ -201,9 +95,9 @@ def test_logged_keys_share_rows_with_test_loss(tmp_path):
     assert initial[0]["params/dist_init"] == 0.0 and initial[0]["params/path_length"] == 0.0
     loss_rows = [r for r in rows if "test/loss" in r]
     assert len(loss_rows) == 2  # one validation per epoch, each with all the Lipschitz metrics beside it
-    for row in loss_rows:
-        assert set(row) == ALL_KEYS | {"test/loss", "step", "epoch"}
-    assert [r["epoch"] for r in loss_rows] == [0.0, 1.0]
+    for row in loss_rows:  # the callback logs step = epoch (Lightning then adds no "epoch" of its own)
+        assert set(row) == ALL_KEYS | {"test/loss", "step"}
+    assert [r["step"] for r in loss_rows] == [1.0, 2.0]
     assert not any("lipschitz/lower" in r and "test/loss" not in r and r["step"] != 0 for r in rows)
     for row in initial + loss_rows:  # every extra point set is a valid lower bound; opt >= the data max
         assert row["lipschitz/lower_opt"] >= row["lipschitz/lower"] - 1e-6
@@ -311,7 +205,7 @@ def test_resume_continues_the_same_curves(tmp_path):
         assert_close_dicts(without_timing(full.history[epoch]), without_timing(resumed.history[epoch]), rel=1e-6)
     assert resumed.history[-1]["params/path_length"] > first.history[-1]["params/path_length"]
     logged = [r for r in read_rows(resumed_trainer) if "lipschitz/lower" in r]
-    assert [r["epoch"] for r in logged] == [2.0, 3.0]  # the resumed run logs epochs 3, 4 only, no new epoch 0
+    assert [r["step"] for r in logged] == [3.0, 4.0]  # the resumed run logs epochs 3, 4 only, no new epoch 0
     assert logged[-1]["lipschitz/upper"] == pytest.approx(full.history[4]["lipschitz/upper"], rel=1e-6)
 
 
@@ -354,7 +248,7 @@ def test_no_validation_falls_back_to_train_epoch_end(tmp_path):
     data = ToyData()
     trainer.fit(ToyNet(), train_dataloaders=data.train_dataloader())
     rows = [r for r in read_rows(trainer) if "lipschitz/lower" in r]
-    assert [r.get("epoch") for r in rows] == [None, 0.0, 1.0]
+    assert [r["step"] for r in rows] == [0.0, 1.0, 2.0]
     assert [h["epoch"] for h in callback.history] == [0.0, 1.0, 2.0]
 
 
@@ -513,9 +407,9 @@ def test_a_late_stop_still_measures_the_final_weights(tmp_path):
     assert [h["epoch"] for h in callback.history] == [0.0, 1.0, 4.0]
     rows = read_rows(trainer)
     final_row = [r for r in rows if "lipschitz/lower" in r][-1]
-    # written straight to the logger at the step of the module's own last epoch row: ToyNet logs no "step"
-    # metric, so Lightning's step of epoch metrics (4 epochs of 4 batches: 15), not the epoch count
-    assert final_row["step"] == max(r["step"] for r in rows if "test/loss" in r) == 15
+    # written straight to the logger at the step of the last epoch's row: the epoch (ToyNet logs no "step"
+    # itself; the callback's step puts its validation rows on the epoch axis too)
+    assert final_row["step"] == max(r["step"] for r in rows if "test/loss" in r) == 4
     norms = dense_jacobian_norms(model, ToyData().train_x)
     assert final_row["lipschitz/lower"] == pytest.approx(float(norms.max()), rel=1e-5)
 

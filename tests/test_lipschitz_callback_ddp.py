@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from test_lipschitz_callback import ToyData, ToyNet, dense_jacobian_norms, make_trainer, read_rows
+from conftest import ToyData, ToyNet, dense_jacobian_norms, make_trainer, read_rows
 
 from lipschitz_dd.callbacks.lipschitz import LipschitzCallback
 

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torchvision
-from test_lipschitz_callback import DictDataset, dense_jacobian_norms, make_trainer, read_rows
+from conftest import DictDataset, dense_jacobian_norms, make_trainer, read_rows
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 

@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from test_lipschitz_callback import CLASSES, DIM, ToyData, ToyNet, dense_jacobian_norms, make_trainer
+from conftest import CLASSES, DIM, ToyData, ToyNet, dense_jacobian_norms, make_trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 

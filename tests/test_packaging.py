@@ -1,6 +1,7 @@
 """What `pip install .` puts into site-packages: lipschitz_dd and nothing else at the top level."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,8 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel_names(tmp_path_factory) -> list[str]:
     out = tmp_path_factory.mktemp("wheel")
+    # Build from a copy: setuptools leaves build/ in the source tree, and stale files there would end up in later
+    # wheels (and make this test pass or fail on what an earlier build left).
+    source = tmp_path_factory.mktemp("source") / "lipschitz_dd"
+    skip = {".venv", ".git", "build", "runs", "data", "sweeps_out", "lipschitz_dd.egg-info"}
+    shutil.copytree(ROOT, source, ignore=lambda folder, names: skip & set(names) if Path(folder) == ROOT else ())
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
         check=True,
         capture_output=True,
     )

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from lipschitz_dd.callbacks.records import RunRecord, read_metric_rows, summarise, write_json_atomic
+from lipschitz_dd.callbacks.records import ResultsWriter, read_metric_rows, summarise, write_json_atomic
 from lipschitz_dd.callbacks.stopping import GradNormStopping, full_batch_gradient_norm
 from lipschitz_dd.loggers import EpochCSVLogger
 
@@ -57,7 +57,7 @@ class TinyModule(LightningModule):
 
 def _fit(tmp_path, module, epochs=3, callbacks=()):
     logger = EpochCSVLogger(save_dir=str(tmp_path), name="exp", version="run")
-    record = RunRecord(config={"model.width": 4})
+    record = ResultsWriter(config={"model.width": 4})
     trainer = Trainer(
         max_epochs=epochs,
         logger=logger,
@@ -156,3 +156,20 @@ def test_grad_norm_stopping_rejects_bad_input():
         GradNormStopping(every_n_epochs=0)
     with pytest.raises(ValueError, match="target"):
         GradNormStopping(target=-1.0)
+
+
+def test_loss_that_blows_up_but_stays_finite_is_diverged(tmp_path):
+    class BlowingUp(TinyModule):
+        def on_train_epoch_end(self):  # train/loss: 2.0 before training, then 1e8: finite, but 5e7 x the start
+            for lg in self.trainer.loggers:
+                lg.log_metrics({"train/loss": 1e8}, step=self.current_epoch + 1)
+
+        def on_train_start(self):
+            super().on_train_start()
+            for lg in self.trainer.loggers:
+                lg.log_metrics({"train/loss": 2.0}, step=0)
+
+    run_dir, _ = _fit(tmp_path, BlowingUp())
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "diverged" and record["final"]["train/loss"] == 1e8
+    assert "train/loss went from 2 to 1e+08" in record["error"]

@@ -93,3 +93,11 @@ def test_trainer_steps_schedule_per_update_with_loader_length():
     scheduler = trainer.lr_scheduler_configs[0].scheduler
     assert scheduler.lr_lambdas[0].keywords["updates_per_epoch"] == 3
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.5 * 7 / 20000)  # after 6 updates
+
+
+def test_step30_divides_by_ten_every_30_epochs():
+    factor = make_lr_lambda("step30", base_lr=0.1, updates_per_epoch=7)
+    assert factor(0) == 1.0 and factor(30 * 7 - 1) == 1.0  # epochs 0..29
+    assert factor(30 * 7) == pytest.approx(0.1) and factor(60 * 7 - 1) == pytest.approx(0.1)
+    assert factor(60 * 7) == pytest.approx(0.01) and factor(89 * 7 + 6) == pytest.approx(0.01)  # last of 90 epochs
+    assert factor(90 * 7) == pytest.approx(0.001)

@@ -1,12 +1,15 @@
 """The local runner end to end with a fast fake training program: records, SQLite state, exit codes,
 failures, resume after SIGKILL, thread limits."""
 
+import io
 import json
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,7 +21,7 @@ from lipschitz_dd.sweep import SweepState, run_sweep
 from lipschitz_dd.sweep.cli import main
 from lipschitz_dd.sweep.lock import RunnerLock, SweepBusyError
 from lipschitz_dd.sweep.process import run_environment, thread_share
-from lipschitz_dd.sweep.runner import engine_history, gpu_ids
+from lipschitz_dd.sweep.runner import SAME_FAILURE_LIMIT, engine_history, gpu_ids
 from lipschitz_dd.sweep.table import sweep_progress
 
 FAKE_PROGRAM = textwrap.dedent(
@@ -26,9 +29,21 @@ FAKE_PROGRAM = textwrap.dedent(
     import json, os, sys, time
     args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
     print("ARGS", " ".join(sys.argv[1:]), flush=True)
-    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+    run_id = os.environ["LIPSCHITZ_DD_RUN_NAME"]
+    gate = os.environ.get("FAKE_GATE")  # a folder: each run leaves its id there; run number FAKE_BLOCK_AT blocks
+    if gate:
+        open(os.path.join(gate, run_id), "w").close()
+        if len(os.listdir(gate)) == int(os.environ.get("FAKE_BLOCK_AT", "0")):
+            while True:  # until killed
+                time.sleep(0.05)
+    fail_once = os.environ.get("FAKE_FAIL_ONCE")  # a folder: a run's first attempt fails
+    if fail_once and not os.path.exists(os.path.join(fail_once, run_id)):
+        open(os.path.join(fail_once, run_id), "w").close()
+        print("boom: first attempt fails" + (f" (width {args['width']})" if os.environ.get("FAKE_VARY") else ""))
+        sys.exit(3)
     if args.get("fail") == "True":
-        print("boom: this configuration fails", flush=True)
+        vary = f" (width {args['width']})" if os.environ.get("FAKE_VARY") else ""
+        print("boom: this configuration fails" + vary, flush=True)
         sys.exit(3)
     run_dir = os.path.join(os.environ["LIPSCHITZ_DD_SAVE_DIR"], os.environ["LIPSCHITZ_DD_EXPERIMENT"],
                            os.environ["LIPSCHITZ_DD_RUN_NAME"])
@@ -45,6 +60,9 @@ FAKE_PROGRAM = textwrap.dedent(
     if os.environ.get("FAKE_LEDGER"):
         with open(os.environ["FAKE_LEDGER"], "a") as f:
             f.write(json.dumps(args, sort_keys=True) + "\\n")
+    if os.environ.get("FAKE_TEARDOWN"):  # e.g. W&B finishing: the record is written, the process still runs
+        open(os.environ["FAKE_TEARDOWN"], "w").close()
+        time.sleep(3600)
     """
 )
 
@@ -150,13 +168,26 @@ def test_count_limits_new_runs_and_status(tmp_path, capsys):
     assert line[:6] == ["grid2x2", "grid", "1", "0", "0", "3"]
 
 
+def wait_for(condition, what, timeout=120.0):
+    """Poll `condition()` until it is true; fail with `what` after `timeout` seconds (a bound, not a timing)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
 @pytest.mark.slow
 def test_resume_after_runner_is_killed(tmp_path, monkeypatch):
-    """SIGKILL the runner while a run is in progress; rerunning finishes the grid, each point exactly once."""
+    """SIGKILL the runner while a run is in progress; rerunning finishes the grid, each point exactly once.
+    The second run blocks until killed (FAKE_GATE), so the kill always lands while it runs: no timing."""
     sweep_file = make_sweep(tmp_path, GRID)
     ledger = tmp_path / "ledger.jsonl"
+    gate = tmp_path / "gate"
+    gate.mkdir()
     monkeypatch.setenv("FAKE_LEDGER", str(ledger))
-    monkeypatch.setenv("FAKE_SLEEP", "1.5")
+    monkeypatch.setenv("FAKE_GATE", str(gate))
+    monkeypatch.setenv("FAKE_BLOCK_AT", "2")
     db_path = tmp_path / "out" / "grid2x2" / "sweep.db"
     runner = subprocess.Popen(
         [
@@ -171,38 +202,31 @@ def test_resume_after_runner_is_killed(tmp_path, monkeypatch):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    killed_run = None
-    deadline = time.time() + 60
-    while time.time() < deadline and killed_run is None:
-        time.sleep(0.1)
-        if not db_path.exists():
-            continue
-        try:
-            with sqlite3.connect(db_path) as db:
-                finished = db.execute("SELECT COUNT(*) FROM runs WHERE state='finished'").fetchone()[0]
-                running = db.execute("SELECT id, started_at FROM runs WHERE state='running'").fetchall()
-        except sqlite3.OperationalError:  # the runner is still creating its tables
-            continue
-        log_started = running and (db_path.parent / "logs" / f"{running[0][0]}.log").exists()
-        if finished >= 1 and log_started and time.time() - running[0][1] < 0.7:
-            runner.send_signal(signal.SIGKILL)
-            killed_run = running[0][0]
-    runner.wait(timeout=10)
-    assert killed_run is not None, "the runner never had a finished and a fresh running run"
-    time.sleep(0.5)  # the run process dies with its runner (PDEATHSIG)
+    try:
+        wait_for(lambda: len(list(gate.iterdir())) == 2, "the second run to start")  # the first has finished
+    finally:
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(timeout=30)
+    (blocked,) = {p.name for p in gate.iterdir()} - _finished_ids(db_path)
+    wait_for(lambda: not sweep_progress(tmp_path / "out")[0].active, "the lock to be released")
     (progress,) = sweep_progress(tmp_path / "out")
-    assert not progress.active and progress.running == 0 and progress.finished + progress.remaining == 4
-    finished_before = {json.dumps(json.loads(line), sort_keys=True) for line in ledger.read_text().splitlines()}
+    assert progress.running == 0 and progress.finished == 1 and progress.remaining == 3
+    assert len(ledger.read_text().splitlines()) == 1
 
-    monkeypatch.setenv("FAKE_SLEEP", "0")
+    monkeypatch.delenv("FAKE_GATE")
     result = run_sweep(sweep_file, out=tmp_path / "out", progress=False)
     assert len(result.runs) == 4 and all(r.state == "finished" for r in result.runs)
     assert sorted(map(str, (r.values for r in result.runs))) == sorted(map(str, GRID_POINTS))
-    assert killed_run in result.started and len(result.started) == 4 - len(finished_before)
-    assert next(r for r in result.runs if r.id == killed_run).attempts == 2
-    assert (result.folder / "attempts" / f"{killed_run}-1" / f"{killed_run}.log").is_file()
+    assert blocked in result.started and len(result.started) == 3
+    assert next(r for r in result.runs if r.id == blocked).attempts == 2
+    assert (result.folder / "attempts" / f"{blocked}-1" / f"{blocked}.log").is_file()
     executions = Counter(ledger.read_text().splitlines())
     assert len(executions) == 4 and set(executions.values()) == {1}
+
+
+def _finished_ids(db_path):
+    with sqlite3.connect(db_path) as db:
+        return {row[0] for row in db.execute("SELECT id FROM runs WHERE state='finished'")}
 
 
 @pytest.mark.parametrize("method", ["random", "bayes"])
@@ -266,3 +290,103 @@ def test_bad_options(tmp_path):
 def test_gpu_ids_one_per_worker_slot():
     assert gpu_ids(0, None) == [] and gpu_ids(2, None) == ["0", "1"]
     assert gpu_ids(2, "2,3") == ["2", "3"] and gpu_ids(1, "GPU-ab12, GPU-cd34") == ["GPU-ab12"]
+
+
+def test_report_counts_each_grid_point_once_after_retries(tmp_path, monkeypatch):
+    """A retried run's earlier attempt is moved to attempts/; the report reads the latest attempt only."""
+    from lipschitz_dd.report.records import load_runs
+
+    sweep_file = make_sweep(tmp_path, GRID)
+    fail_once = tmp_path / "fail_once"
+    fail_once.mkdir()
+    monkeypatch.setenv("FAKE_FAIL_ONCE", str(fail_once))
+    monkeypatch.setenv("FAKE_VARY", "1")  # different messages: the runner does not stop early
+    out = tmp_path / "out"
+    assert main([str(sweep_file), "--out", str(out), "--no_progress"]) == 1  # every first attempt fails
+    assert main([str(sweep_file), "--out", str(out), "--no_progress", "--retry_failed"]) == 0
+    folder = out / "grid2x2"
+    assert len(list((folder / "attempts").glob("*-1/*/results.json"))) == 4  # the failed attempts, kept
+    runs = load_runs(folder)
+    assert len(runs) == 4 and {r.status for r in runs} == {"finished"}
+    assert sorted((r.config["width"], r.config["noise"]) for r in runs) == sorted(
+        (str(p["width"]), str(p["noise"])) for p in GRID_POINTS
+    )
+
+
+def test_ctrl_c_keeps_a_run_that_had_already_finished(tmp_path, monkeypatch):
+    """Ctrl-C while a run, its results.json already written (status finished), is still tearing down: the run
+    stays finished and is not trained again on resume."""
+    sweep_file = make_sweep(tmp_path, {"width": {"values": [2]}})
+    ledger, teardown = tmp_path / "ledger.jsonl", tmp_path / "in_teardown"
+    monkeypatch.setenv("FAKE_LEDGER", str(ledger))
+    monkeypatch.setenv("FAKE_TEARDOWN", str(teardown))
+
+    def press_ctrl_c():
+        wait_for(teardown.exists, "the run to write its record")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=press_ctrl_c, daemon=True)
+    watcher.start()
+    result = run_sweep(sweep_file, out=tmp_path / "out", progress=False)
+    watcher.join()
+    assert result.interrupted
+    (run,) = result.runs
+    assert run.state == "finished" and run.results["status"] == "finished"
+    monkeypatch.delenv("FAKE_TEARDOWN")
+    again = run_sweep(sweep_file, out=tmp_path / "out", progress=False)
+    assert again.started == [] and len(ledger.read_text().splitlines()) == 1
+
+
+def test_retry_failed_skips_runs_no_longer_in_the_grid(tmp_path, capsys):
+    from lipschitz_dd.report.records import load_runs
+
+    out = str(tmp_path / "out")
+    sweep_file = make_sweep(tmp_path, {"fail": {"values": [False, True]}, "width": {"values": [1, 2]}})
+    assert main([str(sweep_file), "--out", out, "--no_progress"]) == 1
+    # the sweep file changes: width 2 is dropped, width 3 added
+    make_sweep(tmp_path, {"fail": {"values": [False, True]}, "width": {"values": [1, 3]}})
+    assert main([str(sweep_file), "--out", out, "--no_progress", "--retry_failed"]) == 1
+    with SweepState(tmp_path / "out" / "grid2x2" / "sweep.db") as state:
+        runs = state.runs()
+    stale = [r for r in runs if r.values["width"] == 2]
+    assert len(stale) == 2 and all(r.outside_grid and r.attempts == 1 for r in stale)
+    assert all(not r.outside_grid for r in runs if r.values["width"] != 2)
+    retried = [r for r in runs if r.values["width"] == 1 and r.values["fail"]]
+    assert [r.attempts for r in retried] == [2]
+    for run in stale:
+        record = json.loads((tmp_path / "out" / "grid2x2" / "runs" / "grid2x2" / run.id / "results.json").read_text())
+        assert record["outside_grid"] is True
+    reported = load_runs(tmp_path / "out" / "grid2x2")
+    assert sorted(str(r.config["width"]) for r in reported) == ["1", "1", "3", "3"]  # the stale runs are left out
+    everything = load_runs(tmp_path / "out" / "grid2x2", include_outside_grid=True)
+    assert len(everything) == 6
+
+
+def test_rerun_without_retry_flag_says_how_to_retry(tmp_path):
+    sweep_file = make_sweep(tmp_path, {"fail": {"values": [True]}, "width": {"values": [1]}})
+    stream = io.StringIO()
+    run_sweep(sweep_file, out=tmp_path / "out", progress=False, stream=stream)
+    assert "--retry_failed" not in stream.getvalue()
+    stream = io.StringIO()
+    run_sweep(sweep_file, out=tmp_path / "out", progress=False, stream=stream)
+    assert "1 failed run(s)" in stream.getvalue() and "--retry_failed" in stream.getvalue()
+
+
+def test_same_failure_on_every_run_stops_after_the_first_few(tmp_path, capsys):
+    sweep_file = make_sweep(tmp_path, {"fail": {"values": [True]}, "width": {"values": [1, 2, 3, 4, 5, 6]}})
+    assert main([str(sweep_file), "--out", str(tmp_path / "out"), "--no_progress"]) == 1
+    err = capsys.readouterr().err
+    stopping = [line for line in err.splitlines() if line.startswith("stopping:")]
+    assert len(stopping) == 1 and "boom: this configuration fails" in stopping[0]
+    with SweepState(tmp_path / "out" / "grid2x2" / "sweep.db") as state:
+        assert Counter(r.state for r in state.runs()) == {
+            "failed": SAME_FAILURE_LIMIT,
+            "queued": 6 - SAME_FAILURE_LIMIT,
+        }
+
+
+def test_different_failures_do_not_stop_the_sweep(tmp_path, monkeypatch):
+    sweep_file = make_sweep(tmp_path, {"fail": {"values": [True]}, "width": {"values": [1, 2, 3, 4]}})
+    monkeypatch.setenv("FAKE_VARY", "1")  # each run fails with its own message
+    result = run_sweep(sweep_file, out=tmp_path / "out", progress=False)
+    assert result.stopped_early is None and Counter(r.state for r in result.runs) == {"failed": 4}

@@ -3,8 +3,12 @@
 Lower bounds: per-sample Jacobian spectral norms (exact or power iteration), streamed statistics over point
 sets (data, convex combinations, perturbations, grids), an optimised bound and the pairwise bound.
 Upper bound: product of per-layer constants over the traced graph (AutoLip style), power or certified mode.
+MLPs only (nn.Sequential of Linear and activations): the exact constant of ReLU MLPs (region enumeration),
+ECLipsE-Fast (closed form) and LipSDP-Neuron (SDP, optional ``sdp`` extra), all certified.
 """
 
+from lipschitz_dd.bounds.eclipse import eclipse_fast
+from lipschitz_dd.bounds.exact import ExactLipschitz, exact_lipschitz
 from lipschitz_dd.bounds.jacobian import (
     PowerIterationResult,
     SingularTriplets,
@@ -14,9 +18,11 @@ from lipschitz_dd.bounds.jacobian import (
     top_singular_from_jacobians,
     top_singular_triplets,
 )
+from lipschitz_dd.bounds.lipsdp import LipSDPResult, lipsdp_neuron
 from lipschitz_dd.bounds.lower import LowerBoundStats, iterate_batches, lower_bound
+from lipschitz_dd.bounds.mlp import MLP, Activation, is_mlp, mlp_from_module, product_bound
 from lipschitz_dd.bounds.operator_norms import NormEstimate, conv_operator_norm, linear_operator_norm
-from lipschitz_dd.bounds.optimised import OptimisedLowerBound, optimised_lower_bound
+from lipschitz_dd.bounds.optimised import OptimisedLowerBound, TopPoints, optimised_lower_bound
 from lipschitz_dd.bounds.pairwise import pairwise_lipschitz
 from lipschitz_dd.bounds.points import (
     convex_combinations,
@@ -53,4 +59,15 @@ __all__ = [
     "top_singular_from_jacobians",
     "top_singular_triplets",
     "upper_bound",
+    "TopPoints",
+    "MLP",
+    "Activation",
+    "is_mlp",
+    "mlp_from_module",
+    "product_bound",
+    "ExactLipschitz",
+    "exact_lipschitz",
+    "eclipse_fast",
+    "LipSDPResult",
+    "lipsdp_neuron",
 ]

@@ -96,10 +96,6 @@ class LowerBoundStats:
             merged._norm_chunks = self._norm_chunks + other._norm_chunks
         return merged
 
-    def as_dict(self) -> dict:
-        """Plain numbers: max, mean, rms, count (for logging)."""
-        return {"max": self.max, "mean": self.mean, "rms": self.rms, "count": self.count}
-
 
 def _beats(value: float, best: float) -> bool:
     """value replaces best as the maximum: larger, or NaN over a number (NaN propagates)."""

@@ -1,7 +1,8 @@
-"""In-memory LightningDataModules with fixed training subsets and nested label noise (see base.ArrayDataModule)."""
+"""LightningDataModules: in-memory ones with fixed training subsets and nested label noise (see base.ArrayDataModule), and ImageFolderDataModule, read from disk by workers."""
 
 from lipschitz_dd.data.base import ArrayDataModule
 from lipschitz_dd.data.digits import DigitsDataModule
+from lipschitz_dd.data.imagefolder import ImageFolderDataModule
 from lipschitz_dd.data.loader import TensorBatchLoader
 from lipschitz_dd.data.mnist1d import MNIST1DDataModule
 from lipschitz_dd.data.selection import NOISE_MODES, corrupt_labels, nested_subset_indices
@@ -19,6 +20,7 @@ __all__ = [
     "CIFAR100DataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",
+    "ImageFolderDataModule",
     "MNIST1DDataModule",
     "MNISTDataModule",
     "NOISE_MODES",

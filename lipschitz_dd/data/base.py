@@ -4,9 +4,21 @@ import torch
 from lightning.pytorch import LightningDataModule
 
 from lipschitz_dd.data.loader import TensorBatchLoader
-from lipschitz_dd.data.selection import NoiseMode, check_label_noise, corrupt_labels, nested_subset_indices
+from lipschitz_dd.data.selection import (
+    NoiseMode,
+    check_label_noise,
+    corrupt_labels,
+    nested_subset_indices,
+    seeded_generator,
+)
 
 Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def seeded_generator_subset(n: int, size: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a fixed random `size`-subset of range(n) from `seed` (the "test" stream of the data
+    seed, unrelated to the training subset's), nested in `size`."""
+    return torch.randperm(n, generator=seeded_generator(seed, "test_subset"))[:size].sort().values
 
 
 class ArrayDataModule(LightningDataModule):
@@ -18,6 +30,8 @@ class ArrayDataModule(LightningDataModule):
     `load_arrays()`, which returns the full (train_x, train_y, test_x, test_y). `setup()` then
       1. keeps a fixed training subset of `train_subset` samples chosen by `data_seed` (nested in the size),
       2. corrupts a fraction `label_noise` of the training labels (`noise_mode`, see `corrupt_labels`),
+      3. keeps a fixed test subset of `test_subset` samples (None: the whole test set), chosen by `data_seed`
+         (cheaper per-epoch test evaluation at CPU scale),
     and exposes train_x (float32, exactly what the model receives), train_y (the labels trained on),
     train_y_clean, test_x, test_y (always clean), noisy_mask (bool per training sample: chosen for corruption;
     `train_y != train_y_clean` gives the labels that actually changed), num_classes and input_shape (per sample).
@@ -35,6 +49,7 @@ class ArrayDataModule(LightningDataModule):
         batch_size: int = 100,
         eval_batch_size: int = 4096,
         train_subset: int | None = None,
+        test_subset: int | None = None,
         data_seed: int = 0,
         label_noise: float = 0.0,
         noise_mode: NoiseMode = "shuffle",
@@ -44,14 +59,16 @@ class ArrayDataModule(LightningDataModule):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise ValueError(f"{name}={value} is invalid: it must be a positive integer")
-        if train_subset is not None and train_subset < 1:
-            raise ValueError(f"train_subset={train_subset} is invalid: give a positive number of samples or None")
+        for name, value in (("train_subset", train_subset), ("test_subset", test_subset)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value} is invalid: give a positive number of samples or None")
         check_label_noise(label_noise, noise_mode)
         self.save_hyperparameters()
         self.data_dir = str(data_dir)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.train_subset = train_subset
+        self.test_subset = test_subset
         self.data_seed = data_seed
         self.label_noise = float(label_noise)
         self.noise_mode = noise_mode
@@ -88,6 +105,13 @@ class ArrayDataModule(LightningDataModule):
         self.train_y, self.noisy_mask = corrupt_labels(
             train_y, self.label_noise, self.num_classes, self.noise_mode, seed=self.data_seed
         )
+        if self.test_subset is not None:
+            if self.test_subset > len(test_x):
+                raise ValueError(
+                    f"test_subset={self.test_subset} is invalid: only {len(test_x)} test samples are available"
+                )
+            keep = seeded_generator_subset(len(test_x), self.test_subset, self.data_seed)
+            test_x, test_y = test_x[keep], test_y[keep]
         self.test_x, self.test_y = test_x, test_y
         self.input_shape = tuple(train_x.shape[1:])
 

@@ -43,7 +43,7 @@ class MNIST1DDataModule(ArrayDataModule):
     """MNIST-1D: 40-feature 1-D signals of 10 digit classes, inputs of shape (40,).
 
     mnist1d's defaults (num_samples=5000, train_split=0.8, seed=42) give 4,000 train / 1,000 test; the cheap
-    double-descent setting of paper.md is num_samples=16000, train_split=0.25 (4,000 train / 12,000 test).
+    double-descent setting (docs/study.md) is num_samples=16000, train_split=0.25 (4,000 train / 12,000 test).
     The generated arrays are cached under data_dir/mnist1d/ (see mnist1d_cache_path) and reused.
     """
 

@@ -5,9 +5,9 @@ Expected files (torchvision layout under `data_dir`):
     Fashion-MNIST  data_dir/FashionMNIST/raw/ (same four file names)
     CIFAR-10       data_dir/cifar-10-batches-py/{data_batch_1..5,test_batch}
     CIFAR-100      data_dir/cifar-100-python/{train,test}
-The four idx files may also sit directly in `data_dir`, plain or gzipped: Debian's package
-`dataset-fashion-mnist` installs Fashion-MNIST as /usr/share/datasets/fashion-mnist/*-ubyte.gz, so
-`--data.data_dir /usr/share/datasets/fashion-mnist` reads it as installed.
+The four idx files may also sit directly in `data_dir`, plain or gzipped. Fashion-MNIST is also found where
+Debian's package puts it (`apt-get install dataset-fashion-mnist` installs
+/usr/share/datasets/fashion-mnist/*-ubyte.gz), when it is not under `data_dir`.
 The files are parsed here (idx and pickled batches) rather than through torchvision's dataset classes, which
 need uncompressed idx files and check MD5 sums; torchvision is used only for `download=True`.
 Each set becomes one float32 tensor in [0, 1] of shape (N, C, H, W), optionally normalised per channel
@@ -150,10 +150,12 @@ class MNISTDataModule(VisionDataModule):
     """MNIST: 28x28 grey digits, 60,000 train / 10,000 test, inputs (1, 28, 28)."""
 
     title, folder_name, torchvision_name = "MNIST", "MNIST", "MNIST"
+    system_folders: tuple[str, ...] = ()  # where a system package installs the idx files, searched last
 
     def find_files(self) -> list[Path] | None:
-        """The four idx files in data_dir/<folder_name>/raw, else directly in data_dir."""
-        for folder in (Path(self.data_dir) / self.folder_name / "raw", Path(self.data_dir)):
+        """The four idx files in data_dir/<folder_name>/raw, else directly in data_dir, else in a system folder."""
+        folders = (Path(self.data_dir) / self.folder_name / "raw", Path(self.data_dir), *map(Path, self.system_folders))
+        for folder in folders:
             files = [_idx_file(folder, name) for name in IDX_FILES]
             if all(files):
                 return files
@@ -187,16 +189,17 @@ class MNISTDataModule(VisionDataModule):
 class FashionMNISTDataModule(MNISTDataModule):
     """Fashion-MNIST: 28x28 grey clothing images, 60,000 train / 10,000 test, inputs (1, 28, 28).
 
-    Debian's `dataset-fashion-mnist` package installs the gzipped idx files in /usr/share/datasets/fashion-mnist;
-    pass that folder as data_dir (or link it to data_dir/FashionMNIST/raw).
+    Debian's `dataset-fashion-mnist` package (`apt-get install dataset-fashion-mnist`) installs the gzipped idx
+    files in /usr/share/datasets/fashion-mnist; they are read from there when data_dir does not hold them.
     """
 
     title, folder_name, torchvision_name = "Fashion-MNIST", "FashionMNIST", "FashionMNIST"
+    system_folders = ("/usr/share/datasets/fashion-mnist",)
 
     def placement(self) -> str:
         return (
             super().placement()
-            + " (Debian: apt-get install dataset-fashion-mnist, then --data.data_dir /usr/share/datasets/fashion-mnist)"
+            + " (or on Debian/Ubuntu: apt-get install dataset-fashion-mnist, read from /usr/share/datasets/fashion-mnist)"
         )
 
 

@@ -3,14 +3,15 @@
 Subclasses call ``super().__init__(**kwargs)`` first and then build their layers into ``self.net`` (in
 order, so a seed gives the same initial weights as ``torch.manual_seed`` followed by the plain builder).
 
-Protocol (paper.md): CE or MSE on one-hot targets, both summed over the batch and divided by the batch
+Protocol (the study's, docs/study.md): CE or MSE on one-hot targets, both summed over the batch and divided by the batch
 size; SGD (optional momentum / weight decay) or Adam; learning-rate schedules stepped once per update;
 global gradient-norm clipping (default 50). A non-finite training loss stops the run cleanly
 (``self.diverged = True``).
 
 Logging: one row per epoch. Validation loader 0 is the test set (``test/loss``, ``test/acc``), loader 1 the
 full training set in eval mode (``train/loss``, ``train/acc``); the logger step is the number of finished
-epochs, and epoch 0 (before the first update) is evaluated in ``on_train_start``.
+epochs (the ``step`` metric of ``lipschitz_dd/epoch_axis.py``, which LipschitzCallback logs the same way), and
+epoch 0 (before the first update) is evaluated in ``on_train_start``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lipschitz_dd.models._checks import check_size
+from lipschitz_dd.models.constraint import SpectralNormConstraint
+from lipschitz_dd.models.penalty import jacobian_norm_penalty
 from lipschitz_dd.models.schedules import SCHEDULE_NAMES, make_lr_lambda, updates_per_epoch_of
 
 log = logging.getLogger(__name__)
@@ -58,13 +61,22 @@ class LipschitzModule(LightningModule):
         lr: base learning rate.
         momentum: SGD momentum (0 = plain SGD, the paper's protocol); must be 0 with Adam.
         weight_decay: L2 weight decay passed to the optimiser.
-        lr_schedule: ``"constant"``, ``"warmup20000step25"`` or ``"cont100"`` (see ``schedules.py``), stepped
-            once per update.
+        lr_schedule: ``"constant"``, ``"warmup20000step25"``, ``"cont100"`` or ``"step30"`` (ImageNet: divided
+            by 10 every 30 epochs; see ``schedules.py``), stepped once per update.
         lr_floor: ``cont100`` only: an absolute learning rate below which the schedule never goes.
         schedule_epochs: ``warmup20000step25`` only: its decay milestones sit at 25/50/75 % of this many
             epochs after the warm-up.
         grad_clip_norm: clip the global L2 norm of all gradients to this value before each update (None: no
             clipping). A ``Trainer(gradient_clip_val=...)`` flag, if given, takes precedence.
+        lipschitz_bound: C. When set, every Linear/Conv layer is rescaled after each update (and once before
+            the first) so its operator norm is at most ``C^(1/depth)`` (depth = number of weight layers): the
+            product bound of ``net`` is then at most C (see ``constraint.py``; feed-forward chains only).
+        constraint_margin: relative safety margin of that rescaling against power iteration's low error.
+        logit_temperature: tau; the logits are ``tau * net(x)`` (the study: 1 unconstrained, 10 with C = 10,
+            40 with C = 1), so the network's constant is at most ``tau * C``.
+        jacobian_penalty: lambda; the training loss becomes ``loss + lambda * max_b ||J(x_b)||_2`` over the
+            batch (C_lower of the batch as a regulariser, see ``penalty.py``); 0 = off. Evaluation losses
+            never include it.
     """
 
     net: nn.Module
@@ -77,10 +89,14 @@ class LipschitzModule(LightningModule):
         lr: float = 0.01,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
-        lr_schedule: Literal["constant", "warmup20000step25", "cont100"] = "constant",
+        lr_schedule: Literal["constant", "warmup20000step25", "cont100", "step30"] = "constant",
         lr_floor: float | None = None,
         schedule_epochs: int = 10_000,
         grad_clip_norm: float | None = 50.0,
+        lipschitz_bound: float | None = None,
+        constraint_margin: float = 1e-2,
+        logit_temperature: float = 1.0,
+        jacobian_penalty: float = 0.0,
     ) -> None:
         super().__init__()
         _check_choice("loss", loss, ("ce", "mse"))
@@ -100,11 +116,22 @@ class LipschitzModule(LightningModule):
             raise ValueError(f"lr_floor must be >= 0 or None, got {lr_floor}")
         if grad_clip_norm is not None and not grad_clip_norm > 0:
             raise ValueError(f"grad_clip_norm must be > 0 or None, got {grad_clip_norm}")
+        if lipschitz_bound is not None and not lipschitz_bound > 0:
+            raise ValueError(f"lipschitz_bound must be > 0 or None, got {lipschitz_bound}")
+        if not constraint_margin >= 0:
+            raise ValueError(f"constraint_margin must be >= 0, got {constraint_margin}")
+        if not logit_temperature > 0:
+            raise ValueError(f"logit_temperature must be > 0, got {logit_temperature}")
+        if not jacobian_penalty >= 0:
+            raise ValueError(f"jacobian_penalty must be >= 0, got {jacobian_penalty}")
         # Collects the init arguments of the whole subclass chain (Lightning walks the __init__ frames).
         self.save_hyperparameters()
         self.num_classes = num_classes
         self.loss_name = loss
         self.diverged = False
+        self.logit_temperature = float(logit_temperature)
+        self.jacobian_penalty = float(jacobian_penalty)
+        self.constraint: SpectralNormConstraint | None = None  # built on the first use, once self.net exists
         # Index = validation dataloader index (0: test set, 1: full training set). NaN losses are kept,
         # not dropped, so a diverged network reports NaN.
         self.eval_loss = nn.ModuleList(MeanMetric(nan_strategy="disable") for _ in EVAL_PREFIXES)
@@ -125,8 +152,10 @@ class LipschitzModule(LightningModule):
 
     # ----------------------------------------------------------------- model and loss
     def forward(self, x: Tensor) -> Tensor:
-        """The logits ``net(x)``, shape ``[B, num_classes]`` (the output the loss sees)."""
-        return self.net(x)
+        """The logits ``tau * net(x)``, shape ``[B, num_classes]`` (the output the loss sees; tau =
+        ``logit_temperature``, usually 1)."""
+        logits = self.net(x)
+        return logits if self.logit_temperature == 1.0 else logits * self.logit_temperature
 
     def batch_loss(self, batch: Sequence[Tensor]) -> Tensor:
         """Mean loss of an ``(x, y)`` batch: sum of per-sample losses divided by the batch size (exact)."""
@@ -137,8 +166,15 @@ class LipschitzModule(LightningModule):
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor | None:
-        """The mean batch loss; on a non-finite loss: warn, stop the trainer, skip the update (None)."""
-        loss = self.batch_loss(batch)
+        """The mean batch loss (plus ``jacobian_penalty * max_b ||J(x_b)||_2`` when set); on a non-finite loss:
+        warn, stop the trainer, skip the update (None)."""
+        if self.jacobian_penalty > 0:
+            x, y = batch[0], batch[1]
+            penalty, logits = jacobian_norm_penalty(self, x)
+            loss = per_sample_loss(logits, y, self.loss_name).mean() + self.jacobian_penalty * penalty
+            self.last_jacobian_norm = float(penalty.detach())
+        else:
+            loss = self.batch_loss(batch)
         if not torch.isfinite(loss):
             log.warning(
                 "non-finite training loss (%s) at epoch %d, step %d: stopping (diverged)",
@@ -150,6 +186,54 @@ class LipschitzModule(LightningModule):
             self.trainer.should_stop = True
             return None
         return loss
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """The optimiser update, then (with ``lipschitz_bound``) the rescaling of the weight layers."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self.hparams.get("lipschitz_bound") is not None:
+            self.apply_lipschitz_constraint()
+
+    def apply_lipschitz_constraint(self, example: Tensor | None = None) -> None:
+        """Rescale the weight layers onto the ``lipschitz_bound`` budget (see ``constraint.py``).
+
+        ``example``: an input batch to run once (eval mode, no grad) when a convolution's input shape is not
+        known yet; without it the rescaling waits for the first training forward pass.
+        """
+        if self.constraint is None:
+            self.constraint = SpectralNormConstraint(
+                self.net, self.hparams.lipschitz_bound, margin=self.hparams.get("constraint_margin", 1e-2)
+            )
+        if not self.constraint.ready():
+            if example is None:
+                return
+            was_training = self.training
+            self.eval()
+            with torch.no_grad():
+                self.net(example)
+            self.train(was_training)
+        self.constraint.project()
+
+    def on_fit_start(self) -> None:
+        """Checks ``jacobian_penalty``'s network; with ``lipschitz_bound``: rescales the initial weights, so the
+        bound holds from epoch 0 on."""
+        if self.jacobian_penalty > 0:
+            random_layers = sorted(
+                {
+                    type(m).__name__
+                    for m in self.modules()
+                    if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))
+                }
+            )
+            if random_layers:
+                raise ValueError(
+                    f"jacobian_penalty needs a network without {', '.join(random_layers)}: in training mode its input "
+                    "Jacobian depends on the batch statistics / dropout masks"
+                )
+        if self.hparams.get("lipschitz_bound") is None:
+            return
+        shape = getattr(self.trainer.datamodule, "input_shape", None)
+        example = torch.zeros(1, *shape, device=self.device) if shape is not None else None
+        self.apply_lipschitz_constraint(example)
 
     def configure_optimizers(self):
         """The optimiser of ``optimizer`` and, unless constant, a LambdaLR stepped once per update."""

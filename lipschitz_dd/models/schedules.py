@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 from functools import partial
 
-SCHEDULE_NAMES = ("constant", "warmup20000step25", "cont100")
+SCHEDULE_NAMES = ("constant", "warmup20000step25", "cont100", "step30")
 
 WARMUP_UPDATES = 20_000
 """Length of the linear warm-up of ``Warmup20000Step25``, in updates."""
@@ -23,6 +23,8 @@ STEP25_GAMMA = 0.75
 """Factor applied at each of the 25/50/75 % milestones of ``Warmup20000Step25``."""
 CONT100_EVERY_EPOCHS = 100
 CONT100_GAMMA = 0.95
+STEP30_EVERY_EPOCHS = 30
+STEP30_GAMMA = 0.1
 
 
 def constant_factor(update: int) -> float:
@@ -57,6 +59,14 @@ def cont100_factor(update: int, updates_per_epoch: int, floor_factor: float = 0.
     return max(CONT100_GAMMA ** (epoch // CONT100_EVERY_EPOCHS), floor_factor)
 
 
+def step30_factor(update: int, updates_per_epoch: int) -> float:
+    """Factor of the ImageNet schedule (He et al. 2016) at a given update (exact, closed form):
+    ``0.1 ** floor(epoch / 30)`` with ``epoch = floor(update / updates_per_epoch)``, i.e. the learning rate is
+    divided by 10 at the start of epochs 30, 60, 90, ..."""
+    epoch = update // updates_per_epoch
+    return STEP30_GAMMA ** (epoch // STEP30_EVERY_EPOCHS)
+
+
 def make_lr_lambda(
     name: str,
     *,
@@ -80,6 +90,8 @@ def make_lr_lambda(
         if schedule_epochs < 1:
             raise ValueError(f"schedule_epochs must be >= 1, got {schedule_epochs}")
         return partial(warmup20000step25_factor, updates_per_epoch=updates_per_epoch, schedule_epochs=schedule_epochs)
+    if name == "step30":
+        return partial(step30_factor, updates_per_epoch=updates_per_epoch)
     floor_factor = 0.0 if lr_floor is None else min(lr_floor / base_lr, 1.0)
     return partial(cont100_factor, updates_per_epoch=updates_per_epoch, floor_factor=floor_factor)
 

@@ -1,6 +1,6 @@
 """Read run folders (results.json, metrics.csv) and draw the study's figures and tables.
 
-Imports nothing of the training code: run folders are the only input (see shared/design.md).
+Imports nothing of the training code: run folders and W&B runs are the only input (see docs/run_folder.md).
 """
 
 from lipschitz_dd.report.bias_variance import bias_variance_table, output_at_zero_variance, variance_bound
@@ -28,3 +28,7 @@ __all__ = [
     "to_markdown",
     "variance_bound",
 ]
+
+from lipschitz_dd.report.records import LoadedRun  # noqa: E402  (RunRecord: its deprecated name)
+
+__all__ += ["LoadedRun"]

@@ -1,4 +1,4 @@
-"""The bias-variance view of paper.md (finding 3), from the run records of a sweep with several seeds.
+"""The bias-variance view of the study (docs/study.md, finding 3), from the run records of a sweep with several seeds.
 
 For networks f_s (seeds s = 1..S), their average f_bar = mean_s f_s, Lipschitz constants L_s and L_bar,
 and every input x, the triangle inequality through the zero input gives

@@ -55,6 +55,7 @@ def build_report(
     seed_key: str = DEFAULT_SEED_KEY,
     power_law_from_epoch: int = 10,
     interpolation_train_acc: float = 0.99,
+    records: list | None = None,
     formats: tuple[str, ...] = ("png",),
     dpi: int = figures.DPI,
 ) -> ReportSummary:
@@ -63,7 +64,7 @@ def build_report(
 
     Raises ReportInputError (a ValueError, one line) if ``folder`` is missing or holds no run; never
     raises for missing metrics or failed runs: those become notes and table entries."""
-    records = load_runs(folder)
+    records = load_runs(folder) if records is None else records  # records: e.g. W&B runs read by the caller
     out = Path(out) if out is not None else Path(folder) / "report"
     out.mkdir(parents=True, exist_ok=True)
     statuses = dict(Counter(record.status for record in records))

@@ -20,7 +20,16 @@ def make_parser() -> ArgumentParser:
         "double-descent, bounds-vs-epoch, heat-map and bias-variance figures (PNG; --format for PDF/SVG) "
         "with CSV and Markdown tables, and report.html showing all of them on one page.",
     )
-    parser.add_argument("folder", type=str, help="runs or sweep folder (searched recursively for runs)")
+    parser.add_argument(
+        "folder", type=str | None, nargs="?", default=None, help="runs or sweep folder (searched recursively for runs)"
+    )
+    parser.add_argument(
+        "--wandb",
+        type=str | None,
+        default=None,
+        help="read the runs of ENTITY/PROJECT or ENTITY/PROJECT/SWEEP_ID through the W&B API (network and login "
+        "needed) instead of a folder; --out defaults to ./wandb_report",
+    )
     parser.add_argument("--out", type=str | None, default=None, help="output folder (default: <folder>/report)")
     parser.add_argument("--x", type=str, default="model.width", help="config key on the x axis")
     parser.add_argument(
@@ -52,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     """Parse ``argv`` (default: sys.argv[1:]), build the report, print where it went and the notes.
     A missing or empty folder exits with a one-line error (SystemExit, status 1)."""
     args = make_parser().parse_args(argv)
+    if (args.folder is None) == (args.wandb is None):
+        raise SystemExit("lipschitz-dd report: error: give a runs or sweep folder, or --wandb ENTITY/PROJECT[/SWEEP]")
     formats = tuple(f.strip().lower().lstrip(".") for f in args.format.split(",") if f.strip())
     if not formats or any(f not in FORMATS for f in formats) or args.dpi <= 0:
         raise SystemExit(
@@ -59,9 +70,15 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.format!r}; --dpi must be positive, got {args.dpi}"
         )
     try:
+        records = None
+        if args.wandb is not None:
+            from lipschitz_dd.report.wandb_runs import load_wandb_api_runs
+
+            records = load_wandb_api_runs(args.wandb)
         summary = build_report(
-            args.folder,
-            out=args.out,
+            args.folder or f"wandb:{args.wandb}",
+            records=records,
+            out=args.out or (None if args.folder else "wandb_report"),
             x=args.x,
             hue=args.hue,
             seed_key=args.seed_key,

@@ -35,9 +35,8 @@ from lipschitz_dd.report.bias_variance import (
     seed_groups,
 )
 from lipschitz_dd.report.records import RunRecord
+from lipschitz_dd.run_folder import SNAPSHOT_FILE  # written by callbacks.snapshot.FunctionSnapshot
 
-#: The file callbacks.snapshot.FunctionSnapshot writes in each run folder (same name; no training import).
-SNAPSHOT_FILE = "snapshot.npz"
 _INDEX_KEYS = ("test_indices", "train_indices")
 
 

@@ -1,15 +1,28 @@
 """Find and load run folders (results.json + metrics.csv) without importing any training code.
 
 A run folder is ``<save_dir>/<experiment>/<run name>/`` holding ``metrics.csv`` (Lightning's CSVLogger),
-``config.yaml`` and ``results.json`` (see ``shared/design.md``). A sweep folder holds such run folders
-somewhere below it, so the report simply searches recursively. Runs that failed, diverged or never wrote
-``results.json`` are still loaded: their status says what happened and ``problems`` says what is missing.
+``config.yaml`` and ``results.json`` (the contract is :mod:`lipschitz_dd.run_folder`). A sweep folder holds
+such run folders somewhere below it, so the report simply searches recursively. Runs that failed, diverged or
+never wrote ``results.json`` are still loaded: their status says what happened and ``problems`` says what is
+missing. W&B run directories found outside run folders (``offline-run-*``, ``run-*``, e.g. gathered from
+other machines) are read too (:mod:`lipschitz_dd.report.wandb_runs`).
+
+Rules that keep every grid point counted once and only trusted numbers in figures:
+
+- Attempts of a sweep run moved aside by the sweep runner (``<sweep>/attempts/<run id>-<k>/<run id>/``) are
+  earlier tries of the same run: only the latest attempt of each run id is loaded (the one in ``runs/`` if
+  there is one, else the highest ``k``).
+- Runs the sweep runner marked ``outside_grid`` (their parameters are no longer in the sweep file) are left
+  out unless asked for.
+- A run recorded as completed whose train/loss ended more than ``DIVERGENCE_FACTOR`` times above its first
+  logged value, or not finite, is counted as ``diverged`` (left out of figures and means, listed in runs.csv).
 """
 
 from __future__ import annotations
 
-import json
 import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,18 +30,52 @@ from typing import Any
 import pandas as pd
 import yaml
 
-RESULTS_FILE = "results.json"
-METRICS_FILE = "metrics.csv"
-CONFIG_FILE = "config.yaml"
+from lipschitz_dd.run_folder import (
+    CHECKPOINTS_DIR,
+    COMPLETED_STATUSES,
+    CONFIG_FILE,
+    DIVERGED,
+    DIVERGENCE_FACTOR,
+    DIVERGENCE_METRIC,
+    METRICS_FILE,
+    RESULTS_FILE,
+    WANDB_DIR,
+    ResultsFileError,
+    RunResults,
+    loss_diverged,
+    read_results,
+)
 
-#: Statuses of runs whose numbers are trusted for figures (the table lists every run).
-COMPLETED_STATUSES = ("finished", "stopped_converged")
+__all__ = [
+    "COMPLETED_STATUSES",
+    "CONFIG_FILE",
+    "INCOMPLETE_STATUS",
+    "METRICS_FILE",
+    "RESULTS_FILE",
+    "UNREADABLE_STATUS",
+    "ConfigList",
+    "LoadedRun",
+    "ReportInputError",
+    "RunRecord",
+    "find_run_folders",
+    "flatten_config",
+    "hashable_config_value",
+    "latest_attempts",
+    "load_run",
+    "load_runs",
+    "read_config_yaml",
+    "read_metrics_csv",
+]
+
 #: Status given to a folder that has metrics but no results.json (still running, or killed hard).
 INCOMPLETE_STATUS = "incomplete"
 #: Status given to a folder whose results.json cannot be parsed.
 UNREADABLE_STATUS = "unreadable"
+#: The sweep runner's folder of earlier attempts: ``<sweep>/attempts/<run id>-<k>/<run id>/``.
+ATTEMPTS_DIR = "attempts"
 
-_SKIPPED_DIRS = {"wandb", "checkpoints", "__pycache__"}
+_SKIPPED_DIRS = {WANDB_DIR, CHECKPOINTS_DIR, "__pycache__"}
+_ATTEMPT_NAME = re.compile(r"^(?P<run>.+)-(?P<k>\d+)$")
 
 
 class ReportInputError(ValueError):
@@ -36,11 +83,14 @@ class ReportInputError(ValueError):
 
 
 @dataclass
-class RunRecord:
-    """Everything the report knows about one run folder.
+class LoadedRun:
+    """Everything the report knows about one run (a run folder, or a W&B run).
 
     ``config`` uses dotted keys (``model.width``); ``final``/``max`` map metric names to numbers;
     ``metrics`` has one row per epoch (index ``step``), one column per metric, NaN where not logged.
+    ``attempt``: the sweep runner's attempt number for a folder read from ``attempts/`` (None otherwise);
+    ``outside_grid``: the sweep runner marked the run's parameters as no longer in the sweep file;
+    ``source``: "folder" or "wandb".
     """
 
     path: Path
@@ -54,6 +104,9 @@ class RunRecord:
     seconds: float | None = None
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
     problems: list[str] = field(default_factory=list)
+    attempt: int | None = None
+    outside_grid: bool = False
+    source: str = "folder"
 
     @property
     def completed(self) -> bool:
@@ -74,36 +127,75 @@ class RunRecord:
 
 
 def find_run_folders(root: str | Path) -> list[Path]:
-    """All folders below ``root`` (``root`` included) holding results.json or metrics.csv, sorted.
+    """All folders below ``root`` (``root`` included) holding results.json or metrics.csv, sorted (earlier
+    attempts under ``attempts/`` included; :func:`load_runs` keeps the latest of each run).
 
     Raises ReportInputError (a ValueError) with a one-line message if ``root`` does not exist or holds
     no run folder.
     """
+    found = _run_folders(_checked_root(root))
+    if not found:
+        raise ReportInputError(f"no run folders (with {RESULTS_FILE} or {METRICS_FILE}) found under {str(root)!r}")
+    return found
+
+
+def _checked_root(root: str | Path) -> Path:
     root = Path(root)
     if not root.exists():
         raise ReportInputError(f"folder {str(root)!r} does not exist")
     if not root.is_dir():
         raise ReportInputError(f"{str(root)!r} is not a folder (expected a runs or sweep folder)")
+    return root
+
+
+def _run_folders(root: Path) -> list[Path]:
     found = set()
     for name in (RESULTS_FILE, METRICS_FILE):
         for file in root.rglob(name):
             relative_parts = file.relative_to(root).parts[:-1]
             if not _SKIPPED_DIRS.intersection(relative_parts):
                 found.add(file.parent)
-    if not found:
-        raise ReportInputError(f"no run folders (with {RESULTS_FILE} or {METRICS_FILE}) found under {str(root)!r}")
     return sorted(found)
 
 
-def load_runs(root: str | Path) -> list[RunRecord]:
-    """Load every run folder below ``root`` (see :func:`find_run_folders`, :func:`load_run`)."""
-    return [load_run(folder) for folder in find_run_folders(root)]
+def load_runs(root: str | Path, include_outside_grid: bool = False) -> list[LoadedRun]:
+    """Load every run below ``root``: run folders (see :func:`find_run_folders`, :func:`load_run`), each run id
+    of a sweep once (:func:`latest_attempts`), plus W&B run directories that lie outside run folders.
+    Runs marked ``outside_grid`` are left out unless ``include_outside_grid``.
+
+    Raises ReportInputError (one line) when ``root`` is missing or holds no run at all."""
+    from lipschitz_dd.report.wandb_runs import find_wandb_run_dirs, load_wandb_run_dir
+
+    root = _checked_root(root)
+    folders = _run_folders(root)
+    wandb_dirs = find_wandb_run_dirs(root, outside=folders)
+    if not folders and not wandb_dirs:
+        raise ReportInputError(
+            f"no run folders (with {RESULTS_FILE} or {METRICS_FILE}) or W&B runs found under {str(root)!r}"
+        )
+    runs = latest_attempts([load_run(folder) for folder in folders])
+    runs += [load_wandb_run_dir(path) for path in wandb_dirs]
+    return [run for run in runs if include_outside_grid or not run.outside_grid]
 
 
-def load_run(folder: str | Path) -> RunRecord:
+def latest_attempts(runs: Iterable[LoadedRun]) -> list[LoadedRun]:
+    """Drop earlier attempts: of the runs read from the sweep runner's ``attempts/`` folder, only those whose
+    run id has no run outside ``attempts/`` are kept, and of those only the highest attempt number."""
+    runs = list(runs)
+    current = {run.name for run in runs if run.attempt is None}
+    latest: dict[str, LoadedRun] = {}
+    for run in runs:
+        if run.attempt is not None and run.name not in current:
+            if run.name not in latest or run.attempt > (latest[run.name].attempt or 0):
+                latest[run.name] = run
+    return [run for run in runs if run.attempt is None or latest.get(run.name) is run]
+
+
+def load_run(folder: str | Path) -> LoadedRun:
     """Load one run folder; never raises for a damaged run, records the damage in ``problems`` instead."""
     folder = Path(folder)
-    record = RunRecord(path=folder, name=folder.name, experiment=folder.parent.name, status=INCOMPLETE_STATUS)
+    record = LoadedRun(path=folder, name=folder.name, experiment=folder.parent.name, status=INCOMPLETE_STATUS)
+    record.attempt = _attempt_number(folder)
     metrics_path = folder / METRICS_FILE
     if metrics_path.exists():
         try:
@@ -113,20 +205,45 @@ def load_run(folder: str | Path) -> RunRecord:
     else:
         record.problems.append(f"no {METRICS_FILE}")
 
-    results_path = folder / RESULTS_FILE
-    if results_path.exists():
-        try:
-            _fill_from_results(record, json.loads(results_path.read_text()))
-        except (ValueError, TypeError, AttributeError) as error:
-            record.status = UNREADABLE_STATUS
-            record.problems.append(f"{RESULTS_FILE} unreadable: {error}")
+    try:
+        results = read_results(folder)
+    except ResultsFileError as error:
+        record.status = UNREADABLE_STATUS
+        record.problems.append(str(error))
     else:
-        record.problems.append(f"no {RESULTS_FILE} (run still running or killed)")
+        if results is None:
+            record.problems.append(f"no {RESULTS_FILE} (run still running or killed)")
+        else:
+            fill_from_results(record, results)
     if not record.config and (folder / CONFIG_FILE).exists():
         record.config = read_config_yaml(folder / CONFIG_FILE)
     if record.epochs is None and len(record.metrics):
         record.epochs = int(record.metrics.index.max())
+    apply_divergence_rule(record)
     return record
+
+
+def apply_divergence_rule(record: LoadedRun) -> None:
+    """Count a completed run as ``diverged`` when its logged train/loss history ends above ``DIVERGENCE_FACTOR``
+    times its first value or not finite (:func:`lipschitz_dd.run_folder.loss_diverged`; applied again here so
+    records written before the rule existed follow it too); a note in ``problems`` says so."""
+    if record.status not in COMPLETED_STATUSES or DIVERGENCE_METRIC not in record.metrics.columns:
+        return
+    losses = [float(v) for v in record.metrics[DIVERGENCE_METRIC].dropna()]
+    if loss_diverged(losses):
+        record.status = DIVERGED
+        record.problems.append(
+            f"{DIVERGENCE_METRIC} went from {losses[0]:.4g} to {losses[-1]:.4g} "
+            f"(> {DIVERGENCE_FACTOR:g} x its first value): counted as diverged"
+        )
+
+
+def _attempt_number(folder: Path) -> int | None:
+    """k for ``.../attempts/<run id>-<k>/<run id>``, else None."""
+    match = _ATTEMPT_NAME.match(folder.parent.name)
+    if folder.parent.parent.name == ATTEMPTS_DIR and match and match["run"] == folder.name:
+        return int(match["k"])
+    return None
 
 
 def read_metrics_csv(path: str | Path) -> pd.DataFrame:
@@ -189,21 +306,25 @@ def hashable_config_value(value: Any) -> Any:
     return value
 
 
-def _fill_from_results(record: RunRecord, results: dict[str, Any]) -> None:
-    if not isinstance(results, dict):
-        raise ValueError("top level is not a JSON object")
-    record.status = str(results.get("status", INCOMPLETE_STATUS))
-    config = results.get("config") or {}
-    record.config = flatten_config(config) if isinstance(config, dict) else {}
-    record.final = dict(results.get("final") or {})
-    record.max = dict(results.get("max") or {})
-    if _is_number(results.get("epochs")):
-        record.epochs = int(results["epochs"])
-    if _is_number(results.get("seconds")):
-        record.seconds = float(results["seconds"])
-    if "error" in results:
-        error_lines = str(results["error"]).strip().splitlines() or [""]
+def fill_from_results(record: LoadedRun, results: RunResults) -> None:
+    """Copy a results.json's status, config, final/max values, epochs, seconds, error and marks into
+    ``record``."""
+    record.status = results.status
+    record.config = flatten_config(results.config)
+    record.final = dict(results.final)
+    record.max = dict(results.max)
+    if results.epochs is not None:
+        record.epochs = int(results.epochs)
+    if results.seconds is not None:
+        record.seconds = float(results.seconds)
+    record.outside_grid = results.outside_grid
+    if results.error is not None:
+        error_lines = results.error.strip().splitlines() or [""]
         record.problems.append(f"error: {error_lines[-1]}")
+
+
+#: Deprecated name of :class:`LoadedRun`.
+RunRecord = LoadedRun
 
 
 def _drop_init_args(key: str) -> str:

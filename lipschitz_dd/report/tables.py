@@ -10,7 +10,7 @@ import pandas as pd
 
 from lipschitz_dd.report.records import COMPLETED_STATUSES, RunRecord
 
-#: Final metrics shown for every run (names from shared/design.md).
+#: Final metrics shown for every run (names in docs/conventions.md).
 TABLE_METRICS = (
     "test/loss",
     "train/loss",

@@ -3,7 +3,7 @@
 from .command import DEFAULT_SWEEP_COMMAND, command_args, expand_command
 from .config import SweepFileError, load_sweep_config, validate_sweep_config
 from .runner import SweepResult, SweepRunner, run_sweep, sweep_folder
-from .state import RunRecord, SweepState
+from .state import RunRecord, SweepRunRow, SweepState
 from .table import format_progress, format_runs, sweep_progress
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "RunRecord",
     "SweepFileError",
     "SweepResult",
+    "SweepRunRow",
     "SweepRunner",
     "SweepState",
     "command_args",

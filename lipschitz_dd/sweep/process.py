@@ -7,7 +7,6 @@ run-folder variables of lipschitz-dd and a share of the CPU threads (one GPU eac
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lipschitz_dd.run_folder import FAILED, INTERRUPTED, ResultsFileError
+from lipschitz_dd.run_folder import read_results as read_results_file
 
 LOG_TAIL_CHARS = 4000
 _PR_SET_PDEATHSIG = 1
@@ -164,17 +166,19 @@ def run_state(exit_code: int, results: dict[str, Any] | None) -> str:
         return "killed"
     if exit_code != 0:
         return "failed"
-    if results is not None and results.get("status") in ("failed", "interrupted"):
+    if results is not None and results.get("status") in (FAILED, INTERRUPTED):
         return "failed"
     return "finished"
 
 
 def read_results(run_dir: Path) -> dict[str, Any] | None:
-    """The run's results.json as a dict; None when it is missing or unreadable."""
+    """The run's results.json (:class:`lipschitz_dd.run_folder.RunResults`) as a dict; None when it is missing or
+    unreadable."""
     try:
-        return json.loads((run_dir / "results.json").read_text())
-    except (OSError, ValueError):
+        results = read_results_file(run_dir)
+    except ResultsFileError:
         return None
+    return None if results is None else results.to_dict()
 
 
 def log_tail(log_path: Path, chars: int = LOG_TAIL_CHARS) -> str:

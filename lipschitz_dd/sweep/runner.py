@@ -7,7 +7,11 @@ Folder of a sweep `sweeps/x.yaml` (default out = sweeps_out):
     <out>/x/params/<run id>.json          the run's parameters ({key: value}, used for ${args_json_file})
     <out>/x/attempts/<run id>-<k>/        run folders of interrupted attempts, moved out of runs/
 Re-running the same command resumes: runs left `running` by a dead runner are queued again with the
-same id and parameters, grid points already recorded are not proposed again.
+same id and parameters, grid points already recorded are not proposed again. Failed runs are run again only
+with --retry_failed. When the sweep file's grid changed, runs whose parameters are no longer in it are flagged
+`outside_grid` (in sweep.db and in their results.json): they are neither run nor retried, and the report leaves
+them out. When the first SAME_FAILURE_LIMIT runs of an invocation all fail the same way (e.g. a missing config
+file), the runner starts no more runs and says why in one line.
 """
 
 from __future__ import annotations
@@ -20,23 +24,38 @@ import string
 import sys
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from lipschitz_dd.run_folder import (
+    DIVERGED,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    STOPPED_CONVERGED,
+    ResultsFileError,
+    RunResults,
+    update_results,
+    write_results,
+)
+
 from .command import command_args, expand_command
 from .config import load_sweep_config
 from .lock import RunnerLock
 from .process import LiveProcesses, RunOutcome, RunSpec, execute_run, run_environment, thread_share
-from .state import RunRecord, SweepRecord, SweepState
+from .state import SweepRecord, SweepRunRow, SweepState
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import sweeps
 
 KILL_DELAY_S = 30  # after Ctrl-C, runs get this long to exit on SIGTERM before SIGKILL
+SAME_FAILURE_LIMIT = 3  # the first this many runs of an invocation all failing the same way stop the runner
+# A run whose results.json says one of these has ended its training: it is never queued again.
+_ENDED_STATUSES = (FINISHED, STOPPED_CONVERGED, DIVERGED)
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _ENGINE_STATE = {
     "queued": "pending",
@@ -47,17 +66,23 @@ _ENGINE_STATE = {
 }
 
 
+def params_key(params: dict[str, Any]) -> str:
+    """A canonical string of a run's parameter values (sweeps format {key: {"value": v}}), to compare runs."""
+    return json.dumps({key: entry.get("value") for key, entry in params.items()}, sort_keys=True, default=str)
+
+
 @dataclass(frozen=True)
 class SweepResult:
     """What a call of run_sweep did: the sweep, its folder, all its runs, and the ids started this time."""
 
     sweep: SweepRecord
     folder: Path
-    runs: list[RunRecord]
+    runs: list[SweepRunRow]
     started: list[str]
     interrupted: bool
+    stopped_early: str | None = None  # the one-line reason when the runner stopped on a repeated failure
 
-    def failed_this_time(self) -> list[RunRecord]:
+    def failed_this_time(self) -> list[SweepRunRow]:
         started = set(self.started)
         return [r for r in self.runs if r.id in started and r.state in ("failed", "killed")]
 
@@ -72,7 +97,7 @@ def sweep_folder(sweep_file: str | Path, out: str | Path = "sweeps_out") -> Path
     return Path(out) / Path(sweep_file).stem
 
 
-def engine_history(runs: list[RunRecord]) -> list[Any]:
+def engine_history(runs: list[SweepRunRow]) -> list[Any]:
     """The recorded runs as `sweeps.SweepRun`s (state, config, final metrics as summary) for the engine."""
     return [
         sweeps.SweepRun(
@@ -86,7 +111,7 @@ def engine_history(runs: list[RunRecord]) -> list[Any]:
     ]
 
 
-def propose(config: dict, runs: list[RunRecord], n: int) -> list[dict[str, Any]]:
+def propose(config: dict, runs: list[SweepRunRow], n: int) -> list[dict[str, Any]]:
     """Up to n new run configs ({key: {"value": v}}) from the sweeps engine given the recorded runs;
     fewer (possibly none) when a grid is exhausted."""
     try:
@@ -124,6 +149,7 @@ class SweepRunner:
         self.threads = thread_share(workers)
         self.gpus = _visible_gpus()
         self.live = LiveProcesses()
+        self.stopped_early: str | None = None
 
     def run(self) -> SweepResult:
         """Resume or start the sweep; returns when the grid is done, `count` runs have ended, or Ctrl-C."""
@@ -134,35 +160,68 @@ class SweepRunner:
             )
             if previous is not None and previous.config != json.loads(json.dumps(self.config)):
                 self._say(f"note: {self.sweep_file} changed since the last run of this sweep; using the new file")
+            if self.config["method"] == "grid":
+                self._flag_outside_grid(state)
             requeued = state.requeue(("running",))
             if requeued:
                 self._say(f"resuming: {requeued} run(s) left running by a stopped runner are queued again")
             if self.retry_failed:
                 retried = state.requeue(("failed", "killed"))
                 self._say(f"--retry_failed: {retried} failed run(s) queued again")
+            else:
+                counts = state.counts()
+                failed = counts["failed"] + counts["killed"]
+                if failed:
+                    self._say(
+                        f"note: {failed} failed run(s) of earlier invocations are not run again; to retry them: "
+                        f"lipschitz-dd sweep {self.sweep_file} --retry_failed"
+                    )
             if self.config["method"] == "grid":
                 for params in propose(self.config, state.runs(), n=10**9):
                     state.add_run(new_id(), params)
             elif self.count is None:
                 self._say(f"method {self.config['method']} has no end: stop with Ctrl-C or give --count")
+            self.stopped_early = None
             started, interrupted = self._loop(state, sweep)
-            return SweepResult(sweep, self.folder, state.runs(), started, interrupted)
+            return SweepResult(sweep, self.folder, state.runs(), started, interrupted, self.stopped_early)
+
+    def _flag_outside_grid(self, state: SweepState) -> None:
+        """Flag the runs whose parameters are not in the sweep file's grid (the file changed since they were
+        proposed), in sweep.db and in their results.json; unflag those that are in it again."""
+        grid = {params_key(params) for params in propose(self.config, [], n=10**9)}
+        flagged = 0
+        for run in state.runs():
+            outside = params_key(run.params) not in grid
+            if outside == run.outside_grid:
+                continue
+            state.set_outside_grid(run.id, outside)
+            try:
+                update_results(self._run_dir(run.id), outside_grid=outside)
+            except ResultsFileError:
+                pass  # the report lists an unreadable record as such anyway
+            flagged += outside
+        if flagged:
+            self._say(
+                f"note: {flagged} run(s) whose parameters are no longer in the grid of {self.sweep_file} are set "
+                "aside (outside_grid: not run, not retried, left out of the report)"
+            )
 
     # --- the scheduling loop (all database access happens in this thread) ---
     def _loop(self, state: SweepState, sweep: SweepRecord) -> tuple[list[str], bool]:
         budget = self.count
         if self.config["method"] == "grid":
-            queued = len(state.runs("queued"))
+            queued = len(state.runs("queued", outside_grid=False))
             budget = queued if budget is None else min(budget, queued)
         bar = tqdm(total=budget, desc=self.name, unit="run", disable=not self.progress, file=self.stream)
         free_slots = list(range(self.workers))
         futures: dict[Future, tuple[str, int]] = {}
         started: list[str] = []
+        failures: list[str | None] = []  # per run ended this time: its failure reason, None when it finished
         interrupted = False
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             try:
                 while True:
-                    while free_slots and (budget is None or len(started) < budget):
+                    while free_slots and self.stopped_early is None and (budget is None or len(started) < budget):
                         record = self._next_run(state)
                         if record is None:
                             break
@@ -178,8 +237,9 @@ class SweepRunner:
                     done, _ = wait(futures, return_when=FIRST_COMPLETED)
                     for future in done:
                         _, slot = futures.pop(future)
-                        self._record(state, future.result())
+                        failures.append(self._record(state, future.result()))
                         free_slots.append(slot)
+                        self._stop_on_repeated_failure(failures)
                         bar.update(1)
                         counts = state.counts()
                         bar.set_postfix(failed=counts["failed"] + counts["killed"])
@@ -191,12 +251,29 @@ class SweepRunner:
                     self.live.kill_all()
                 for future in futures:
                     outcome = future.result()
-                    state.mark_interrupted(outcome.run_id, outcome.exit_code, outcome.log_tail)
+                    if (outcome.results or {}).get("status") in _ENDED_STATUSES:
+                        # it had ended its training (results.json written) before or while being stopped: keep it
+                        self._record(state, replace(outcome, state="finished"))
+                    else:
+                        state.mark_interrupted(outcome.run_id, outcome.exit_code, outcome.log_tail)
         bar.close()
         return started, interrupted
 
-    def _next_run(self, state: SweepState) -> RunRecord | None:
-        queued = state.runs("queued")
+    def _stop_on_repeated_failure(self, failures: list[str | None]) -> None:
+        """Start no more runs when the first SAME_FAILURE_LIMIT runs ended this time all failed for the same
+        reason: the cause is common to every run (a missing config, a broken environment)."""
+        first = failures[:SAME_FAILURE_LIMIT]
+        if self.stopped_early is not None or len(first) < SAME_FAILURE_LIMIT:
+            return
+        if first[0] is not None and all(reason == first[0] for reason in first):
+            self.stopped_early = first[0]
+            self._say(
+                f"stopping: the first {SAME_FAILURE_LIMIT} runs all failed the same way ({first[0]}); "
+                "fix the cause and rerun (the other runs stay queued)"
+            )
+
+    def _next_run(self, state: SweepState) -> SweepRunRow | None:
+        queued = state.runs("queued", outside_grid=False)
         if queued:
             return queued[0]
         if self.config["method"] == "grid":
@@ -208,41 +285,39 @@ class SweepRunner:
         state.add_run(run_id, proposal[0])
         return state.runs("queued")[-1]
 
-    def _record(self, state: SweepState, outcome: RunOutcome) -> None:
+    def _record(self, state: SweepState, outcome: RunOutcome) -> str | None:
+        """Store how a run ended; returns its failure reason (exit code and last log line, the run id replaced
+        by "<run id>" so that equal failures of different runs compare equal), None when it finished."""
         state.mark_ended(outcome.run_id, outcome.state, outcome.exit_code, outcome.log_tail, outcome.results)
-        if outcome.state != "finished":
-            code = "no exit code" if outcome.exit_code is None else f"exit code {outcome.exit_code}"
-            last = (outcome.log_tail.strip().splitlines() or [""])[-1]
-            self._say(f"run {outcome.run_id} {outcome.state} ({code}): {last}")
-            if outcome.results is None:
-                record = next(r for r in state.runs() if r.id == outcome.run_id)
-                self._write_failure_record(record, outcome, f"{code}: {last}")
+        if outcome.state == "finished":
+            return None
+        code = "no exit code" if outcome.exit_code is None else f"exit code {outcome.exit_code}"
+        last = (outcome.log_tail.strip().splitlines() or [""])[-1]
+        self._say(f"run {outcome.run_id} {outcome.state} ({code}): {last}")
+        if outcome.results is None:
+            record = next(r for r in state.runs() if r.id == outcome.run_id)
+            self._write_failure_record(record, outcome, f"{code}: {last}")
+        return f"{code}: {last}".replace(outcome.run_id, "<run id>")
 
-    def _write_failure_record(self, record: RunRecord, outcome: RunOutcome, error: str) -> None:
+    def _write_failure_record(self, record: SweepRunRow, outcome: RunOutcome, error: str) -> None:
         """A run that ended before writing its results.json (e.g. a grid point the CLI rejects, such as width 0)
         gets a minimal one, so the report lists it as failed, with its parameters and the reason (log tail)."""
-        run_dir = self._run_dir(outcome.run_id)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "status": "interrupted" if outcome.state == "killed" else "failed",
-            "config": record.values,
-            "final": {},
-            "max": {},
-            "epochs": 0,
-            "seconds": 0.0,
-            "versions": {},
-            "error": error,
-            "written_by": "sweep runner (the run wrote no record of its own)",
-        }
-        partial = run_dir / "results.json.partial"
-        partial.write_text(json.dumps(payload, indent=2, default=str))
-        os.replace(partial, run_dir / "results.json")
+        results = RunResults(
+            status=INTERRUPTED if outcome.state == "killed" else FAILED,
+            config=record.values,
+            epochs=0,
+            seconds=0.0,
+            error=error,
+            outside_grid=record.outside_grid,
+            extra={"written_by": "sweep runner (the run wrote no record of its own)"},
+        )
+        write_results(self._run_dir(outcome.run_id), results)
 
     def _run_dir(self, run_id: str) -> Path:
         """Where the training CLI writes a run's record (save_dir / experiment / run name)."""
         return self.folder / "runs" / self.name / run_id
 
-    def _spec(self, record: RunRecord, sweep: SweepRecord, slot: int) -> RunSpec:
+    def _spec(self, record: SweepRunRow, sweep: SweepRecord, slot: int) -> RunSpec:
         save_dir = self.folder / "runs"
         run_dir = self._run_dir(record.id)
         log_path = self.folder / "logs" / f"{record.id}.log"

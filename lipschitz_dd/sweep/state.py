@@ -2,7 +2,9 @@
 
 Every change is committed at once, so killing the runner (Ctrl-C, crash, power loss) loses nothing that
 was already recorded. A run is `queued` (proposed, not started), `running`, `finished`, `failed`
-(non-zero exit code or a results.json that says so) or `killed` (ended by a signal).
+(non-zero exit code or a results.json that says so) or `killed` (ended by a signal). Independently of its state,
+a run is flagged `outside_grid` when the sweep file changed and its parameters are no longer in the grid: such a
+run is neither started nor retried, and not counted in the progress.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ CREATE TABLE IF NOT EXISTS sweep (
 CREATE TABLE IF NOT EXISTS runs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, params_json TEXT NOT NULL,
     state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, exit_code INTEGER,
-    started_at REAL, ended_at REAL, log_tail TEXT, results_json TEXT);
+    started_at REAL, ended_at REAL, log_tail TEXT, results_json TEXT, outside_grid INTEGER NOT NULL DEFAULT 0);
 """
 
 
 @dataclass(frozen=True)
-class RunRecord:
-    """One row of the runs table. params is the run config in the sweeps format {key: {"value": v}}."""
+class SweepRunRow:
+    """One row of the runs table. params is the run config in the sweeps format {key: {"value": v}};
+    results is the run's results.json as a dict (None when it wrote none)."""
 
     id: str
     params: dict[str, Any]
@@ -40,6 +43,7 @@ class RunRecord:
     ended_at: float | None
     log_tail: str | None
     results: dict[str, Any] | None
+    outside_grid: bool = False
 
     @property
     def values(self) -> dict[str, Any]:
@@ -56,6 +60,10 @@ class RunRecord:
     def final_metric(self, name: str) -> Any:
         """results.json's final value of a metric, None when absent."""
         return ((self.results or {}).get("final") or {}).get(name)
+
+
+#: Deprecated name of :class:`SweepRunRow`.
+RunRecord = SweepRunRow
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,9 @@ class SweepState:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # WAL + FULL: a commit survives power loss
         self._db.executescript(_SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(runs)")}
+        if "outside_grid" not in columns:  # a database written before the flag existed
+            self._db.execute("ALTER TABLE runs ADD COLUMN outside_grid INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self._db.close()
@@ -143,28 +154,38 @@ class SweepState:
         )
 
     def requeue(self, states: tuple[str, ...]) -> int:
-        """Put every run in one of `states` back to `queued` (same id and params); returns how many."""
+        """Put every run in one of `states` back to `queued` (same id and params), except runs flagged
+        outside_grid; returns how many."""
         marks = ",".join("?" * len(states))
-        cursor = self._db.execute(f"UPDATE runs SET state='queued' WHERE state IN ({marks})", states)
+        cursor = self._db.execute(f"UPDATE runs SET state='queued' WHERE state IN ({marks}) AND outside_grid=0", states)
         return cursor.rowcount
 
-    def runs(self, state: str | None = None) -> list[RunRecord]:
-        """All runs (or those in one state) in the order they were proposed."""
-        query, args = "SELECT * FROM runs ORDER BY seq", ()
+    def set_outside_grid(self, run_id: str, outside: bool) -> None:
+        """Flag (or unflag) a run whose parameters are no longer in the sweep file's grid."""
+        self._db.execute("UPDATE runs SET outside_grid=? WHERE id=?", (int(outside), run_id))
+
+    def runs(self, state: str | None = None, outside_grid: bool | None = None) -> list[SweepRunRow]:
+        """All runs (or those in one state; with `outside_grid` given, only those flagged so or not) in the
+        order they were proposed."""
+        query, args = "SELECT * FROM runs WHERE 1=1", []
         if state is not None:
-            query, args = "SELECT * FROM runs WHERE state=? ORDER BY seq", (state,)
-        return [_record(row) for row in self._db.execute(query, args)]
+            query, args = query + " AND state=?", [*args, state]
+        if outside_grid is not None:
+            query, args = query + " AND outside_grid=?", [*args, int(outside_grid)]
+        return [_record(row) for row in self._db.execute(query + " ORDER BY seq", args)]
 
     def counts(self) -> dict[str, int]:
-        """Number of runs per state (every state present, zeros included)."""
+        """Number of runs per state (every state present, zeros included), runs flagged outside_grid left out
+        of the states and counted under "outside_grid"."""
         counts = dict.fromkeys(RUN_STATES, 0)
-        for state, n in self._db.execute("SELECT state, COUNT(*) FROM runs GROUP BY state"):
+        for state, n in self._db.execute("SELECT state, COUNT(*) FROM runs WHERE outside_grid=0 GROUP BY state"):
             counts[state] = n
+        counts["outside_grid"] = self._db.execute("SELECT COUNT(*) FROM runs WHERE outside_grid=1").fetchone()[0]
         return counts
 
 
-def _record(row: sqlite3.Row) -> RunRecord:
-    return RunRecord(
+def _record(row: sqlite3.Row) -> SweepRunRow:
+    return SweepRunRow(
         id=row["id"],
         params=json.loads(row["params_json"]),
         state=row["state"],
@@ -174,4 +195,5 @@ def _record(row: sqlite3.Row) -> RunRecord:
         ended_at=row["ended_at"],
         log_tail=row["log_tail"],
         results=None if row["results_json"] is None else json.loads(row["results_json"]),
+        outside_grid=bool(row["outside_grid"]),
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .lock import runner_is_active
-from .state import RunRecord, SweepState
+from .state import SweepRunRow, SweepState
 
 SUMMARY_METRICS = ("test/loss", "lipschitz/lower")
 
@@ -19,14 +19,14 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=False)).rstrip() for line in lines)
 
 
-def format_runs(runs: list[RunRecord], metrics: tuple[str, ...] = SUMMARY_METRICS) -> str:
+def format_runs(runs: list[SweepRunRow], metrics: tuple[str, ...] = SUMMARY_METRICS) -> str:
     """One line per run: id, parameters, state, final value of each metric, seconds."""
     header = ["id", "params", "state", *metrics, "seconds"]
     rows = [
         [
             r.id,
             " ".join(f"{k}={v}" for k, v in r.values.items()),
-            r.state,
+            r.state + (" (outside grid)" if r.outside_grid else ""),
             *(_number(r.final_metric(m)) for m in metrics),
             _number(r.seconds, ".1f"),
         ]

@@ -1,0 +1,182 @@
+"""Point sets of `LipschitzCallback`: where the local Lipschitz constant ||J(x)||_2 is measured.
+
+The max of ||J(x)||_2 over any set of real inputs is a guaranteed lower bound of the Lipschitz constant (L2
+norms on the flattened input and output), so every point set gives one: `lipschitz/lower_<name>`. A point
+set makes its points from the batches of a data source ("train": the training points, "test": the test
+points), one batch at a time; the callback computes ||J|| at those points, accumulates a `LowerBoundStats`
+per set (reduced across DDP ranks) and asks the set which metrics to log.
+
+A new point set is one class (and one test):
+
+    class ShiftedPoints(PointSet):
+        '''x + delta along the all-ones direction: lipschitz/lower_shift.'''
+
+        def __init__(self, delta: float = 0.5) -> None:
+            super().__init__(name="shift")
+            self.delta = delta
+
+        def points(self, x, y, model, generator):
+            return x + self.delta
+
+    LipschitzCallback(point_sets=[ShiftedPoints(0.5)])
+
+or in a LightningCLI config (`--lipschitz.point_sets`), by class path:
+
+    lipschitz:
+      point_sets:
+        - class_path: mypackage.ShiftedPoints
+          init_args: {delta: 0.5}
+
+Randomness must come from `generator` (a CPU torch.Generator seeded from (seed, epoch, rank) by the callback),
+never from the global RNG: then a resumed run draws the same points and training is not disturbed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from lipschitz_dd.bounds import LowerBoundStats, convex_combinations, gaussian_perturbations, pgd_perturbations
+
+__all__ = ["InterpolatedPoints", "NoisePoints", "PGDPoints", "PointSet", "TestPoints", "TrainPoints"]
+
+Source = Literal["train", "test"]
+
+
+class PointSet:
+    """Base class of a point set (subclass it and override `points`; see the module doc).
+
+    Args:
+        name: the metric is `lipschitz/lower_<name>`; unique among the callback's point sets.
+        source: the data its points are made from: "train" (the training points) or "test" (the test points).
+        labels: whether `points` needs labels: it then gets the batch's labels, or the model's predicted
+            classes (argmax of the logits) where the batch has none; otherwise y may be None.
+    """
+
+    def __init__(self, name: str, source: Source = "train", labels: bool = False) -> None:
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"LipschitzCallback: a point set needs a non-empty name without '/', got {name!r}")
+        if source not in ("train", "test"):
+            raise ValueError(f"LipschitzCallback: point set {name!r}: source must be 'train' or 'test', got {source!r}")
+        self.name, self.source, self.labels = name, source, labels
+
+    def start(self, num_points: int | None) -> None:
+        """Called before each pass over the source with this rank's number of source points (None if the
+        source is a stream of unknown length). Default: nothing."""
+
+    def points(
+        self, x: Tensor, y: Tensor | None, model: nn.Module, generator: torch.Generator
+    ) -> Tensor | Iterable[Tensor]:
+        """The points made from one batch x [b, ...] (labels y [b] or None; see `labels`): a tensor of inputs
+        [n, ...] or an iterable of such chunks (to bound memory). Returning `x` itself reuses its norms (unless
+        the set overrides `norms`)."""
+        raise NotImplementedError(f"{type(self).__name__} must define points(x, y, model, generator)")
+
+    def norms(self, model: nn.Module, points: Tensor, jacobian_norms: Callable[[Tensor], Tensor]) -> Tensor:
+        """||J(z)||_2 at each of `points` [n, ...] -> [n]. Default: `jacobian_norms(points)`, the callback's
+        estimator (exact, or power iteration erring low). Override to use another one, e.g. a warm-started
+        per-sample estimator keeping its state in the point set (see `state_dict`): it must err low (or be
+        exact) for the max to stay a guaranteed lower bound."""
+        return jacobian_norms(points)
+
+    def metrics(self, stats: LowerBoundStats) -> dict[str, float]:
+        """The logged values from the statistics of ||J|| over all its points (all ranks): by default the max,
+        `lipschitz/lower_<name>`, a guaranteed lower bound."""
+        return {f"lipschitz/lower_{self.name}": stats.max}
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to keep across a checkpoint and resume (saved in the callback's state under its name).
+        Default: none."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned. Default: nothing."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, source={self.source!r})"
+
+
+class TrainPoints(PointSet):
+    """The training points themselves: lipschitz/lower (max, a lower bound), lipschitz/avg and lipschitz/rms
+    (mean and root-mean-square of ||J(x)||_2 over them; descriptions of the distribution, not bounds)."""
+
+    def __init__(self, lower: bool = True, average: bool = True) -> None:
+        super().__init__(name="train", source="train")
+        self.lower, self.average = lower, average
+
+    def points(self, x, y, model, generator):
+        return x
+
+    def metrics(self, stats: LowerBoundStats) -> dict[str, float]:
+        metrics = {"lipschitz/lower": stats.max} if self.lower else {}
+        if self.average:
+            metrics["lipschitz/avg"], metrics["lipschitz/rms"] = stats.mean, stats.rms
+        return metrics
+
+
+class TestPoints(PointSet):
+    """The test points (the first validation loader, else the test loader): lipschitz/lower_test."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self) -> None:
+        super().__init__(name="test", source="test")
+
+    def points(self, x, y, model, generator):
+        return x
+
+
+class InterpolatedPoints(PointSet):
+    """About `num_points` convex combinations lam*x_i + (1-lam)*x_j of pairs of training points drawn within
+    each batch (in proportion to the batch's share of the points), lam from `lambdas`: lipschitz/lower_interp."""
+
+    def __init__(self, num_points: int = 10_000, lambdas: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5)) -> None:
+        super().__init__(name="interp", source="train")
+        if not isinstance(num_points, int) or num_points < 1:
+            raise ValueError(f"LipschitzCallback: interp_points must be a positive integer, got {num_points!r}")
+        if not lambdas or not all(0.0 <= lam <= 1.0 for lam in lambdas):
+            raise ValueError(f"LipschitzCallback: interp_lambdas must be non-empty, in [0, 1], got {lambdas}")
+        self.num_points, self.lambdas = num_points, tuple(float(lam) for lam in lambdas)
+        self._source_points: int | None = None
+
+    def start(self, num_points: int | None) -> None:
+        self._source_points = num_points
+
+    def points(self, x, y, model, generator):
+        if len(x) < 2:
+            return ()
+        share = math.ceil(self.num_points * len(x) / (self._source_points or len(x)))
+        return convex_combinations(x, share, lambdas=self.lambdas, generator=generator)
+
+
+class NoisePoints(PointSet):
+    """x + N(0, sigma^2 I) for every training point, clipped to `data_box`: lipschitz/lower_noise."""
+
+    def __init__(self, sigma: float = 0.1, data_box: tuple[float, float] | None = None) -> None:
+        super().__init__(name="noise", source="train")
+        if not sigma > 0:
+            raise ValueError(f"LipschitzCallback: noise_sigma must be > 0, got {sigma}")
+        self.sigma, self.data_box = sigma, data_box
+
+    def points(self, x, y, model, generator):
+        return gaussian_perturbations(x, self.sigma, generator=generator, data_box=self.data_box)
+
+
+class PGDPoints(PointSet):
+    """PGD points maximising the cross-entropy loss in the L2 ball of radius `eps` around each training point
+    (`steps` steps; labels: the batch's, else the predicted classes), clipped to `data_box`: lipschitz/lower_pgd."""
+
+    def __init__(self, eps: float = 0.5, steps: int = 10, data_box: tuple[float, float] | None = None) -> None:
+        super().__init__(name="pgd", source="train", labels=True)
+        if not eps > 0:
+            raise ValueError(f"LipschitzCallback: pgd_eps must be > 0, got {eps}")
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"LipschitzCallback: pgd_steps must be a positive integer, got {steps!r}")
+        self.eps, self.steps, self.data_box = eps, steps, data_box
+
+    def points(self, x, y, model, generator):
+        return pgd_perturbations(model, x, y, eps=self.eps, steps=self.steps, data_box=self.data_box)
