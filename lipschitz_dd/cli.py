@@ -6,6 +6,7 @@
     lipschitz-dd sweep fcn_mnist1d_dd --workers 2
     lipschitz-dd report sweeps_out/fcn_mnist1d_dd
     lipschitz-dd configs                              # the configs and sweeps that ship with the package
+    lipschitz-dd reproduce [NAME [--quick]]
 
 A config or sweep is a file path or the name of a shipped file (lipschitz_dd.shipped.resolve), so every
 command works from any directory. Lightning is imported only for fit/validate/test, so `sweep status`,
@@ -21,7 +22,7 @@ import warnings
 from argparse import ArgumentError
 from pathlib import Path
 
-# `lipschitz-dd fit` with no config and no model/data: the paper's cheap double-descent setting (MNIST-1D) at width 256.
+# `lipschitz-dd fit` with no config and no model/data: the study's cheap double-descent setting at width 256.
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 
 
@@ -243,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         from lipschitz_dd.report.cli import main as report_main
 
         return report_main(argv[1:]) or 0
+    if argv and argv[0] == "reproduce":
+        from lipschitz_dd.reproduce.cli import main as reproduce_main
+
+        return reproduce_main(argv[1:]) or 0
     threads = os.environ.get("TORCH_NUM_THREADS")
     if threads:
         import torch

@@ -147,7 +147,7 @@ def _titles(from_epoch: int) -> dict[str, str]:
         RUNS_CSV: "Runs (final values)",
         MEANS_CSV: "Mean and standard deviation over seeds (completed runs)",
         SLOPES_CSV: f"Power-law exponents of the bounds (least squares on log-log, epochs >= {max(from_epoch, 1)})",
-        BIAS_VARIANCE_CSV: "Bias-variance: function variance over seeds and its Lipschitz bound",
+        BIAS_VARIANCE_CSV: "Bias-variance (the study's finding 3)",
     }
 
 
