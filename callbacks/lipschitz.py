@@ -156,7 +156,8 @@ class LipschitzCallback(Callback):
             across measurements, the candidates for the max refined and the largest computed exactly, so
             lipschitz/lower is the exact method's; avg and rms err low by about avg_tol), or "auto": exact for
             K <= 16 (as fast there), warm above. The choice is in `last_method` and results.json.
-        progress_bar: show a tqdm bar for measurements that take longer than 2 seconds.
+        progress_bar: show a tqdm bar for measurements that take longer than 2 seconds (never when the Trainer
+            has no progress bar, e.g. `--trainer.enable_progress_bar false`).
         network: dotted attribute path of the submodule that maps inputs to logits, for modules that call e.g.
             `self.model(x)` in `training_step` (default: `pl_module` itself).
         output: which element of a tuple/list output (an index) or dict output (a key) are the logits.
@@ -438,7 +439,7 @@ class LipschitzCallback(Callback):
             budget = int(reduce_across_ranks(trainer, {"budget": free}, {"budget": "min"})["budget"])
         self._train_norms.memory_budget_bytes = budget
         total = sum(s.num_points or 0 for s in sources.values() if s is not None)
-        disable = not (self.progress_bar and trainer.is_global_zero)
+        disable = not (self.progress_bar and trainer.is_global_zero and trainer.progress_bar_callback)
         with tqdm(total=total or None, desc="Lipschitz", unit="pt", leave=False, delay=2.0, disable=disable) as bar:
             device = trainer.strategy.root_device
             stats = measure_point_sets(

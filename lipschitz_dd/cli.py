@@ -1,18 +1,22 @@
 """`lipschitz-dd`: the console script. Dispatches to the sweep runner, the report, or LightningCLI.
 
     lipschitz-dd fit                                  # the embedded default: FCN on MNIST-1D, 15 % label noise
-    lipschitz-dd fit --config configs/fcn_mnist1d.yaml --model.width 64 --data.label_noise 0.2
-    lipschitz-dd fit --config configs/cnn_cifar10.yaml --print_config
-    lipschitz-dd sweep sweeps/fcn_mnist1d_dd.yaml --workers 2
+    lipschitz-dd fit --config fcn_mnist1d --model.width 64 --data.label_noise 0.2
+    lipschitz-dd fit --config my_experiment.yaml --print_config
+    lipschitz-dd sweep fcn_mnist1d_dd --workers 2
     lipschitz-dd report sweeps_out/fcn_mnist1d_dd
+    lipschitz-dd configs                              # the configs and sweeps that ship with the package
     lipschitz-dd reproduce [NAME [--quick]]
 
-Lightning is imported only for fit/validate/test, so `sweep status` and `report` start quickly.
+A config or sweep is a file path or the name of a shipped file (lipschitz_dd.shipped.resolve), so every
+command works from any directory. Lightning is imported only for fit/validate/test, so `sweep status`,
+`configs` and `report` start quickly.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from argparse import ArgumentError
@@ -65,23 +69,173 @@ def _one_line_error(exc: BaseException) -> int:
 
 
 def _chooses_config_or_classes(args: list[str]) -> bool:
-    """True when the subcommand's arguments give a config file, a model or data class, or ask for help: then the
+    """True when the subcommand's arguments give a config file, a model or data class (`--data X` or
+    `--data.class_path X`, which must give the same defaults), or ask for help: then the
     embedded default config is not put in front. Every spelling jsonargparse accepts counts: `--config X`,
     `--config=X`, `-c X`, `-c=X`, `-cX` and unambiguous abbreviations (`--conf X`)."""
     for arg in args:
         if arg == "--":
             break
         name = arg.split("=", 1)[0]
-        if name in ("--model", "--data", "-h", "--help"):
+        if name in ("--model", "--data", "--model.class_path", "--data.class_path", "-h", "--help"):
             return True
         if arg.startswith("-c") or (len(name) >= 4 and "--config".startswith(name)):  # --c alone: --ckpt_path
             return True
     return False
 
 
+TRAINING_SUBCOMMANDS = ("fit", "validate", "test")
+
+USAGE = """usage: lipschitz-dd [-h] [--version] COMMAND ...
+
+Measure lower and upper bounds of a network's Lipschitz constant while it trains (PyTorch Lightning).
+
+commands:
+  fit        train a model, measuring the bounds (LightningCLI; `lipschitz-dd fit --help`)
+  validate   evaluate a model and measure the bounds once, no training
+  test       evaluate a model on the test set
+  sweep      run a W&B sweep file locally, no server (`lipschitz-dd sweep --help`)
+  report     figures and tables of a sweep's runs (`lipschitz-dd report --help`)
+  reproduce  reproduce the paper's experiments (`lipschitz-dd reproduce --help`)
+  configs    list the configs and sweeps that ship with lipschitz_dd
+
+options:
+  -h, --help  show this message and exit
+  --version   show the version and exit
+
+--config (or -c) takes a file path or the name of a shipped config (`lipschitz-dd fit -c fcn_mnist1d_dd`).
+"""
+
+# `--config X`, `--config=X`, `-c X`, `-c=X`, `-cX` and unambiguous abbreviations of --config (`--conf X`).
+_CONFIG_OPTION = re.compile(r"^(--co(?:n(?:f(?:i(?:g)?)?)?)?|-c)(=?)(.*)$", re.DOTALL)
+# A value that can only mean a file name (not an inline YAML/JSON config string).
+_FILE_NAME = re.compile(r"^[\w.\-/~]+$")
+
+
+def _config_value(value: str) -> str:
+    """A --config value as a path jsonargparse can open: an existing file as given, a shipped config's name
+    (`fcn_mnist1d_dd`, `configs/fcn_mnist1d_dd.yaml`) as its installed path; an inline config string is kept.
+
+    Raises ValueError (one line, naming the file) for a missing file, an empty file, or a file that is not a
+    YAML mapping, before jsonargparse reports them without the file's name."""
+    from lipschitz_dd.shipped import resolve
+
+    if not _FILE_NAME.match(value) and not Path(value).is_file():
+        return value  # an inline config such as '{"model.width": 64}' (a sweep's ${args_json})
+    path = resolve(value, "configs")
+    import yaml
+
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        reason = " ".join(str(err).split())
+        raise ValueError(f"config file {path}: not valid YAML: {reason}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"config file {path}: cannot be read: {err}") from None
+    if content is None:
+        raise ValueError(f"config file {path} is empty")
+    if not isinstance(content, dict):
+        raise ValueError(f"config file {path}: must be a YAML mapping (key: value), got a {type(content).__name__}")
+    return str(path)
+
+
+def prepare_training_args(args: list[str]) -> list[str]:
+    """The subcommand's arguments as LightningCLI should see them:
+    - every --config/-c value resolved by `_config_value` (shipped names work from any directory);
+    - a value `None` (`--key=None`, `--key None`) becomes `null`: `wandb agent` and the local sweep runner write a
+      sweep's `null` with Python's str, which jsonargparse would read as the string "None"."""
+    prepared: list[str] = []
+    expects_config = False
+    for i, arg in enumerate(args):
+        if arg == "--":
+            prepared += args[i:]
+            break
+        if expects_config:
+            prepared.append(_config_value(arg))
+            expects_config = False
+            continue
+        match = _CONFIG_OPTION.match(arg)
+        if match and arg != "--c":  # `--c` alone is ambiguous (--ckpt_path)
+            option, equals, value = match.groups()
+            if not equals and not value:
+                expects_config = True
+                prepared.append(arg)
+            else:
+                prepared.append(f"{option}{equals}{_config_value(value)}")
+            continue
+        if arg.startswith("--") and arg.endswith("=None"):
+            arg = arg[: -len("None")] + "null"
+        elif arg == "None" and prepared and prepared[-1].startswith("--") and "=" not in prepared[-1]:
+            arg = "null"
+        prepared.append(arg)
+    return prepared
+
+
+def describe_shipped(path: Path, kind: str, width: int = 100) -> str:
+    """One line about a shipped file: a sweep's `description`, else the first sentence of the file's leading
+    comment block, cut at `width` characters."""
+    import yaml
+
+    text = path.read_text()
+    description = ""
+    if kind == "sweeps":
+        try:
+            description = str((yaml.safe_load(text) or {}).get("description") or "")
+        except (yaml.YAMLError, AttributeError):
+            description = ""
+    if not description:
+        comments = []
+        for line in text.splitlines():
+            if not line.startswith("#"):
+                break
+            comments.append(line.lstrip("#").strip())
+        block = " ".join(c for c in comments if c)
+        description = re.split(r"(?<=\.)\s", block, maxsplit=1)[0].rstrip(".") if block else ""
+    description = " ".join(description.split())
+    if len(description) > width:
+        description = description[: width - 3].rsplit(" ", 1)[0] + "..."
+    return description or "(no description)"
+
+
+def format_shipped() -> str:
+    """`lipschitz-dd configs`: every shipped config and sweep, one line each, with where they are installed."""
+    from lipschitz_dd.shipped import shipped_dir, shipped_files
+
+    lines = []
+    for kind, usage in (("configs", "lipschitz-dd fit --config NAME"), ("sweeps", "lipschitz-dd sweep NAME")):
+        files = shipped_files(kind)
+        lines.append(f"{kind} ({usage}; in {shipped_dir(kind)}):")
+        name_width = max(len(name) for name in files)
+        lines += [f"  {name:<{name_width}}  {describe_shipped(path, kind)}" for name, path in files.items()]
+    scripts = sorted((shipped_dir("sweeps") / "agents").glob("*.sh"))
+    if scripts:
+        lines.append(f"agent scripts (docs/agents.md; in {scripts[0].parent}): {', '.join(p.name for p in scripts)}")
+    return "\n".join(lines)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lipschitz_dd")
+    except PackageNotFoundError:
+        from lipschitz_dd import __version__
+
+        return __version__
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`lipschitz-dd` console script: `sweep ...`, `report ...`, or LightningCLI's fit/validate/test."""
+    """`lipschitz-dd` console script: `sweep ...`, `report ...`, `configs`, or LightningCLI's fit/validate/test."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"lipschitz-dd {_version()}")
+        return 0
+    if argv[0] == "configs":
+        print(format_shipped())
+        return 0
     if argv and argv[0] == "sweep":
         from lipschitz_dd.sweep.cli import main as sweep_main
 
@@ -99,8 +253,19 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
-    if argv and argv[0] in ("fit", "validate", "test") and not _chooses_config_or_classes(argv[1:]):
-        argv = [argv[0], "--config", str(DEFAULT_CONFIG), *argv[1:]]
+    if argv[0] not in TRAINING_SUBCOMMANDS and not argv[0].startswith("-"):
+        sys.stderr.write(
+            f"lipschitz-dd: error: unknown command {argv[0]!r}; one of: fit, validate, test, sweep, report, "
+            "reproduce, configs (lipschitz-dd --help)\n"
+        )
+        return 2
+    if argv[0] in TRAINING_SUBCOMMANDS:
+        try:
+            argv = [argv[0], *prepare_training_args(argv[1:])]
+        except (ValueError, FileNotFoundError) as exc:
+            return _one_line_error(exc)
+        if not _chooses_config_or_classes(argv[1:]):
+            argv = [argv[0], "--config", str(DEFAULT_CONFIG), *argv[1:]]
     # We pass the (possibly completed) argv ourselves: LightningCLI's "args and sys.argv both given" is noise.
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
     from lightning.fabric.utilities.exceptions import MisconfigurationException

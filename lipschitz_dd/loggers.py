@@ -19,20 +19,37 @@ class _RowMergingWriter(ExperimentWriter):
     another step arrives or `flush()` is called, so at most one row is ever pending.
     """
 
-    def __init__(self, log_dir: str) -> None:
+    def __init__(self, log_dir: str, resume: bool = False) -> None:
+        # A resumed run keeps its earlier rows: read them before Lightning's writer deletes metrics.csv.
+        self._history = _read_rows(os.path.join(log_dir, self.NAME_METRICS_FILE)) if resume else []
         super().__init__(log_dir)
         self._pending: dict[str, Any] | None = None
+        self._drop_through: int | None = None
+
+    def keep_rows_through(self, step: int) -> None:
+        """Resume at `step`: the earlier run's rows after it are dropped (the checkpoint does not hold them) and
+        rows logged now for steps up to it (e.g. an epoch-0 row measured on the loaded weights) are ignored."""
+        self._history = [row for row in self._history if row["step"] <= step]
+        self._drop_through = step
 
     def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
         values = {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics_dict.items()}
         if step is None:
             step = len(self.metrics)
+        if self._drop_through is not None and step <= self._drop_through:
+            return
         if self._pending is not None and self._pending["step"] == step:
             self._pending.update(values)
             return
         if self._pending is not None:
             self.metrics.append(self._pending)
         self._pending = {**values, "step": step}
+
+    def save(self) -> None:
+        if self._history:  # a resumed run: the earlier rows go first, once
+            self.metrics[:0] = self._history
+            self._history = []
+        super().save()
 
     def flush(self) -> None:
         """Write every row, the pending one included."""
@@ -42,14 +59,32 @@ class _RowMergingWriter(ExperimentWriter):
         self.save()
 
 
+def _read_rows(path: str) -> list[dict[str, Any]]:
+    """The rows of a metrics.csv as {column: float} without empty cells; [] when there is no file."""
+    import csv
+
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+    for row in rows:
+        row["step"] = int(row.get("step", 0))
+    return rows
+
+
 class EpochCSVLogger(CSVLogger):
     """`CSVLogger` writing `<save_dir>/<name>/<version>/metrics.csv` with one row per logged step.
 
+    resume=True keeps the rows already in the folder's metrics.csv (for `fit --ckpt_path`), see keep_rows_through.
     With an `epoch_clock` (set by `lipschitz_dd.epoch_axis.use_epoch_axis`) the step of every row is the
     epoch running when it is logged, whatever step the caller passed (see lipschitz_dd/epoch_axis.py).
     """
 
     epoch_clock: Callable[[], int] | None = None
+
+    def __init__(self, *args: Any, resume: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._resume = resume
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -59,8 +94,11 @@ class EpochCSVLogger(CSVLogger):
     def experiment(self) -> _RowMergingWriter:
         if self._experiment is None:
             os.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _RowMergingWriter(log_dir=self.log_dir)
+            self._experiment = _RowMergingWriter(log_dir=self.log_dir, resume=self._resume)
         return self._experiment
+
+    def keep_rows_through(self, step: int) -> None:
+        self.experiment.keep_rows_through(step)
 
     def flush(self) -> None:
         self.experiment.flush()
@@ -119,35 +157,180 @@ class EpochWandbLogger(WandbLogger):
 
 
 def wandb_is_configured() -> bool:
-    """True when W&B could log online: an API key in the environment or in ~/.netrc, and not forced offline."""
-    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+    """True when W&B would log online: wandb itself finds credentials for its host without prompting and without
+    a network call (WANDB_API_KEY, ~/.netrc or an identity token for WANDB_BASE_URL or the host in wandb's
+    settings files, so self-hosted servers count), and WANDB_MODE does not say offline/disabled. WANDB_MODE=online
+    always counts as configured (wandb then asks or fails itself)."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode in ("offline", "disabled", "dryrun"):
         return False
-    if os.environ.get("WANDB_API_KEY"):
+    if mode == "online":
         return True
-    netrc = os.path.expanduser("~/.netrc")
-    if os.path.exists(netrc):
-        with open(netrc) as f:
-            return "api.wandb.ai" in f.read()
-    return False
+    import wandb
+
+    try:
+        return bool(wandb.login(prompt=False, verify=False))  # reads credentials only (wandb >= 0.19)
+    except TypeError:  # older wandb without `prompt`: its deprecated, network-free key lookup
+        return bool(getattr(getattr(wandb, "api", None), "api_key", None))
+    except Exception:  # a broken settings file or netrc: log offline rather than fail the run
+        return False
 
 
-def build_wandb_logger(run_dir: str, experiment: str, run_name: str, config: dict[str, Any]):
+# How a swept parameter appears in a run's display name, e.g. {model.width: 64, data.label_noise: 0.15,
+# seed_everything: 0} -> "w64-noise0.15-s0". Parameters not listed here use their last dotted part.
+NAME_ABBREVIATIONS = {
+    "model.width": "w",
+    "model.depth": "d",
+    "model.loss": "",
+    "model.optimizer": "",
+    "model.lr": "lr",
+    "data.label_noise": "noise",
+    "data.train_subset": "n",
+    "data.num_train": "n",
+    "seed_everything": "s",
+}
+# Swept keys that say how long or where a run goes rather than what it is: left out of the display name.
+_NOT_IN_NAME = (
+    "trainer.",
+    "lipschitz.",
+    "stopping.",
+    "config",
+    "save_dir",
+    "experiment",
+    "run_name",
+    "ckpt_path",
+    "wandb",
+    "snapshot",
+    "print_config",
+)
+
+
+def readable_run_name(params: dict[str, Any]) -> str:
+    """A display name for a sweep's run from its parameters, in their order: "w64-noise0.15-s0"; "" if none."""
+    parts = []
+    for key, value in params.items():
+        key = key.replace(".init_args.", ".")
+        if key.startswith(_NOT_IN_NAME):
+            continue
+        label = NAME_ABBREVIATIONS.get(key, key.rsplit(".", 1)[-1] + "=")
+        parts.append(f"{label}{value}")
+    return "-".join(parts)
+
+
+def sweep_params(argv: list[str]) -> dict[str, Any]:
+    """The run's parameters as a sweep gives them: `wandb agent`'s parameter file (WANDB_SWEEP_PARAM_PATH, values
+    only), else the `--key=value` arguments on the command line (what `${args}` expands to)."""
+    import yaml
+
+    path = os.environ.get("WANDB_SWEEP_PARAM_PATH")
+    if path and os.path.isfile(path):
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+        return {k: v.get("value") if isinstance(v, dict) else v for k, v in raw.items() if not k.startswith("_")}
+    params: dict[str, Any] = {}
+    for arg in argv:
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            params[key] = value
+    return params
+
+
+def sweep_id() -> str | None:
+    """The id of the sweep this run belongs to: the local runner's (LIPSCHITZ_DD_SWEEP_ID) or wandb agent's."""
+    return os.environ.get("LIPSCHITZ_DD_SWEEP_ID") or os.environ.get("WANDB_SWEEP_ID") or None
+
+
+# The summary a dashboard table wants, from a run's results.json: {"max/<key>": ...} for these keys.
+SUMMARY_MAX_KEYS = ("lipschitz/lower", "lipschitz/avg", "lipschitz/upper", "test/loss")
+SUMMARY_FINAL_KEYS = (
+    "train/loss",
+    "train/acc",
+    "test/loss",
+    "test/acc",
+    "lipschitz/lower",
+    "lipschitz/avg",
+    "lipschitz/upper",
+)
+
+
+def run_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """W&B summary entries of a finished run: `max/<metric>` of the bounds and the test loss over the run's rows,
+    `final/<metric>` (the last row's values), `epochs` and `status`."""
+    summary: dict[str, Any] = {"epochs": record.get("epochs"), "status": record.get("status")}
+    maxima, final = record.get("max") or {}, record.get("final") or {}
+    summary.update({f"max/{k}": maxima[k] for k in SUMMARY_MAX_KEYS if k in maxima})
+    summary.update({f"final/{k}": final[k] for k in SUMMARY_FINAL_KEYS if k in final})
+    return {k: v for k, v in summary.items() if v is not None}
+
+
+def stored_wandb_id(run_dir: str) -> str | None:
+    """The W&B run id recorded in a run folder (`<run_dir>/wandb/[offline-]run-<time>-<id>`), the latest one."""
+    folder = os.path.join(run_dir, "wandb")
+    if not os.path.isdir(folder):
+        return None
+    runs = sorted(
+        name for name in os.listdir(folder) if name.startswith(("run-", "offline-run-")) and name.count("-") >= 2
+    )
+    return runs[-1].rsplit("-", 1)[-1] if runs else None
+
+
+def build_wandb_logger(
+    run_dir: str,
+    experiment: str,
+    run_name: str,
+    config: dict[str, Any],
+    *,
+    display_name: str | None = None,
+    resume_id: str | None = None,
+):
     """A `WandbLogger` writing into `<run_dir>/wandb`, offline (no prompt, no network) unless W&B is configured.
 
-    Inside a W&B sweep (local runner or `wandb agent`) the group and tags come from WANDB_RUN_GROUP/WANDB_TAGS.
+    Inside a sweep (local runner or `wandb agent`) the group is the sweep (WANDB_RUN_GROUP, else "sweep-<id>"),
+    the tags come from WANDB_TAGS, and `display_name` (see readable_run_name) names the run in the dashboard.
+    resume_id continues that W&B run (resume="allow"), for `fit --ckpt_path`.
     """
     offline = not wandb_is_configured()
     if offline:
         os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     tags = [t for t in os.environ.get("WANDB_TAGS", "").split(",") if t]
-    return EpochWandbLogger(
+    sweep = sweep_id()
+    group = os.environ.get("WANDB_RUN_GROUP") or (f"sweep-{sweep}" if sweep else experiment)
+    extra: dict[str, Any] = {"resume": "allow"} if resume_id else {}
+    return ConfigOnlyWandbLogger(
         save_dir=run_dir,
         project=os.environ.get("WANDB_PROJECT", "lipschitz_dd"),
-        name=run_name,
-        id=os.environ.get("WANDB_RUN_ID") or None,
-        group=os.environ.get("WANDB_RUN_GROUP", experiment),
+        name=display_name or run_name,
+        id=resume_id or os.environ.get("WANDB_RUN_ID") or None,
+        group=group,
         tags=tags or None,
         offline=offline,
-        config=config,
+        config={**config, **({"sweep_id": sweep} if sweep else {})},
+        **extra,
     )
+
+
+class ConfigOnlyWandbLogger(EpochWandbLogger):
+    """The epoch-axis WandbLogger whose run config is only the dotted CLI config given at construction
+    ("model.width", "data.label_noise", ...): Lightning's automatic `log_hyperparams` (the model's and
+    datamodule's unprefixed hyperparameters: "width", "label_noise", ...) would duplicate every entry.
+    A resumed run ignores rows for steps the checkpoint already covers (keep_rows_through)."""
+
+    _drop_through: int | None = None
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def keep_rows_through(self, step: int) -> None:
+        self._drop_through = step
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        effective = self.epoch_clock() if self.epoch_clock is not None else step
+        if self._drop_through is not None and effective is not None and effective <= self._drop_through:
+            return
+        super().log_metrics(metrics, step)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Put entries into the W&B run's summary (the dashboard's run table)."""
+        if self._experiment is not None and summary:
+            self.experiment.summary.update(summary)

@@ -12,13 +12,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lipschitz_dd.callbacks import FunctionSnapshot, GradNormStopping, LipschitzCallback, ResultsWriter
 from lipschitz_dd.epoch_axis import use_epoch_axis
-from lipschitz_dd.loggers import EpochCSVLogger, build_wandb_logger
+from lipschitz_dd.loggers import (
+    ConfigOnlyWandbLogger,
+    EpochCSVLogger,
+    build_wandb_logger,
+    readable_run_name,
+    run_summary,
+    stored_wandb_id,
+    sweep_id,
+    sweep_params,
+)
 from lipschitz_dd.run_folder import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, RUN_RECORD_FILES, read_results
 
 ENV_SAVE_DIR = "LIPSCHITZ_DD_SAVE_DIR"
@@ -46,6 +55,29 @@ def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def resumed_run_dir(ckpt_path: str | None) -> str | None:
+    """The run folder a checkpoint belongs to (`<run dir>/checkpoints/<name>.ckpt`, the folder holding a
+    config.yaml or metrics.csv), else None."""
+    if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
+        return None
+    path = Path(ckpt_path).resolve()
+    run_dir = path.parent.parent
+    if path.parent.name == "checkpoints" and any((run_dir / f).is_file() for f in ("config.yaml", "metrics.csv")):
+        return str(run_dir)
+    return None
+
+
+class _ResumedRows(Callback):
+    """On `fit --ckpt_path`: tells the loggers the epoch the run resumes at, before the module logs its epoch-0
+    row (callbacks' on_train_start runs first), so the checkpoint's already-recorded rows are neither
+    duplicated nor overwritten by a row measured on the loaded weights."""
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for logger in trainer.loggers:
+            if hasattr(logger, "keep_rows_through"):
+                logger.keep_rows_through(trainer.current_epoch)
+
+
 class LipschitzCLI(LightningCLI):
     """LightningCLI with the run folder, the loggers, the Lipschitz callback, the function snapshot and the run
     record wired in.
@@ -57,6 +89,8 @@ class LipschitzCLI(LightningCLI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.results_writer: ResultsWriter | None = None
+        given = kwargs.get("args")  # the command line, for a sweep run's display name (loggers.sweep_params)
+        self.argv = [str(a) for a in given] if isinstance(given, list) else sys.argv[1:]
         try:
             super().__init__(*args, **kwargs)
         except (KeyboardInterrupt, SystemExit) as stop:
@@ -69,6 +103,12 @@ class LipschitzCLI(LightningCLI):
                 f"{os.path.join(self.run_dir, RESULTS_FILE)}\n"
             )
             raise SystemExit(code) from stop
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit, validate and test; not predict: lipschitz_dd's datamodules have no predict set and the run folder
+        records no predictions, so `lipschitz-dd predict` is not offered rather than failing after setup."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name != "predict"}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -110,6 +150,10 @@ class LipschitzCLI(LightningCLI):
     # --- the run folder -------------------------------------------------------------------------------------
     def _run_location(self) -> tuple[str, str, str]:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        resumed = resumed_run_dir(cfg.get("ckpt_path")) if self.subcommand == "fit" else None
+        if resumed and not cfg.get("run_name"):  # `fit --ckpt_path <run dir>/checkpoints/x.ckpt` continues there
+            run_dir = Path(resumed)
+            return str(run_dir.parent.parent), run_dir.parent.name, run_dir.name
         experiment = cfg.get("experiment")
         if not experiment:
             config_files = cfg.get("config") or []
@@ -130,13 +174,40 @@ class LipschitzCLI(LightningCLI):
                 "(or --experiment/--save_dir) to keep it, or delete the folder to replace it"
             )
 
+    def _check_validation_convention(self) -> None:
+        """A model given with --model must read our datamodules' validation loaders: lipschitz_dd's datamodules
+        give two (0: the test set, 1: the training set in eval mode), so its validation_step needs a
+        `dataloader_idx` argument; Lightning would fail on it only after the first training epoch."""
+        import inspect
+
+        from lipschitz_dd.data.base import ArrayDataModule
+
+        model, data = getattr(self, "model", None), getattr(self, "datamodule", None)
+        if not isinstance(data, ArrayDataModule) or model is None:
+            return
+        step = getattr(type(model), "validation_step", None)
+        if step is None or step is LightningModule.validation_step:
+            return
+        parameters = inspect.signature(step).parameters
+        if "dataloader_idx" in parameters or any(p.kind is p.VAR_POSITIONAL for p in parameters.values()):
+            return
+        name = f"{type(model).__module__}.{type(model).__qualname__}"
+        raise ValueError(
+            f"model {name}: its validation_step(self, batch, batch_idx) takes no dataloader_idx, but "
+            f"{type(data).__name__} gives two validation loaders (0: test set, 1: training set); add "
+            "`dataloader_idx: int = 0` and log test/loss for loader 0, or subclass lipschitz_dd.models.LipschitzModule"
+        )
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        self._check_validation_convention()
         save_dir, experiment, run_name = self._run_location()
         self.run_dir = os.path.join(save_dir, experiment, run_name)
         rank_zero = rank_zero_only.rank == 0  # DDP's other ranks start after rank 0, into its folder
-        if rank_zero:
-            self._refuse_earlier_run(self.run_dir)
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        resuming = self.subcommand == "fit" and resumed_run_dir(cfg.get("ckpt_path")) is not None
+        resuming = resuming and os.path.abspath(resumed_run_dir(cfg.get("ckpt_path"))) == os.path.abspath(self.run_dir)
+        if rank_zero and not resuming:
+            self._refuse_earlier_run(self.run_dir)
         self.flat_config = flatten_config(cfg)
         self.flat_config.update({"experiment": experiment, "run_name": run_name})
         trainer_cfg = self._get(self.config_init, "trainer", default={})
@@ -149,14 +220,25 @@ class LipschitzCLI(LightningCLI):
                 "network, run `lipschitz-dd validate` with the same arguments"
             )
         if trainer_cfg.get("logger") in (None, True) and "logger" not in kwargs:
-            csv_logger = EpochCSVLogger(save_dir=save_dir, name=experiment, version=run_name)
+            csv_logger = EpochCSVLogger(save_dir=save_dir, name=experiment, version=run_name, resume=resuming)
             # Open the CSV writer now, while the run folder is still empty: W&B creates <run dir>/wandb when built,
             # and a writer opened later warns "exists and is not empty. Previous log files ... will be deleted".
             if rank_zero:
                 _ = csv_logger.experiment
             loggers: list[Any] = [csv_logger]
             if cfg.get("wandb") and os.environ.get("WANDB_MODE") != "disabled":
-                loggers.append(build_wandb_logger(self.run_dir, experiment, run_name, self.flat_config))
+                display_name = readable_run_name(sweep_params(self.argv)) if sweep_id() else None
+                wandb_id = stored_wandb_id(self.run_dir) if resuming else None
+                loggers.append(
+                    build_wandb_logger(
+                        self.run_dir,
+                        experiment,
+                        run_name,
+                        self.flat_config,
+                        display_name=display_name,
+                        resume_id=wandb_id,
+                    )
+                )
             kwargs["logger"] = loggers
         self.results_writer = ResultsWriter(run_dir=self.run_dir, config=self.flat_config)
         trainer = super().instantiate_trainer(**kwargs)
@@ -164,16 +246,31 @@ class LipschitzCLI(LightningCLI):
         if cfg.get("snapshot", True):  # before ResultsWriter: results.json is the last file a run writes
             trainer.callbacks.append(FunctionSnapshot(run_dir=self.run_dir))
         trainer.callbacks.append(self.results_writer)
+        if resuming:
+            trainer.callbacks.insert(0, _ResumedRows())
         return trainer
 
     def after_fit(self) -> None:
         results = os.path.join(self.run_dir, RESULTS_FILE)
+        self._write_wandb_summary(results)
         final = self._final_metrics(self.run_dir)
         rank_zero_info(
             f"\nRun finished. Results: {results}\n  (metrics per epoch: "
             f"{os.path.join(self.run_dir, METRICS_FILE)}; config: "
             f"{os.path.join(self.run_dir, CONFIG_FILE)})" + final
         )
+
+    def _write_wandb_summary(self, results_path: str) -> None:
+        """The run's maxima, final values, epochs and status into the W&B summary (see loggers.run_summary)."""
+        import json
+
+        loggers = [lg for lg in self.trainer.loggers if isinstance(lg, ConfigOnlyWandbLogger)]
+        if not loggers or not os.path.exists(results_path):
+            return
+        with open(results_path) as f:
+            summary = run_summary(json.load(f))
+        for logger in loggers:
+            logger.write_summary(summary)
 
     @staticmethod
     def _final_metrics(run_dir: str) -> str:

@@ -303,7 +303,7 @@ class _FolderOnlyLogger(Logger):
 def test_reusing_a_run_name_is_refused_and_keeps_the_earlier_run(tmp_path, monkeypatch, capsys, recwarn):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setattr(train_cli, "build_wandb_logger", lambda run_dir, *args: _FolderOnlyLogger(run_dir))
+    monkeypatch.setattr(train_cli, "build_wandb_logger", lambda run_dir, *args, **kwargs: _FolderOnlyLogger(run_dir))
     args = [
         "fit",
         "--config",

@@ -1,4 +1,5 @@
-"""Build the whole report of a runs or sweep folder: tables (CSV + one Markdown file) and PNG figures."""
+"""Build the whole report of a runs or sweep folder: tables (CSV, one Markdown file), figures (PNG, and PDF or
+SVG on request) and report.html, one page showing every figure and table."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ MEANS_CSV = "runs_mean_over_seeds.csv"
 SLOPES_CSV = "power_law_slopes.csv"
 BIAS_VARIANCE_CSV = "bias_variance.csv"
 REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
 DOUBLE_DESCENT_PNG = "double_descent.png"
 BOUNDS_VS_EPOCH_PNG = "bounds_vs_epoch.png"
 HEATMAP_PNG = "heatmap.png"
@@ -54,8 +56,11 @@ def build_report(
     power_law_from_epoch: int = 10,
     interpolation_train_acc: float = 0.99,
     records: list | None = None,
+    formats: tuple[str, ...] = ("png",),
+    dpi: int = figures.DPI,
 ) -> ReportSummary:
-    """Read every run below ``folder`` and write the report into ``out`` (default ``<folder>/report``).
+    """Read every run below ``folder`` and write the report into ``out`` (default ``<folder>/report``),
+    each figure once per format in ``formats`` (png, pdf, svg) at ``dpi``.
 
     Raises ReportInputError (a ValueError, one line) if ``folder`` is missing or holds no run; never
     raises for missing metrics or failed runs: those become notes and table entries."""
@@ -98,14 +103,18 @@ def build_report(
         HEATMAP_PNG: lambda path: figures.plot_heatmap(runs, x, hue, path),
         BIAS_VARIANCE_PNG: lambda path: figures.plot_bias_variance(bias_variance, x, hue, path),
     }
-    for name, draw in drawings.items():
-        try:
-            summary.files.append(draw(out / name))
-        except figures.SkipFigure as skipped:
-            summary.notes.append(f"{name} skipped: {skipped}")
+    with figures.output(formats, dpi):
+        for name, draw in drawings.items():
+            try:
+                draw(out / name)
+                summary.files += figures.output_paths(out / name)
+            except figures.SkipFigure as skipped:
+                summary.notes.append(f"{name} skipped: {skipped}")
 
     (out / REPORT_MD).write_text(_markdown(folder, summary, tables, power_law_from_epoch))
     summary.files.append(out / REPORT_MD)
+    (out / REPORT_HTML).write_text(_html(folder, summary, tables, power_law_from_epoch))
+    summary.files.append(out / REPORT_HTML)
     return summary
 
 
@@ -133,13 +142,17 @@ def _thresholds(records, runs: pd.DataFrame, x: str, hue: str | None, min_train_
     return empirical
 
 
-def _markdown(folder, summary: ReportSummary, tables: dict[str, pd.DataFrame], from_epoch: int) -> str:
-    titles = {
+def _titles(from_epoch: int) -> dict[str, str]:
+    return {
         RUNS_CSV: "Runs (final values)",
         MEANS_CSV: "Mean and standard deviation over seeds (completed runs)",
         SLOPES_CSV: f"Power-law exponents of the bounds (least squares on log-log, epochs >= {max(from_epoch, 1)})",
         BIAS_VARIANCE_CSV: "Bias-variance (the study's finding 3)",
     }
+
+
+def _markdown(folder, summary: ReportSummary, tables: dict[str, pd.DataFrame], from_epoch: int) -> str:
+    titles = _titles(from_epoch)
     lines = [
         f"# Report of `{folder}`",
         "",
@@ -153,3 +166,54 @@ def _markdown(folder, summary: ReportSummary, tables: dict[str, pd.DataFrame], f
             shown = table.drop(columns=["path"], errors="ignore")
             lines += [f"## {titles[name]}", "", f"CSV: `{name}`", "", to_markdown(shown)]
     return "\n".join(lines)
+
+
+def _shown_figures(summary: ReportSummary) -> list[Path]:
+    """One file per figure for a page: its PNG or SVG (what browsers show), else its PDF."""
+    by_stem: dict[str, list[Path]] = {}
+    for path in summary.files:
+        if path.suffix in (".png", ".svg", ".pdf"):
+            by_stem.setdefault(path.stem, []).append(path)
+    rank = {".png": 0, ".svg": 1, ".pdf": 2}
+    return [min(paths, key=lambda p: rank[p.suffix]) for paths in by_stem.values()]
+
+
+def _html(folder, summary: ReportSummary, tables: dict[str, pd.DataFrame], from_epoch: int) -> str:
+    """report.html: the counts and notes, every figure, every table, on one self-describing page."""
+    from html import escape
+
+    titles = _titles(from_epoch)
+    counts = ", ".join(f"{n} {escape(s)}" for s, n in sorted(summary.statuses.items()))
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>Report of {escape(str(folder))}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}img,object{max-width:100%;"
+        "border:1px solid #ddd;margin:.5em 0}table{border-collapse:collapse;font-size:12px;margin-bottom:2em}"
+        "th,td{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f3f3f3}"
+        ".scroll{overflow-x:auto}</style></head><body>",
+        f"<h1>Report of <code>{escape(str(folder))}</code></h1>",
+        f"<p>{summary.runs} runs: {counts}</p>",
+    ]
+    if summary.notes:
+        parts += ["<ul>"] + [f"<li>{escape(note)}</li>" for note in summary.notes] + ["</ul>"]
+    parts.append("<h2>Figures</h2>")
+    for path in _shown_figures(summary):
+        if path.suffix == ".pdf":
+            parts.append(f'<p><object data="{path.name}" type="application/pdf" width="100%" height="600">')
+            parts.append(f'<a href="{path.name}">{path.name}</a></object></p>')
+        else:
+            parts.append(
+                f'<figure><img src="{path.name}" alt="{path.stem}"><figcaption>{path.name}</figcaption></figure>'
+            )
+    for name, table in tables.items():
+        if not table.empty:
+            shown = table.drop(columns=["path"], errors="ignore")
+            parts += [
+                f"<h2>{escape(titles[name])}</h2>",
+                f'<p>CSV: <a href="{name}">{name}</a></p>',
+                '<div class="scroll">',
+            ]
+            parts += [shown.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0), "</div>"]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

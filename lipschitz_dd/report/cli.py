@@ -7,6 +7,7 @@ import sys
 from jsonargparse import ArgumentParser
 
 from lipschitz_dd.report.build import build_report
+from lipschitz_dd.report.figures import DPI, FORMATS
 from lipschitz_dd.report.records import ReportInputError
 from lipschitz_dd.report.tables import DEFAULT_SEED_KEY
 
@@ -16,8 +17,8 @@ def make_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="lipschitz-dd report",
         description="Read the run folders (results.json, metrics.csv) below a runs or sweep folder and write "
-        "double-descent, bounds-vs-epoch, heat-map and bias-variance figures (PNG) with CSV and "
-        "Markdown tables.",
+        "double-descent, bounds-vs-epoch, heat-map and bias-variance figures (PNG; --format for PDF/SVG) "
+        "with CSV and Markdown tables, and report.html showing all of them on one page.",
     )
     parser.add_argument(
         "folder", type=str | None, nargs="?", default=None, help="runs or sweep folder (searched recursively for runs)"
@@ -41,6 +42,13 @@ def make_parser() -> ArgumentParser:
         "--power_law_from_epoch", type=int, default=10, help="first epoch of the power-law fit of the bounds"
     )
     parser.add_argument(
+        "--format",
+        type=str,
+        default="png",
+        help="figure file formats, comma-separated, among png, pdf, svg (e.g. png,pdf)",
+    )
+    parser.add_argument("--dpi", type=int, default=DPI, help="resolution of PNG figures (dots per inch)")
+    parser.add_argument(
         "--interpolation_train_acc",
         type=float,
         default=0.99,
@@ -55,6 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(argv)
     if (args.folder is None) == (args.wandb is None):
         raise SystemExit("lipschitz-dd report: error: give a runs or sweep folder, or --wandb ENTITY/PROJECT[/SWEEP]")
+    formats = tuple(f.strip().lower().lstrip(".") for f in args.format.split(",") if f.strip())
+    if not formats or any(f not in FORMATS for f in formats) or args.dpi <= 0:
+        raise SystemExit(
+            f"lipschitz-dd report: error: --format takes {', '.join(FORMATS)} (comma-separated), got "
+            f"{args.format!r}; --dpi must be positive, got {args.dpi}"
+        )
     try:
         records = None
         if args.wandb is not None:
@@ -70,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
             seed_key=args.seed_key,
             power_law_from_epoch=args.power_law_from_epoch,
             interpolation_train_acc=args.interpolation_train_acc,
+            formats=formats,
+            dpi=args.dpi,
         )
     except ReportInputError as error:
         raise SystemExit(f"lipschitz-dd report: error: {error}") from None

@@ -1,14 +1,20 @@
-"""The report's PNG figures (seaborn on matplotlib ``Figure`` objects: no pyplot, no global backend change).
+"""The report's figures (seaborn on matplotlib ``Figure`` objects: no pyplot, no global backend change).
 
-Every function takes tables/records, writes one PNG and returns its path, or raises :class:`SkipFigure`
+Every function takes tables/records, writes one figure and returns its path, or raises :class:`SkipFigure`
 with a one-line reason when the data cannot make that figure (e.g. no label-noise axis for a heat-map).
 Figures show completed runs only; curves are means over seeds with a band from the min to the max seed.
+Axes and legends use reader-facing names (:func:`label`: "$C_{lower}$", "test loss", "width", ...), not the
+metric and config keys. The file formats and resolution come from :func:`output` (default: PNG at 130 dpi):
+``with output(("png", "pdf"), dpi=300): plot_...(..., path)`` writes the figure once per format.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +23,7 @@ import seaborn as sns
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from lipschitz_dd.report.bias_variance import GUARANTEED_BOUND, PAPER_BOUND, PLOTTED_COLUMNS, PROXY_BOUND
 from lipschitz_dd.report.power_law import BOUND_METRICS
@@ -24,7 +31,68 @@ from lipschitz_dd.report.records import COMPLETED_STATUSES, RunRecord
 from lipschitz_dd.report.threshold import Threshold
 
 DPI = 130
+FORMATS = ("png", "pdf", "svg")
 SEED_BAND = ("pi", 100)  # seaborn errorbar: the 0..100 percentile interval = min..max over seeds
+_OUTPUT: contextvars.ContextVar[tuple[tuple[str, ...], int]] = contextvars.ContextVar("output", default=(("png",), DPI))
+
+# What a reader sees instead of a metric or config key (label() falls back to the key's last dotted part).
+LABELS = {
+    "lipschitz/lower": "$C_{lower}$",
+    "lipschitz/avg": "$C_{avg}$",
+    "lipschitz/rms": "$C_{rms}$",
+    "lipschitz/upper": "$C_{upper}$",
+    "test/loss": "test loss",
+    "train/loss": "train loss",
+    "test/acc": "test accuracy",
+    "train/acc": "train accuracy",
+    "model.width": "width",
+    "model.depth": "depth",
+    "model.loss": "loss function",
+    "model.optimizer": "optimizer",
+    "model.lr": "learning rate",
+    "data.label_noise": "label noise",
+    "data.train_subset": "training-set size",
+    "seed_everything": "seed",
+    "epoch": "epoch",
+    "params/count": "parameters",
+}
+
+
+def label(key: str | None) -> str:
+    """The reader-facing name of a metric or config key: LABELS, else the last dotted part with spaces."""
+    if key is None:
+        return ""
+    key = key.replace(".init_args.", ".")
+    return LABELS.get(key, key.rsplit(".", 1)[-1].replace("_", " "))
+
+
+def _readable(text: str) -> str:
+    """``text`` with every metric or config key of LABELS in it replaced by its label ("data.label_noise=0.15"
+    -> "label noise = 0.15")."""
+    for key in sorted(LABELS, key=len, reverse=True):
+        text = re.sub(re.escape(key) + r"\s*=\s*", LABELS[key] + " = ", text).replace(key, LABELS[key])
+    return text
+
+
+@contextlib.contextmanager
+def output(formats: Sequence[str] = ("png",), dpi: int = DPI) -> Iterator[None]:
+    """Within the block, every figure is written once per format in ``formats`` (of FORMATS) at ``dpi``."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"figure formats must be among {', '.join(FORMATS)}; got {', '.join(formats) or 'none'}")
+    if dpi <= 0:
+        raise ValueError(f"dpi must be positive, got {dpi}")
+    token = _OUTPUT.set((tuple(dict.fromkeys(formats)), int(dpi)))
+    try:
+        yield
+    finally:
+        _OUTPUT.reset(token)
+
+
+def output_paths(path: Path) -> list[Path]:
+    """The files a figure saved as ``path`` becomes under the current :func:`output` formats."""
+    return [Path(path).with_suffix(f".{fmt}") for fmt in _OUTPUT.get()[0]]
+
 
 # (metric, panel title, log y-axis)
 DOUBLE_DESCENT_PANELS = (
@@ -62,9 +130,9 @@ def plot_double_descent(
     with _style():
         grid = figure.subplots(2, 3)
         for ax, (metric, title, log_y) in zip([*grid[0, :2], *grid[1]], DOUBLE_DESCENT_PANELS, strict=False):
-            ax.set(title=title, xlabel=x, ylabel=metric)
+            ax.set(title=title, xlabel=label(x), ylabel=label(metric))
             if not _has_values(data, metric):
-                ax.text(0.5, 0.5, f"{metric}\nnot recorded", ha="center", va="center", transform=ax.transAxes)
+                ax.text(0.5, 0.5, f"{label(metric)}\nnot recorded", ha="center", va="center", transform=ax.transAxes)
                 continue
             sns.lineplot(
                 _plottable(data, metric, log_y),
@@ -83,13 +151,15 @@ def plot_double_descent(
                 ax.axvline(threshold.x, color=_colour(colours, threshold.hue_level), linestyle="--", linewidth=1.2)
         handles = [Line2D([], [], color=colours[level], marker="o", label=level) for level in levels]
         handles += [
-            Line2D([], [], color=_colour(colours, t.hue_level), linestyle="--", label=t.label) for t in shown_thresholds
+            Line2D([], [], color=_colour(colours, t.hue_level), linestyle="--", label=_readable(t.label))
+            for t in shown_thresholds
         ]
         legend_cell = grid[0, 2]
         legend_cell.set_axis_off()
         if handles:
-            legend_cell.legend(handles=handles, loc="center", title=hue if levels else None)
-        figure.suptitle(f"Double descent over {x}: final values, mean over seeds, band = min..max over seeds")
+            legend_cell.legend(handles=handles, loc="center", title=label(hue) if levels else None)
+        band = ", band = min..max over seeds" if _has_repeats(data, [x, hue_column]) else ""
+        figure.suptitle(f"Final values against {label(x)}" + (", mean over seeds" + band if band else ""))
     return _save(figure, path)
 
 
@@ -98,7 +168,8 @@ def plot_bounds_vs_epoch(
 ) -> Path:
     """Lipschitz lower/avg/upper against the epoch on log-log axes: one row per ``hue`` level, one line
     per ``x`` value (mean over seeds, band min..max), dashed: the power law with the seeds' mean fitted
-    exponent and geometric-mean prefactor (from ``slopes``), fitted from ``from_epoch`` (dotted line)."""
+    exponent and geometric-mean prefactor (from ``slopes``), fitted from ``from_epoch`` (dotted line). The title
+    names the dashed and dotted lines only when a fit was drawn."""
     curves, line_title = _bound_curves(records, x, hue)
     metrics = [m for m in BOUND_METRICS if m in curves.columns and curves[m].notna().any()]
     if curves.empty or not metrics:
@@ -107,30 +178,39 @@ def plot_bounds_vs_epoch(
     lines = sorted(curves["_line"].unique(), key=_sort_key)
     colours = dict(zip(lines, sns.color_palette("viridis", len(lines)), strict=False))
     figure = Figure(figsize=(4.6 * len(metrics), 3.8 * len(levels)), layout="constrained")
+    fitted_any = False
     with _style():
         grid = figure.subplots(len(levels), len(metrics), squeeze=False)
         for row, level in enumerate(levels):
             for column, metric in enumerate(metrics):
                 ax = grid[row, column]
+                fitted_here = False
                 for line in lines:
                     runs = curves[(curves["_hue"] == level) & (curves["_line"] == line)]
-                    _draw_epoch_curve(ax, runs, metric, slopes, from_epoch, colours[line], f"{line}")
-                ax.axvline(max(from_epoch, 1), color="grey", linestyle=":", linewidth=1)
+                    fitted_here |= _draw_epoch_curve(ax, runs, metric, slopes, from_epoch, colours[line], f"{line}")
+                if fitted_here:
+                    ax.axvline(max(from_epoch, 1), color="grey", linestyle=":", linewidth=1)
+                fitted_any |= fitted_here
                 ax.set(
                     xscale="log",
                     yscale="log",
-                    xlabel="epoch",
-                    ylabel=metric,
-                    title=BOUND_TITLES[metric] + ("" if level == "" else f", {hue} = {level}"),
+                    xlabel=label("epoch"),
+                    ylabel=label(metric),
+                    title=BOUND_TITLES[metric] + ("" if level == "" else f", {label(hue)} = {level}"),
                 )
+                _tidy_log_ticks(ax)
                 if ax.get_legend_handles_labels()[0]:
+                    line_name = label(line_title) if line_title != "run" else "run"
                     ax.legend(
-                        title=f"{line_title}: fitted slope k",
+                        title=f"{line_name}: fitted slope k" if fitted_here else line_name,
                         fontsize="x-small",
                         title_fontsize="x-small",
                         ncol=1 + len(lines) // 9,
                     )
-        figure.suptitle(f"Bounds during training; dashed: power law fitted from epoch {max(from_epoch, 1)}")
+        title = "Lipschitz bounds during training (log-log)"
+        if fitted_any:
+            title += f"; dashed: power law fitted from epoch {max(from_epoch, 1)} (dotted line)"
+        figure.suptitle(title)
     return _save(figure, path)
 
 
@@ -159,10 +239,12 @@ def plot_heatmap(table: pd.DataFrame, x: str, hue: str | None, path: Path) -> Pa
                 annot_kws={"fontsize": 7},
                 cmap="viridis",
                 norm=LogNorm() if log_colours else None,
-                cbar_kws={"label": metric},
+                cbar_kws={"label": label(metric)},
             )
             ax.invert_yaxis()
-            ax.set(title=f"{metric} (mean over seeds)", xlabel=x, ylabel=hue)
+            ax.set(title=f"{label(metric)} (mean over seeds)", xlabel=label(x), ylabel=label(hue))
+            if log_colours:
+                _tidy_log_ticks(ax.collections[0].colorbar.ax)
     return _save(figure, path)
 
 
@@ -187,7 +269,10 @@ def plot_bias_variance(table: pd.DataFrame, x: str, hue: str | None, path: Path)
                 values = rows[column].where(rows[column] > 0)
                 ax.plot(rows[x], values, styles[column], label=column)
             _scales(ax, _positive_numeric(rows[x]), True)
-            ax.set(xlabel=x, ylabel="variance over seeds", title="" if level is None else f"{hue} = {level}")
+            ax.set(
+                xlabel=label(x), ylabel="variance over seeds", title="" if level is None else f"{label(hue)} = {level}"
+            )
+            _tidy_log_ticks(ax)
         handles, labels = axes[0].get_legend_handles_labels()
         figure.legend(handles, labels, loc="outside right upper", fontsize="small")
         figure.suptitle(
@@ -198,11 +283,13 @@ def plot_bias_variance(table: pd.DataFrame, x: str, hue: str | None, path: Path)
 
 def _draw_epoch_curve(
     ax, runs: pd.DataFrame, metric: str, slopes: pd.DataFrame, from_epoch: int, colour, label: str
-) -> None:
+) -> bool:
+    """Draws the mean curve, its band and (when ``slopes`` has a fit for these runs) the fitted power law;
+    True when a fit was drawn."""
     values = runs[["epoch", metric]].dropna()
     values = values[(values["epoch"] >= 1) & (values[metric] > 0) & np.isfinite(values[metric])]
     if values.empty:
-        return
+        return False
     by_epoch = values.groupby("epoch")[metric]
     mean = by_epoch.mean()
     ax.fill_between(mean.index, by_epoch.min(), by_epoch.max(), color=colour, alpha=0.2, linewidth=0)
@@ -217,6 +304,7 @@ def _draw_epoch_curve(
         fitted = mean.index[mean.index >= max(from_epoch, 1)].to_numpy(float)
         ax.plot(fitted, prefactor * fitted**exponent, color=colour, linestyle="--", linewidth=1)
     ax.plot(mean.index, mean.to_numpy(), color=colour, label=label, linewidth=1.5)
+    return bool(len(fits))
 
 
 def _bound_curves(records: Sequence[RunRecord], x: str, hue: str | None) -> tuple[pd.DataFrame, str]:
@@ -284,6 +372,44 @@ def _scales(ax, log_x: bool, log_y: bool) -> None:
         ax.set_xscale("log")
     if log_y:
         ax.set_yscale("log")
+    _tidy_log_ticks(ax)
+
+
+def _has_repeats(data: pd.DataFrame, keys: Sequence[str | None]) -> bool:
+    """True when some combination of ``keys`` holds more than one run (then a band over seeds is drawn)."""
+    keys = [k for k in keys if k and k in data.columns]
+    return bool(len(data) and (data.groupby(keys).size() > 1).any()) if keys else len(data) > 1
+
+
+def _plain_number(value: float, _position=None) -> str:
+    """Tick label: "0.5", "200"; a power of ten outside 0.001..10^4 as $10^{k}$."""
+    if value > 0 and not 1e-3 <= value < 1e5:
+        exponent = math.log10(value)
+        if abs(exponent - round(exponent)) < 1e-9:
+            return f"$10^{{{round(exponent)}}}$"
+    return f"{value:g}"
+
+
+_PLAIN = FuncFormatter(_plain_number)
+
+
+def _tidy_log_ticks(ax) -> None:
+    """Log axes without overlapping tick labels: labels only at major ticks, as plain numbers ("0.5", "200");
+    majors at powers of ten when the axis spans two decades or more (at most 6 labels), at 1, 2 and 5 times a
+    power of ten down to half a decade, else at up to 4 evenly spaced round numbers; minor ticks unlabelled."""
+    for axis, limits in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        if axis.get_scale() != "log":
+            continue
+        low, high = sorted(limits)
+        decades = math.log10(high / low) if low > 0 and high > 0 else 0.0
+        if decades >= 2:
+            axis.set_major_locator(LogLocator(base=10, numticks=6 if decades <= 6 else 4))
+        elif decades >= 0.5:
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        else:  # a narrow range is almost linear: a few evenly spaced round numbers
+            axis.set_major_locator(MaxNLocator(nbins=4))
+        axis.set_major_formatter(_PLAIN)
+        axis.set_minor_formatter(NullFormatter())
 
 
 def _format(value) -> str:
@@ -304,7 +430,10 @@ def _style():
 
 
 def _save(figure: Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI)
-    return path
+    """Writes the figure in every format of the current :func:`output`; returns the first file."""
+    paths = output_paths(path)
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    dpi = _OUTPUT.get()[1]
+    for target in paths:
+        figure.savefig(target, dpi=dpi)
+    return paths[0]

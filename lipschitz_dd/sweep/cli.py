@@ -1,6 +1,9 @@
 """`lipschitz-dd sweep ...`: run a sweep file locally (`run`, the default subcommand) or list progress.
 
-    lipschitz-dd sweep sweeps/x.yaml [--workers N] [--count M] [--retry_failed] [--out sweeps_out]
+    lipschitz-dd sweep x [--workers N] [--count M] [--retry_failed] [--out sweeps_out]
+    lipschitz-dd sweep path/to/x.yaml ...
+
+The sweep is a file path or the name of a shipped sweep (`lipschitz-dd configs` lists them).
     lipschitz-dd sweep status [--out sweeps_out]
 
 Exit status: 0 when every run started this time finished, 1 when some failed (the sweep still went on),
@@ -15,6 +18,8 @@ from pathlib import Path
 
 from jsonargparse import ActionYesNo, ArgumentParser
 
+from lipschitz_dd.shipped import resolve
+
 from .runner import run_sweep
 from .table import format_progress, format_runs, sweep_progress
 
@@ -24,7 +29,7 @@ SUBCOMMANDS = ("run", "status")
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="lipschitz-dd sweep", description="Run W&B sweep files locally, no server.")
     run = ArgumentParser(description="Run or resume a sweep file (W&B format) with N worker processes.")
-    run.add_argument("sweep_file", type=str, help="the sweep YAML file, e.g. sweeps/fcn_mnist1d_dd.yaml")
+    run.add_argument("sweep_file", type=str, help="a sweep YAML file, or a shipped sweep's name (e.g. fcn_mnist1d_dd)")
     run.add_argument("--workers", type=int, default=1, help="runs in parallel; CPU threads are divided")
     run.add_argument("--count", type=int | None, default=None, help="start at most this many runs now")
     run.add_argument("--retry_failed", action=ActionYesNo, default=False, help="queue failed runs again")
@@ -52,8 +57,13 @@ def main(argv: list[str] | None = None) -> int:
 def _run(options) -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # `kill` stops as cleanly as Ctrl-C
     try:
+        sweep_file = resolve(options.sweep_file, "sweeps")
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
         result = run_sweep(
-            options.sweep_file,
+            sweep_file,
             out=options.out,
             workers=options.workers,
             count=options.count,

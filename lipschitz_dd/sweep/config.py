@@ -78,8 +78,28 @@ def validate_sweep_config(raw: Any, source: str = "sweep config") -> sweeps.Swee
     return config
 
 
+# Formats of the run's parameters that lipschitz-dd cannot read, with what to write instead.
+_UNREADABLE_MACROS = {
+    "args_no_hyphens": "LightningCLI takes --key=value, not key=value; use ${args}",
+    "args_append_hydra": "lipschitz-dd is not a Hydra program; use ${args}",
+    "args_override_hydra": "lipschitz-dd is not a Hydra program; use ${args}",
+    "args_dict": "wandb's agent expands it to the parameter names alone; use ${args}",
+}
+# Macros that lipschitz-dd reads only as the value of --config: a JSON mapping {"model.width": 64, ...} inline
+# (${args_json}) or in a file (${args_json_file}); jsonargparse accepts dotted keys in a config.
+_CONFIG_VALUE_MACROS = ("args_json", "args_json_file")
+
+
+def _runs_lipschitz_dd(command: list) -> bool:
+    return any(
+        str(chunk) == "lipschitz-dd" or str(chunk).endswith(("/lipschitz-dd", "lipschitz_dd.cli")) for chunk in command
+    )
+
+
 def _check_command(config: dict, source: str) -> None:
-    """Reject commands that `wandb agent` would expand to something surely unintended."""
+    """Reject commands that `wandb agent` would expand to something surely unintended: unknown macros, and, when
+    the command runs lipschitz-dd, parameter formats it cannot read (see _UNREADABLE_MACROS;
+    ${args_json} and ${args_json_file} only right after --config/-c)."""
     command = config.get("command")
     if command is None:
         if "program" not in config:
@@ -101,6 +121,16 @@ def _check_command(config: dict, source: str) -> None:
             )
         if name == "program" and "program" not in config:
             raise SweepFileError(f"{source}: `command` uses ${{program}} but the file has no `program`")
+        if not _runs_lipschitz_dd(command):
+            continue
+        if name in _UNREADABLE_MACROS:
+            raise SweepFileError(f"{source}: lipschitz-dd cannot read {chunk}: {_UNREADABLE_MACROS[name]}")
+        if name in _CONFIG_VALUE_MACROS:
+            before = str(command[command.index(chunk) - 1]) if command.index(chunk) > 0 else ""
+            if before not in ("--config", "-c"):
+                raise SweepFileError(
+                    f"{source}: lipschitz-dd reads {chunk} only as a config: write `--config` right before it"
+                )
 
 
 def _one_line(message: str) -> str:
