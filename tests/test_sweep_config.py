@@ -68,3 +68,25 @@ def test_cli_rejects_bad_file_and_runs_nothing(tmp_path, capsys):
 def test_missing_file(tmp_path):
     with pytest.raises(SweepFileError, match="not found"):
         load_sweep_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_every_grid_point_of_a_shipped_sweep_builds_its_model(path):
+    """Each proposed run's model arguments (the command's config, a swept `config`, then the swept `model.*`
+    keys) construct the model: a grid point the model rejects (e.g. momentum with Adam) fails here, not
+    hours into a sweep."""
+    import importlib
+
+    import yaml
+
+    from lipschitz_dd.shipped import resolve
+
+    config = load_sweep_config(path)
+    for run in propose(config, [], n=300):
+        values = {key: entry["value"] for key, entry in run.items()}
+        base = yaml.safe_load(resolve(values.get("config", config["command"][4]), "configs").read_text())
+        model = base["model"]
+        init_args = dict(model.get("init_args") or {})
+        init_args.update({k[len("model.") :]: v for k, v in values.items() if k.startswith("model.")})
+        module, _, name = model["class_path"].rpartition(".")
+        getattr(importlib.import_module(module), name)(**init_args)
