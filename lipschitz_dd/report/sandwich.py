@@ -33,7 +33,7 @@ RATIO_METRICS = tuple(m for m, _, _ in BOUNDS if m != EXACT)
 
 
 def run_label(record: RunRecord) -> str:
-    """'<model class> <widths>' from the run's config, e.g. 'FCN [8, 8]', 'Toy2DFCN 10'."""
+    """'<model class> <widths>' from the run's config, e.g. 'FCN [16]', 'Toy2DFCN 10'."""
     model = str(record.config.get("model.class_path", record.name)).rsplit(".", 1)[-1]
     widths = record.config.get("model.widths") or record.config.get("model.width")
     return f"{model} {widths}" if widths is not None else model
@@ -78,7 +78,7 @@ def plot_sandwich(records: Sequence[RunRecord], path: Path) -> Path:
     runs = [(r, c) for r, c in runs if len(c)]
     if not runs:
         raise ValueError("sandwich figure: no run logged lipschitz/* per epoch")
-    figure, axes = plt.subplots(len(runs), 2, figsize=(11, 3.6 * len(runs)), squeeze=False)
+    figure, axes = plt.subplots(len(runs), 2, figsize=(11, 3.6 * len(runs)), squeeze=False, sharex="row")
     for (record, curves), (left, right) in zip(runs, axes, strict=True):
         epochs = pd.Series(curves.index, index=curves.index).clip(lower=0.5)
         if EXACT_LOWER in curves.columns:
