@@ -90,7 +90,10 @@ def plot_sandwich(records: Sequence[RunRecord], path: Path) -> Path:
             if metric in curves.columns and curves[metric].notna().any():
                 values = curves[metric].dropna()
                 style = "-" if metric != "lipschitz/avg" else "--"
-                left.plot(epochs[values.index], values, style, color=colour, label=label, marker=".", markersize=4)
+                front = {"zorder": 5, "linewidth": 2.0} if metric == EXACT else {}  # LipSDP is often on top of it
+                left.plot(
+                    epochs[values.index], values, style, color=colour, label=label, marker=".", markersize=4, **front
+                )
                 if metric != EXACT and EXACT in curves.columns:
                     ratio = (curves[metric] / curves[EXACT]).dropna()
                     right.plot(epochs[ratio.index], ratio, style, color=colour, label=label, marker=".", markersize=4)
