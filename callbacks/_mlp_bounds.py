@@ -61,7 +61,8 @@ class MeasuredMLP:
 class MLPBoundsTracker:
     """Which MLP bounds run at a measurement, their values, and the one-time "not available" warnings.
 
-    eclipse: at every measurement. sdp_every / exact_every: at every k-th measurement (counted from 0, the
+    eclipse: at every measurement, for MLPs of at most eclipse_max_neurons hidden neurons (its cost grows as the
+    cube of the widths: milliseconds at 256, ~0.5 s at 1,024, seconds at 2,048). sdp_every / exact_every: at every k-th measurement (counted from 0, the
     measurement at epoch 0) and at the last one; 0 = never. sdp_max_neurons / exact_max_neurons: the most hidden
     neurons (of the MLP normal form; an output activation counts as a hidden layer) for which they run.
     exact_time_limit: seconds per exact search; when it runs out the certified interval is logged instead."""
@@ -69,13 +70,15 @@ class MLPBoundsTracker:
     def __init__(
         self,
         eclipse: bool = True,
+        eclipse_max_neurons: int = 1024,
         sdp_every: int = 0,
         sdp_max_neurons: int = 100,
         exact_every: int = 0,
         exact_time_limit: float = 30.0,
         exact_max_neurons: int = 256,
     ) -> None:
-        self.eclipse, self.sdp_every, self.sdp_max_neurons = eclipse, sdp_every, sdp_max_neurons
+        self.eclipse, self.eclipse_max_neurons = eclipse, eclipse_max_neurons
+        self.sdp_every, self.sdp_max_neurons = sdp_every, sdp_max_neurons
         self.exact_every, self.exact_time_limit, self.exact_max_neurons = (
             exact_every,
             exact_time_limit,
@@ -111,7 +114,13 @@ class MLPBoundsTracker:
                     warn(f"mlp-{name}", f"LipschitzCallback: {_metric(name)} not available: {self._failure}")
             return {}
         out: dict[str, float] = {}
-        if due["eclipse"]:
+        if due["eclipse"] and measured.hidden_neurons > self.eclipse_max_neurons:
+            warn(
+                "mlp-eclipse",
+                f"LipschitzCallback: {ECLIPSE} not available: {measured.hidden_neurons} hidden neurons > "
+                f"eclipse_max_neurons={self.eclipse_max_neurons}",
+            )
+        elif due["eclipse"]:
             try:
                 out["mlp/eclipse"] = measured.scale * eclipse_fast(measured.mlp)
             except (ValueError, ArithmeticError) as error:  # LinAlgError (a ValueError) on extreme weights

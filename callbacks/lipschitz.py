@@ -128,8 +128,9 @@ class LipschitzCallback(Callback):
             guaranteed upper bound) and lipschitz/upper_available.
         optimised_every, optimised_top_m, optimised_steps: lipschitz/lower_opt every k-th measurement
             (0 = never) by gradient ascent from the top-m training points.
-        upper_eclipse: lipschitz/upper_eclipse (ECLipsE-Fast, milliseconds) at every measurement, when the measured
-            network is an MLP (itself, or its `net` Sequential with output logit_temperature * net(x)).
+        upper_eclipse, eclipse_max_neurons: lipschitz/upper_eclipse (ECLipsE-Fast: milliseconds for a few hundred
+            neurons, ~0.5 s at 1,024) at every measurement, when the measured network is an MLP (itself, or its
+            `net` Sequential with output logit_temperature * net(x)) of at most eclipse_max_neurons hidden neurons.
         sdp_every, sdp_max_neurons: lipschitz/upper_sdp (LipSDP-Neuron; needs cvxpy) at every k-th measurement and
             the last one (0 = never), for MLPs of at most sdp_max_neurons hidden neurons.
         exact_every, exact_time_limit, exact_max_neurons: lipschitz/exact (ReLU / LeakyReLU MLPs of at most
@@ -178,6 +179,7 @@ class LipschitzCallback(Callback):
         optimised_top_m: int = 8,
         optimised_steps: int = 50,
         upper_eclipse: bool = True,
+        eclipse_max_neurons: int = 1024,
         sdp_every: int = 0,
         sdp_max_neurons: int = 100,
         exact_every: int = 0,
@@ -211,6 +213,7 @@ class LipschitzCallback(Callback):
             ("optimised_every", optimised_every),
             ("sdp_every", sdp_every),
             ("exact_every", exact_every),
+            ("eclipse_max_neurons", eclipse_max_neurons),
             ("sdp_max_neurons", sdp_max_neurons),
             ("exact_max_neurons", exact_max_neurons),
         ):
@@ -234,7 +237,8 @@ class LipschitzCallback(Callback):
             optimised_top_m,
             optimised_steps,
         )
-        self.upper_eclipse, self.sdp_every, self.sdp_max_neurons = upper_eclipse, sdp_every, sdp_max_neurons
+        self.upper_eclipse, self.eclipse_max_neurons = upper_eclipse, eclipse_max_neurons
+        self.sdp_every, self.sdp_max_neurons = sdp_every, sdp_max_neurons
         self.exact_every, self.exact_time_limit, self.exact_max_neurons = (
             exact_every,
             exact_time_limit,
@@ -291,6 +295,7 @@ class LipschitzCallback(Callback):
         self._upper = UpperBoundTracker(certified=self.upper_certified)
         self._mlp_bounds = MLPBoundsTracker(
             self.upper_eclipse,
+            self.eclipse_max_neurons,
             self.sdp_every,
             self.sdp_max_neurons,
             self.exact_every,

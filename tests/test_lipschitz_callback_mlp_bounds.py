@@ -175,6 +175,16 @@ def test_too_large_and_smooth_activations_are_not_available(tmp_path):
     )
     assert all("lipschitz/upper_eclipse" in h for h in callback.history)  # ECLipsE handles tanh
     assert not any({"lipschitz/upper_sdp", "lipschitz/exact"} & set(h) for h in callback.history)
+    callback = LipschitzCallback(eclipse_max_neurons=10, exact_every=1, exact_max_neurons=10, progress_bar=False)
+    _, unavailable = fit(tmp_path, TemperedMLP(widths=(6, 5)), callback)
+    _one_warning_per_bound(
+        unavailable,
+        {
+            "lipschitz/upper_eclipse": "11 hidden neurons > eclipse_max_neurons=10",
+            "lipschitz/exact": "11 hidden neurons > exact_max_neurons=10",
+        },
+    )
+    assert not any({"lipschitz/upper_eclipse", "lipschitz/exact"} & set(h) for h in callback.history)
 
 
 def test_missing_cvxpy_is_not_available(tmp_path, monkeypatch):
@@ -192,7 +202,9 @@ def test_network_option_measures_the_sequential_itself(tmp_path):
     assert callback.last_metrics["lipschitz/upper_eclipse"] == pytest.approx(eclipse_fast(model.net), rel=1e-6)
 
 
-@pytest.mark.parametrize("option", ["sdp_every", "exact_every", "sdp_max_neurons", "exact_max_neurons"])
+@pytest.mark.parametrize(
+    "option", ["sdp_every", "exact_every", "eclipse_max_neurons", "sdp_max_neurons", "exact_max_neurons"]
+)
 def test_bad_options_are_one_line_errors(option):
     with pytest.raises(ValueError, match=option):
         LipschitzCallback(**{option: -1})
