@@ -13,6 +13,8 @@ gets "not available". The bounds of the measured function are then |tau| times t
     lipschitz/exact_lower     when the time limit cut the search: a Jacobian norm at a verified point (errs low)
     lipschitz/exact_upper       and a certified upper bound (errs high); then lipschitz/exact is not logged
 
+A metric is logged only at the measurements where it ran, so a run's final lipschitz/exact (results.json's last
+value) is that of the last measurement where the search finished: a later cut one logged exact_lower / _upper.
 All are global (over all of R^n, not only the data) and in the Euclidean norm, like the other bounds. Every
 rank computes them from its own copy of the (identical) weights; ECLipsE-Fast and LipSDP are deterministic,
 the exact search's time limit is not, so its ends are reduced across ranks (max of the lower ends, min of the
