@@ -1,6 +1,7 @@
 """Lightning callbacks of lipschitz_dd. They work on any LightningModule: they import only lipschitz_dd.bounds
 (and the package's plain-Python contracts, lipschitz_dd.run_folder and lipschitz_dd.epoch_axis)."""
 
+from lipschitz_dd.callbacks.evolution import EvolutionBound
 from lipschitz_dd.callbacks.lipschitz import LipschitzCallback
 from lipschitz_dd.callbacks.point_sets import (
     InterpolatedPoints,
@@ -15,6 +16,7 @@ from lipschitz_dd.callbacks.snapshot import FunctionSnapshot
 from lipschitz_dd.callbacks.stopping import GradNormStopping
 
 __all__ = [
+    "EvolutionBound",
     "FunctionSnapshot",
     "GradNormStopping",
     "InterpolatedPoints",

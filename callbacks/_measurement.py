@@ -1,8 +1,10 @@
 """One pass of `LipschitzCallback` over its points: ||J(x)||_2 at the points of every point set, accumulated
-into one `LowerBoundStats` per set, plus the top training points for the optimised bound."""
+into one `LowerBoundStats` per set, plus the top training points for the optimised bound. The training points
+themselves go through the warm-started `TrainNorms` when one is given (see _warm.py)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 
 import torch
@@ -11,6 +13,7 @@ from torch import Tensor, nn
 
 from lipschitz_dd.bounds import LowerBoundStats, TopPoints, jacobian_spectral_norms
 from lipschitz_dd.callbacks._points import Key, PointSource
+from lipschitz_dd.callbacks._warm import TrainNorms
 from lipschitz_dd.callbacks.point_sets import PointSet
 
 Warn = Callable[[str, str], None]
@@ -75,10 +78,13 @@ def measure_point_sets(
     generator: torch.Generator,
     top: TopPoints | None = None,
     progress: Callable[[int], object] = lambda n: None,
+    train_norms: TrainNorms | None = None,
 ) -> dict[str, LowerBoundStats]:
     """This rank's statistics of ||J|| over the points of every set ({name: stats}), in one pass over each
     source ("train", then "test"); `top` (if given) collects the training points with the largest norms.
-    Within a batch the sets run in list order, so the random points depend only on the generator's seed."""
+    Within a batch the sets run in list order, so the random points depend only on the generator's seed.
+    With `train_norms`, the norms of the training points themselves (and of the top points) come from it,
+    and the sets that use them get its statistics (`WarmStats`: the refined max, avg_tol)."""
     stats = {s.name: LowerBoundStats() for s in point_sets}
     model = norms.model
     for kind in ("train", "test"):
@@ -89,10 +95,14 @@ def measure_point_sets(
             continue
         for point_set in sets:
             point_set.start(source.num_points)
-        for x, y in source.batches(device):
+        warm = train_norms if kind == "train" else None
+        if warm is not None:
+            warm.begin()
+        of_data: set[str] = set()  # the sets whose points are the data themselves (statistics from `warm`)
+        for x, y, indices in source.indexed_batches(device):
             x_norms = None
             if collect_top:
-                x_norms = norms(x)
+                x_norms = norms(x) if warm is None else warm(model, x, indices)
                 top.add(x, x_norms)
             predicted = None
             for point_set in sets:
@@ -104,11 +114,18 @@ def measure_point_sets(
                     labels = predicted
                 made = point_set.points(x, labels, model, generator)
                 if made is x and type(point_set).norms is PointSet.norms:  # the data: their norms once per batch
-                    x_norms = norms(x) if x_norms is None else x_norms
-                    stats[point_set.name].update(x_norms)
+                    if x_norms is None:
+                        x_norms = norms(x) if warm is None else warm(model, x, indices)
+                    if warm is None:
+                        stats[point_set.name].update(x_norms)
+                    of_data.add(point_set.name)
                     continue
                 for chunk in [made] if isinstance(made, Tensor) else made:
                     if len(chunk):
                         stats[point_set.name].update(point_set.norms(model, chunk, norms))
             progress(len(x))
+        if warm is not None:
+            warm_stats = warm.finish(model)
+            for name in of_data:
+                stats[name] = copy.copy(warm_stats)
     return stats

@@ -1,7 +1,10 @@
 """Where the callback's measurement points come from: batches of any user's loader, or explicit tensors.
 
 A `PointSource` yields `(x, y)` batches (y may be None) on a device, one batch in memory at a time, always the
-same samples in the same order (a seeded subset), and under DDP only this rank's share of them.
+same samples in the same order (a seeded subset), and under DDP only this rank's share of them. `indexed_batches`
+adds each point's stable index (the same point gets the same index at every measurement): its row in an explicit
+tensor or its index in a map-style dataset, or its running position in a stream (which must yield the same
+samples in the same order each time for the index to mean the same point).
 """
 
 from __future__ import annotations
@@ -123,16 +126,32 @@ def seeded_subset(n: int, max_samples: int | None, seed: int) -> Tensor:
 
 
 class PointSource:
-    """Batches `(x, y)` of the points one rank measures. Build it with `from_tensors` or `from_loader`."""
+    """Batches `(x, y)` of the points one rank measures. Build it with `from_tensors` or `from_loader`.
 
-    def __init__(self, batches: Callable[[], Iterator[tuple[Tensor, Tensor | None]]], num_points: int | None):
+    `batches()` yields `(x, y)`, or `(x, y, indices)` when the source was built with `indexed=True` (the
+    factories do); `indices` [b] int64 are the points' stable indices (see the module doc)."""
+
+    def __init__(
+        self, batches: Callable[[], Iterator[tuple]], num_points: int | None, *, indexed: bool = False
+    ) -> None:
         self._batches = batches
+        self._indexed = indexed
         self.num_points = num_points  # this rank's number of points, None if unknown (a stream)
 
     def batches(self, device: torch.device) -> Iterator[tuple[Tensor, Tensor | None]]:
         """This rank's points, one batch at a time, moved to `device`."""
-        for x, y in self._batches():
-            yield x.to(device), (y.to(device) if isinstance(y, Tensor) else None)
+        for x, y, _ in self.indexed_batches(device):
+            yield x, y
+
+    def indexed_batches(self, device: torch.device) -> Iterator[tuple[Tensor, Tensor | None, Tensor]]:
+        """`(x, y, indices)`: `batches` with the points' stable indices [b] (int64, CPU); a source built
+        without them numbers its points by their running position."""
+        position = 0
+        for batch in self._batches():
+            x, y = batch[0], batch[1]
+            indices = batch[2] if self._indexed else torch.arange(position, position + len(x))
+            position += len(x)
+            yield x.to(device), (y.to(device) if isinstance(y, Tensor) else None), indices
 
     @classmethod
     def from_tensors(
@@ -151,11 +170,11 @@ class PointSource:
             raise ValueError(f"LipschitzCallback: {len(x)} points but {len(y)} labels")
         indices = seeded_subset(len(x), max_samples, seed)[rank::world_size]
 
-        def batches() -> Iterator[tuple[Tensor, Tensor | None]]:
+        def batches() -> Iterator[tuple[Tensor, Tensor | None, Tensor]]:
             for chunk in indices.split(batch_size):
-                yield x[chunk], (y[chunk] if y is not None else None)
+                yield x[chunk], (y[chunk] if y is not None else None), chunk
 
-        return cls(batches, len(indices))
+        return cls(batches, len(indices), indexed=True)
 
     @classmethod
     def from_loader(
@@ -191,7 +210,15 @@ class PointSource:
                 collate_fn=getattr(loader, "collate_fn", None),
                 num_workers=0,
             )
-            return cls(lambda: (split(b) for b in subset_loader), len(indices))
+
+            def subset_batches() -> Iterator[tuple[Tensor, Tensor | None, Tensor]]:
+                position = 0
+                for batch in subset_loader:
+                    x, y = split(batch)
+                    yield x, y, torch.as_tensor(indices[position : position + len(x)], dtype=torch.int64)
+                    position += len(x)
+
+            return cls(subset_batches, len(indices), indexed=True)
 
         def stream() -> Iterator[tuple[Tensor, Tensor | None]]:
             remaining = max_samples

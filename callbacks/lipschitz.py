@@ -6,8 +6,11 @@ local Lipschitz constant at x is ||J(x)||_2, the largest singular value of the i
 runs with the model in eval mode, autograd on, parameters frozen, the global RNG streams saved and restored, so
 training is bit-identical with and without the callback. Logged metrics:
 
-    lipschitz/lower         max_{x in train} ||J(x)||_2                a guaranteed lower bound of Lip(f)
-    lipschitz/avg, /rms     mean and root-mean-square of ||J(x)||_2    over train; not bounds
+    lipschitz/lower         max_{x in train} ||J(x)||_2                a guaranteed lower bound of Lip(f);
+                            the exact max also with method="warm" (its candidates are computed exactly)
+    lipschitz/avg, /rms     mean and root-mean-square of ||J(x)||_2    over train; not bounds (warm: err low)
+    lipschitz/avg_tol       mean relative change of the warm estimates' last iteration (0 = exact values):
+                            about how much avg and rms may still be too low
     lipschitz/lower_test    max over the test points                   a lower bound
     lipschitz/lower_interp  max over random convex combinations of pairs of train points   a lower bound
     lipschitz/lower_noise   max over Gaussian-perturbed train points   a lower bound
@@ -25,6 +28,15 @@ training is bit-identical with and without the callback. Logged metrics:
     lipschitz/seconds       wall time of the measurement (max over ranks)
     params/dist_init        ||theta - theta_0||_2
     params/path_length      sum of ||theta_{t+1} - theta_t||_2 over consecutive measurements
+
+Training points (`method`, see _warm.py): one estimator per process, kept for the whole run, computes ||J(x)||_2
+at the training points. "exact" forms the K x d Jacobian (K backward passes per point, K logits); "warm" starts
+each point from the top singular vectors it kept for that point (found again by the point's stable index) and
+runs 1-3 block iterations, then refines the candidates for the max and computes the largest exactly: every value
+errs low, the max is the exact method's. "auto" (default) takes exact for K <= 16, where it is as fast, and
+warm above; `last_method` and results.json's "measurement" entry say which ran and why. The other point sets
+and the optimised bound use `jacobian_method`. Every measurement runs in float32 with autocast off, so a model
+trained with precision="16-mixed" / "bf16-mixed" gets the values of its float32 weights.
 
 Point sets (`callbacks/point_sets.py`): each lower bound over points is a `PointSet` object (name, source data,
 how it makes points from a batch); the keyword flags `test`, `interp`, `noise`, `pgd` switch the built-in ones
@@ -50,7 +62,10 @@ no `forward` without `network=`) gets one warning saying why and no lipschitz/* 
 Points: explicit tensors, else the datamodule's in-memory `train_x`/`test_x`, else the samples of the loaders
 (any batch format: tensors, tuples, dicts, or `get_input`), always the same seeded subset (`max_samples`),
 one batch in memory at a time. Under DDP each rank measures its share of the points and the `LowerBoundStats`
-of every set are reduced across ranks (maxima max-reduced, means from summed sums and counts).
+of every set are reduced across ranks (maxima max-reduced, means and avg_tol from summed sums and counts); each
+rank keeps the warm-start vectors of its own points, all ranks choose the method with the smallest free memory
+of any rank. A checkpoint holds rank 0's vectors: on resume rank 0 continues warm, the other ranks start their
+points afresh (one exact or longer measurement; the max is unaffected).
 `callback.last_metrics` holds the latest values, `callback.history` all of them (`{"epoch": e, metric: value}`),
 e.g. for notebooks (a callback reused for another fit starts afresh; resuming from a checkpoint restores its
 state):
@@ -58,8 +73,9 @@ state):
     trainer = Trainer(callbacks=[LipschitzCallback(every_n_epochs=5, test=True)])
 
 Modules: point_sets.py (what is measured), _points.py (where points come from), _measurement.py (one pass over
-the points), _upper.py (the upper bound), _schedule.py (when), _logging.py (the rows), _distributed.py (DDP),
-_mlp_bounds.py (ECLipsE-Fast, LipSDP, exact constant of MLPs), _trajectory.py (parameter distances), _isolation.py (no trace on training); this file wires them to the hooks.
+the points), _warm.py (the training points' estimator), _upper.py (the upper bound), _mlp_bounds.py (ECLipsE-Fast,
+LipSDP, exact constant of MLPs), _schedule.py (when), _logging.py (the rows), _distributed.py (DDP), _trajectory.py
+(parameter distances), _isolation.py (no trace on training); this file wires them to the hooks.
 """
 
 from __future__ import annotations
@@ -79,6 +95,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lipschitz_dd.bounds import LowerBoundStats, TopPoints, optimised_lower_bound
+from lipschitz_dd.bounds.jacobian import float32_measurement
+from lipschitz_dd.bounds.warm_lower import WARM_METHODS, MethodChoice, free_memory_bytes
 from lipschitz_dd.callbacks._distributed import reduce_across_ranks, reduce_stats
 from lipschitz_dd.callbacks._isolation import measurement_mode, preserved_rng_state
 from lipschitz_dd.callbacks._logging import log_epoch_row, write_row
@@ -89,6 +107,7 @@ from lipschitz_dd.callbacks._points import Key, PointSource, resolve_source
 from lipschitz_dd.callbacks._schedule import Schedule
 from lipschitz_dd.callbacks._trajectory import ParameterTrajectory, flat_parameters
 from lipschitz_dd.callbacks._upper import UpperBoundTracker
+from lipschitz_dd.callbacks._warm import TrainNorms
 from lipschitz_dd.callbacks.point_sets import (
     InterpolatedPoints,
     NoisePoints,
@@ -145,7 +164,13 @@ class LipschitzCallback(Callback):
             (lipschitz_dd's datamodules do), else the samples of its loaders: training points from
             `datamodule.train_dataloader()` (else `trainer.train_dataloader`), test points from the first
             validation loader (else the test loader).
-        jacobian_method: passed to `jacobian_spectral_norms`.
+        jacobian_method: passed to `jacobian_spectral_norms` (all points except the training points themselves,
+            and the optimised bound).
+        method: how ||J(x)||_2 is computed at the training points (lipschitz/lower, /avg, /rms, /avg_tol): "exact"
+            (K VJPs per point for K logits), "warm" (warm-started block iteration from vectors kept per point
+            across measurements, the candidates for the max refined and the largest computed exactly, so
+            lipschitz/lower is the exact method's; avg and rms err low by about avg_tol), or "auto": exact for
+            K <= 16 (as fast there), warm above. The choice is in `last_method` and results.json.
         progress_bar: show a tqdm bar for measurements that take longer than 2 seconds.
         network: dotted attribute path of the submodule that maps inputs to logits, for modules that call e.g.
             `self.model(x)` in `training_step` (default: `pl_module` itself).
@@ -195,6 +220,7 @@ class LipschitzCallback(Callback):
         test_points: Tensor | None = None,
         test_labels: Tensor | None = None,
         jacobian_method: Literal["auto", "exact", "iterative"] = "auto",
+        method: Literal["auto", "exact", "warm"] = "auto",
         progress_bar: bool = True,
         network: str | None = None,
         output: Key | None = None,
@@ -221,6 +247,8 @@ class LipschitzCallback(Callback):
                 raise ValueError(f"LipschitzCallback: {name} must be a non-negative integer, got {value!r}")
         if not exact_time_limit > 0:
             raise ValueError(f"LipschitzCallback: exact_time_limit must be > 0 seconds, got {exact_time_limit!r}")
+        if method not in WARM_METHODS:
+            raise ValueError(f"LipschitzCallback: method must be one of {WARM_METHODS}, got {method!r}")
         if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
             raise ValueError(f"LipschitzCallback: max_samples must be a positive integer or None, got {max_samples!r}")
         # the built-in point sets check their own arguments, also when switched off
@@ -248,7 +276,7 @@ class LipschitzCallback(Callback):
         self.input_key, self.label_key, self.get_input, self.get_label = input_key, label_key, get_input, get_label
         self.train_points, self.train_labels = train_points, train_labels
         self.test_points, self.test_labels = test_points, test_labels
-        self.jacobian_method = jacobian_method
+        self.jacobian_method, self.method = jacobian_method, method
         self.progress_bar = progress_bar
         self.network, self.output = network, output
         self.point_sets = list(point_sets or [])
@@ -303,6 +331,9 @@ class LipschitzCallback(Callback):
             self.exact_max_neurons,
         )
         self._mlp_bounds_last_epoch: int | None = None  # the epoch whose measurement ran them as the last one
+        # one warm-started estimator of the training points' norms per process, kept across measurements
+        self._train_norms = TrainNorms(self.method, chunk_size=self.batch_size, seed=self.seed, warn=self._warn_once)
+        self._rank = 0  # this process's global rank (set in setup): whose per-point vectors it holds
         self._measurements = 0
         self._last_measured_epoch: int | None = None
         self._row_epoch: int | None = None  # the epoch whose row got its step from this callback
@@ -334,6 +365,7 @@ class LipschitzCallback(Callback):
         if stage == TrainerFn.FITTING or self._module is None or self._module() is not pl_module:
             self._reset_run_state()
         self._module = weakref.ref(pl_module)
+        self._rank = trainer.global_rank
         self._sources = {}  # each fit/validate/test resolves its own data
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -403,7 +435,7 @@ class LipschitzCallback(Callback):
         if model is None:
             return {}
         point_sets = self.measured_point_sets()
-        with preserved_rng_state(), measurement_mode(pl_module):
+        with preserved_rng_state(), measurement_mode(pl_module), float32_measurement():  # autocast off
             finite_params = all(bool(torch.isfinite(p).all()) for p in pl_module.parameters())
             try:
                 stats = self._measure_points(trainer, model, point_sets, epoch, finite_params)
@@ -466,11 +498,18 @@ class LipschitzCallback(Callback):
         generator = torch.Generator().manual_seed(seed)  # CPU: the bounds engine draws on it
         norms = JacobianNorms(model, self.jacobian_method, self._warn_once)
         top = TopPoints(self.optimised_top_m) if run_opt else None
+        budget = None  # every rank must choose the same method: the smallest free memory of all ranks
+        if trainer.world_size > 1:
+            free = free_memory_bytes(trainer.strategy.root_device) // 4
+            budget = int(reduce_across_ranks(trainer, {"budget": free}, {"budget": "min"})["budget"])
+        self._train_norms.memory_budget_bytes = budget
         total = sum(s.num_points or 0 for s in sources.values() if s is not None)
         disable = not (self.progress_bar and trainer.is_global_zero)
         with tqdm(total=total or None, desc="Lipschitz", unit="pt", leave=False, delay=2.0, disable=disable) as bar:
             device = trainer.strategy.root_device
-            stats = measure_point_sets(norms, point_sets, sources, device, generator, top, progress=bar.update)
+            stats = measure_point_sets(
+                norms, point_sets, sources, device, generator, top, progress=bar.update, train_norms=self._train_norms
+            )
         if top is not None:  # no top points on this rank: count 0, left out of the reduced max
             stats[OPTIMISED] = LowerBoundStats()
             if top.points is not None:
@@ -597,9 +636,32 @@ class LipschitzCallback(Callback):
                 f"probably diverged); logging them as they are: {bad}",
             )
 
+    @property
+    def last_method(self) -> MethodChoice | None:
+        """How the training points' norms were computed at the last measurement: `.method` ("exact" / "warm")
+        and `.reason` (why "auto" chose it), `.n_outputs` K; None before the first."""
+        return self._train_norms.choice
+
+    def results_extra(self) -> dict[str, Any]:
+        """Entries for the run's results.json (read by `ResultsWriter`): {"measurement": {"method", "reason",
+        "requested", "n_outputs"}} once a measurement chose its method, else {}."""
+        choice = self.last_method
+        if choice is None:
+            return {}
+        return {
+            "measurement": {
+                "method": choice.method,
+                "reason": choice.reason,
+                "requested": self.method,
+                "n_outputs": choice.n_outputs,
+            }
+        }
+
     def state_dict(self) -> dict[str, Any]:
         """theta_0, previous theta and path length; the upper-bound warm-start state; the subset seed; counters
-        and the history of measurements; the state of the user's point sets that have one."""
+        and the history of measurements; the state of the user's point sets that have one; the training points'
+        warm-start vectors of this rank (a checkpoint holds rank 0's: on resume rank 0 gets them back, other
+        ranks start their points cold, which costs one slower measurement and changes no max)."""
         return {
             "seed": self.seed,
             "trajectory": self._trajectory.state_dict(),
@@ -608,6 +670,7 @@ class LipschitzCallback(Callback):
             "last_measured_epoch": self._last_measured_epoch,
             "history": list(self.history),
             "point_sets": {s.name: s.state_dict() for s in self.point_sets if s.state_dict()},
+            "train_norms": {"rank": self._rank, "state": self._train_norms.state_dict()},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -623,3 +686,6 @@ class LipschitzCallback(Callback):
         for point_set in self.point_sets:
             if point_set.name in saved:
                 point_set.load_state_dict(saved[point_set.name])
+        warm = state_dict.get("train_norms")  # absent in checkpoints of earlier versions
+        if warm is not None and warm["rank"] == self._rank:  # another rank's vectors belong to other points
+            self._train_norms.load_state_dict(warm["state"])

@@ -101,7 +101,8 @@ class ResultsWriter(Callback):
     Status: "diverged" if the module or a callback set `diverged = True`, or if the final train/loss exceeds
     DIVERGENCE_FACTOR times its first logged value (the run blew up but stayed finite); "stopped_converged" if a
     callback set `converged = True`; "interrupted" on Ctrl-C (SIGINT) or SIGTERM (`signal` says which);
-    "failed" on any other exception; else "finished".
+    "failed" on any other exception; else "finished". A callback with a `results_extra()` method adds the
+    top-level entries it returns (LipschitzCallback: "measurement", the method its lower bounds used).
     """
 
     def __init__(self, run_dir: str | None = None, config: dict[str, Any] | None = None) -> None:
@@ -184,6 +185,10 @@ class ResultsWriter(Callback):
         )
         if self.signal is not None:
             results.extra["signal"] = self.signal
+        for callback in trainer.callbacks:  # entries other callbacks add, e.g. LipschitzCallback's "measurement"
+            extra = getattr(callback, "results_extra", None)
+            if callable(extra) and callback is not self:
+                results.extra.update(extra())
         write_results(run_dir, results)
         self.status = status
         self._written = True

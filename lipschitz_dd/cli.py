@@ -5,6 +5,7 @@
     lipschitz-dd fit --config configs/cnn_cifar10.yaml --print_config
     lipschitz-dd sweep sweeps/fcn_mnist1d_dd.yaml --workers 2
     lipschitz-dd report sweeps_out/fcn_mnist1d_dd
+    lipschitz-dd reproduce [NAME [--quick]]
 
 Lightning is imported only for fit/validate/test, so `sweep status` and `report` start quickly.
 """
@@ -17,7 +18,7 @@ import warnings
 from argparse import ArgumentError
 from pathlib import Path
 
-# `lipschitz-dd fit` with no config and no model/data: paper.md's cheap double-descent setting at width 256.
+# `lipschitz-dd fit` with no config and no model/data: the study's cheap double-descent setting at width 256.
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 
 
@@ -89,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         from lipschitz_dd.report.cli import main as report_main
 
         return report_main(argv[1:]) or 0
+    if argv and argv[0] == "reproduce":
+        from lipschitz_dd.reproduce.cli import main as reproduce_main
+
+        return reproduce_main(argv[1:]) or 0
     threads = os.environ.get("TORCH_NUM_THREADS")
     if threads:
         import torch

@@ -70,7 +70,8 @@ class RunResults:
     final / max: each metric's last value and its maximum over finite values; epochs and global_step: where
     training stopped (None: not recorded); seconds: wall-clock time of fit; versions: package versions; error: the reason of a failed
     or interrupted run. Keys this class does not know (written by other tools, e.g. the sweep runner's
-    ``written_by``) are kept in ``extra`` and written back unchanged.
+    ``written_by``, or LipschitzCallback's ``measurement``: {"method", "reason", "requested", "n_outputs"} of
+    its training-point norms) are kept in ``extra`` and written back unchanged.
     """
 
     status: str

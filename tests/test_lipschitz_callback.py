@@ -53,6 +53,7 @@ ALL_KEYS = {
     "lipschitz/lower",
     "lipschitz/avg",
     "lipschitz/rms",
+    "lipschitz/avg_tol",
     "lipschitz/upper",
     "lipschitz/upper_available",
     "lipschitz/lower_test",

@@ -12,6 +12,7 @@ from lipschitz_dd.bounds.exact import ExactLipschitz, exact_lipschitz
 from lipschitz_dd.bounds.jacobian import (
     PowerIterationResult,
     SingularTriplets,
+    float32_measurement,
     jacobian_rows,
     jacobian_spectral_norms,
     power_iteration_spectral_norms,
@@ -32,6 +33,15 @@ from lipschitz_dd.bounds.points import (
     project_to_box,
 )
 from lipschitz_dd.bounds.upper import LayerConstant, UpperBoundEstimator, UpperBoundResult, upper_bound
+from lipschitz_dd.bounds.warm_lower import (
+    LeftVectorStore,
+    MethodChoice,
+    WarmBatchResult,
+    WarmLowerBound,
+    WarmLowerResult,
+    choose_method,
+    warm_spectral_norms,
+)
 
 __all__ = [
     "LayerConstant",
@@ -70,4 +80,49 @@ __all__ = [
     "eclipse_fast",
     "LipSDPResult",
     "lipsdp_neuron",
+    "LeftVectorStore",
+    "MethodChoice",
+    "WarmBatchResult",
+    "WarmLowerBound",
+    "WarmLowerResult",
+    "choose_method",
+    "float32_measurement",
+    "warm_spectral_norms",
+]
+
+# Issue 13 measurements (linearisation check, evolution bound, softmax outputs, lower-bound diagnostics)
+from lipschitz_dd.bounds.diagnostics import (  # noqa: E402
+    CorrectnessSplit,
+    SubsampleError,
+    correctness_split,
+    finite_difference_ratio,
+    subsample_error,
+)
+from lipschitz_dd.bounds.evolution import (  # noqa: E402
+    data_radius,
+    evolution_bounds,
+    parameter_jacobian_norms,
+)
+from lipschitz_dd.bounds.hard_points import top_pair_midpoints  # noqa: E402
+from lipschitz_dd.bounds.linearisation import (  # noqa: E402
+    LinearisationCheck,
+    linearisation_check,
+    mixed_derivative_norms,
+)
+from lipschitz_dd.bounds.outputs import SoftmaxOutput  # noqa: E402
+
+__all__ += [
+    "CorrectnessSplit",
+    "LinearisationCheck",
+    "SoftmaxOutput",
+    "SubsampleError",
+    "correctness_split",
+    "data_radius",
+    "evolution_bounds",
+    "finite_difference_ratio",
+    "linearisation_check",
+    "mixed_derivative_norms",
+    "parameter_jacobian_norms",
+    "subsample_error",
+    "top_pair_midpoints",
 ]

@@ -19,6 +19,11 @@ within rounding distance of a kink can land in the neighbouring linear region, s
 implementations (e.g. batched vs per-sample convolutions) may disagree there by far more than 1e-6
 (seen: 3 % of random CIFAR-shaped points with CNN 20, by up to 1e-3); in float64 they agree to 1e-15.
 
+Mixed precision: every function here runs its forward and backward passes in float32 with autocast
+disabled on the CPU and CUDA (:func:`float32_measurement`), and casts float16 / bfloat16 inputs to
+float32, so a measurement under ``torch.autocast`` gives the values of the float32 model with the same
+weights (autocast keeps the weights in float32).
+
 Call ``model.eval()`` first: BatchNorm in training mode couples the samples of a batch, so a BatchNorm or
 Dropout layer in training mode raises ValueError. Parameter ``.grad`` is never touched: gradients are taken with respect to the input
 only. The functions enable autograd themselves, so they work under ``torch.no_grad()``, but not under
@@ -27,6 +32,8 @@ only. The functions enable autograd themselves, so they work under ``torch.no_gr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +73,14 @@ class PowerIterationResult:
     converged: bool
 
 
+@contextmanager
+def float32_measurement() -> Iterator[None]:
+    """Disable autocast on the CPU and CUDA inside the block (re-enabled on exit), so that a Jacobian
+    measurement taken during mixed-precision training runs in the parameters' own dtype (float32)."""
+    with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+        yield
+
+
 def check_autograd_available() -> None:
     """Raise a clear RuntimeError under ``torch.inference_mode`` (where no Jacobian can be taken)."""
     if torch.is_inference_mode_enabled():
@@ -102,6 +117,8 @@ def _input_leaf(x: Tensor) -> Tensor:
     if not x.is_floating_point():
         raise ValueError(f"inputs must be floating point to differentiate, got dtype {x.dtype}")
     leaf = x.detach()
+    if leaf.dtype in (torch.float16, torch.bfloat16):
+        leaf = leaf.float()
     if leaf.is_inference():
         leaf = leaf.clone()
     return leaf.requires_grad_(True)
@@ -109,12 +126,23 @@ def _input_leaf(x: Tensor) -> Tensor:
 
 def _flat_logits(model, x: Tensor) -> Tensor:
     check_eval_mode(model)
-    out = model(x)
+    out = model(_to_parameter_dtype(model, x))
     if not isinstance(out, Tensor):
         raise ValueError(f"model must return a Tensor of logits, got {type(out).__name__}")
     if out.dim() < 1 or out.shape[0] != x.shape[0]:
         raise ValueError(f"model output shape {tuple(out.shape)} does not have batch size {x.shape[0]} first")
     return out.reshape(x.shape[0], -1)
+
+
+def _to_parameter_dtype(model, x: Tensor) -> Tensor:
+    """x cast (differentiably) to the dtype of a model whose weights are float16 / bfloat16 themselves
+    (Lightning's "16-true" / "bf16-true" precision), which cannot take the float32 inputs used here."""
+    if isinstance(model, nn.Module):
+        for parameter in model.parameters():
+            if parameter.dtype in (torch.float16, torch.bfloat16) and parameter.dtype != x.dtype:
+                return x.to(parameter.dtype)
+            break
+    return x
 
 
 def jacobian_rows(model, x: Tensor) -> Tensor:
@@ -125,7 +153,7 @@ def jacobian_rows(model, x: Tensor) -> Tensor:
     logits depend on x_i only (true in eval mode).
     """
     check_autograd_available()
-    with torch.enable_grad():
+    with torch.enable_grad(), float32_measurement():
         leaf = _input_leaf(x)
         out = _flat_logits(model, leaf)
         batch, n_out = out.shape
@@ -152,7 +180,9 @@ def top_singular_from_jacobians(jac: Tensor, *, vectors: bool = False) -> Singul
     """
     batch, n_out, n_in = jac.shape
     wide = n_out <= n_in
-    gram = jac @ jac.mT if wide else jac.mT @ jac
+    with float32_measurement():  # under autocast the matrix product would run in bfloat16 / float16
+        jac = jac.float() if jac.dtype in (torch.float16, torch.bfloat16) else jac
+        gram = jac @ jac.mT if wide else jac.mT @ jac
     if not vectors:
         top = torch.linalg.eigvalsh(gram)[:, -1]
         empty = jac.new_empty(batch, 0)
@@ -200,7 +230,7 @@ def power_iteration_spectral_norms(
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     if tol < 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
-    with torch.enable_grad():
+    with torch.enable_grad(), float32_measurement():
         leaf = _input_leaf(x)
         out = _flat_logits(model, leaf)
         batch, n_in = leaf.shape[0], leaf[0].numel()

@@ -138,7 +138,7 @@ def _markdown(folder, summary: ReportSummary, tables: dict[str, pd.DataFrame], f
         RUNS_CSV: "Runs (final values)",
         MEANS_CSV: "Mean and standard deviation over seeds (completed runs)",
         SLOPES_CSV: f"Power-law exponents of the bounds (least squares on log-log, epochs >= {max(from_epoch, 1)})",
-        BIAS_VARIANCE_CSV: "Bias-variance (paper.md finding 3)",
+        BIAS_VARIANCE_CSV: "Bias-variance (the study's finding 3)",
     }
     lines = [
         f"# Report of `{folder}`",

@@ -9,19 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from lipschitz_dd.report.sandwich import exact_coverage, plot_sandwich, ratio_table, run_label
+from lipschitz_dd.reproduce.analysis import fmt, markdown_table
 from lipschitz_dd.reproduce.registry import Analysis, Finding, register
-
-
-def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _markdown(frame: pd.DataFrame) -> list[str]:
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    return lines + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
 
 
 def analyse(records, out: Path) -> Analysis:
@@ -40,7 +30,7 @@ def analyse(records, out: Path) -> Analysis:
         if table.empty:
             result.lines += ["(no measurement with the exact constant)", ""]
             continue
-        result.lines += [*_markdown(table), ""]
+        result.lines += [*markdown_table(table), ""]
         last = table.columns[2]
         by_bound = table.set_index("bound")[last]
         lower_end.append(float(by_bound.get("lipschitz/lower", float("nan"))))
@@ -49,15 +39,15 @@ def analyse(records, out: Path) -> Analysis:
         worst_lower, best_upper = min(lower_end), min(upper_end)
         if worst_lower >= 0.8 and best_upper >= 1.1:
             result.verdict = (
-                f"holds: at the end of training C_lower is >= {_fmt(worst_lower)} of the exact constant, "
-                f"C_upper >= {_fmt(best_upper)}x it"
+                f"holds: at the end of training C_lower is >= {fmt(worst_lower)} of the exact constant, "
+                f"C_upper >= {fmt(best_upper)}x it"
             )
         elif worst_lower >= 0.8:
             result.verdict = (
-                f"holds in part: C_lower is >= {_fmt(worst_lower)} of the exact constant, but C_upper is tight too"
+                f"holds in part: C_lower is >= {fmt(worst_lower)} of the exact constant, but C_upper is tight too"
             )
         else:
-            result.verdict = f"does not hold here: C_lower is only {_fmt(worst_lower)} of the exact constant"
+            result.verdict = f"does not hold here: C_lower is only {fmt(worst_lower)} of the exact constant"
     return result
 
 

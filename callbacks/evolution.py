@@ -1,0 +1,122 @@
+"""EvolutionBound: logs the study's evolution bounds (Bounds 1 and 2) during training.
+
+    evolution/path_length  sum over every update s of ||theta_{s+1} - theta_s||_2 (measured in
+                           on_train_batch_end, so it is the full per-update path, not the polygon through
+                           checkpoints that params/path_length is)
+    evolution/c_theta      max over measured epochs and training points of ||d f / d theta (x)||_2
+    evolution/c_x0         C_lower at initialisation (max over the training points of ||J(x)||_2)
+    evolution/radius       r = max ||x - x'||_2 over the training points
+    evolution/bound1       (2 / r) c_theta path_length + c_x0
+    evolution/bound2       (2 / r) c_theta B eta t + c_x0 (B = clip_norm, eta = the largest lr seen, t updates)
+The formulas are in lipschitz_dd.bounds.evolution. Points: the datamodule's in-memory `train_x` (or the
+`points` argument), a seeded subset of `max_samples` of them.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
+
+from lipschitz_dd.bounds.evolution import (
+    data_radius,
+    evolution_bounds,
+    parameter_jacobian_norms,
+    path_length_step,
+)
+from lipschitz_dd.bounds.jacobian import jacobian_spectral_norms
+from lipschitz_dd.callbacks._points import datamodule_tensors, seeded_subset
+
+
+class EvolutionBound(Callback):
+    """Logs evolution/* (see the module doc) every `every_n_epochs` epochs, in `on_validation_epoch_end`
+    (the row of the test loss) or, without validation, in `on_train_epoch_end`.
+
+    Args:
+        every_n_epochs: measure C_theta and log the bounds at the end of every n-th epoch (and the last one).
+        clip_norm: the global gradient-norm clipping B of the run (None: Bound 2 is not logged).
+        max_samples: training points used for C_theta, C_x0 (a seeded subset); None = all.
+        batch_size: points per parameter-Jacobian batch (memory ~ batch_size x K x P numbers).
+        points: explicit training points (default: the datamodule's train_x).
+        seed: seed of the subset.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 10,
+        clip_norm: float | None = None,
+        max_samples: int | None = 1000,
+        batch_size: int = 64,
+        points: Tensor | None = None,
+        seed: int = 0,
+    ) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.every_n_epochs, self.clip_norm, self.max_samples = every_n_epochs, clip_norm, max_samples
+        self.batch_size, self.points, self.seed = batch_size, points, seed
+        self.path_length, self.steps, self.max_lr, self.c_theta = 0.0, 0, 0.0, 0.0
+        self.previous: dict[str, Tensor] = {}
+        self.c_x0 = self.radius = float("nan")
+        self._logged_epoch = -1
+
+    def _points(self, trainer: Trainer, device: torch.device) -> Tensor:
+        x = self.points if self.points is not None else datamodule_tensors(trainer, "train")[0]
+        if x is None:
+            raise ValueError("EvolutionBound needs training points: a datamodule with train_x, or `points`")
+        return x[seeded_subset(len(x), self.max_samples, self.seed)].to(device)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        x = self._points(trainer, pl_module.device)
+        self.previous = {name: p.detach().clone() for name, p in pl_module.named_parameters()}
+        self.radius = data_radius(x)
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.enable_grad():
+            self.c_x0 = max(float(jacobian_spectral_norms(pl_module, b).max()) for b in x.split(self.batch_size))
+            self.c_theta = self._c_theta(pl_module, x)
+        pl_module.train(was_training)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        self.path_length += path_length_step(self.previous, pl_module)
+        self.steps += 1
+        for optimizer in trainer.optimizers:
+            self.max_lr = max(self.max_lr, *(float(g["lr"]) for g in optimizer.param_groups))
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if (
+            not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING
+        ):  # inside fit: the same row as the test loss
+            self._measure_epoch_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._measure_epoch_end(trainer, pl_module)  # no-op when validation measured this epoch
+
+    def _measure_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        if self._logged_epoch == epoch or (epoch % self.every_n_epochs and not last and not trainer.should_stop):
+            return
+        self._logged_epoch = epoch
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.enable_grad():
+            self.c_theta = max(self.c_theta, self._c_theta(pl_module, self._points(trainer, pl_module.device)))
+        pl_module.train(was_training)
+        bound1, bound2 = evolution_bounds(
+            self.c_theta, self.path_length, self.radius, self.c_x0, self.clip_norm, self.max_lr, self.steps
+        )
+        metrics = {
+            "evolution/path_length": self.path_length,
+            "evolution/c_theta": self.c_theta,
+            "evolution/c_x0": self.c_x0,
+            "evolution/radius": self.radius,
+            "evolution/bound1": bound1,
+        }
+        if self.clip_norm is not None:
+            metrics["evolution/bound2"] = bound2
+        for name, value in metrics.items():
+            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
+
+    def _c_theta(self, pl_module: LightningModule, x: Tensor) -> float:
+        return max(float(parameter_jacobian_norms(pl_module, b).max()) for b in x.split(self.batch_size))

@@ -1,0 +1,84 @@
+"""Small numerical helpers shared by the findings' analyses (plain numpy/pandas on run records)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lipschitz_dd.report.records import RunRecord
+from lipschitz_dd.report.tables import runs_table
+
+BOUNDS = ("lipschitz/lower", "lipschitz/avg", "lipschitz/upper")
+METRICS = ("train/loss", "train/acc", "test/loss", "test/acc", *BOUNDS)
+
+
+@dataclass(frozen=True)
+class LogLogFit:
+    """log y = log c + slope * log x by least squares on the points with x, y > 0; r2 = R^2 of that fit."""
+
+    slope: float
+    r2: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.slope:.3g} (R^2 {self.r2:.2f}, {self.n} points)"
+
+
+def loglog_fit(x: Sequence[float], y: Sequence[float]) -> LogLogFit:
+    """The log-log slope and its R^2; NaN with fewer than two distinct usable x."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    lx, ly = np.log(x[keep]), np.log(y[keep])
+    if np.unique(lx).size < 2:
+        return LogLogFit(math.nan, math.nan, int(keep.sum()))
+    slope, intercept = np.polyfit(lx, ly, 1)
+    residual = ly - (slope * lx + intercept)
+    total = ((ly - ly.mean()) ** 2).sum()
+    r2 = 1.0 - (residual**2).sum() / total if total > 0 else 1.0
+    return LogLogFit(float(slope), float(r2), int(keep.sum()))
+
+
+def completed_table(records: Sequence[RunRecord], axes: Sequence[str]) -> pd.DataFrame:
+    """One row per completed run: the config `axes` and the final value of each metric of METRICS."""
+    table = runs_table(records, list(axes), METRICS)
+    return table[table["status"].isin(("finished", "stopped_converged"))].reset_index(drop=True)
+
+
+def means(table: pd.DataFrame, by: Sequence[str], metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+    """Mean over seeds (the other columns) of `metrics`, one row per value of `by`."""
+    present = [m for m in metrics if m in table.columns]
+    return table.groupby(list(by), sort=True)[present].mean().reset_index()
+
+
+def initial_value(record: RunRecord, metric: str) -> float:
+    """The metric at epoch 0 (before the first update) from metrics.csv; NaN if not logged."""
+    frame = record.metrics
+    if metric not in frame.columns or 0 not in frame.index:
+        return math.nan
+    value = frame.loc[0, metric]
+    return float(value) if pd.notna(value) else math.nan
+
+
+def argmax_of(frame: pd.DataFrame, x: str, metric: str) -> Any:
+    """The value of `x` at the row where `metric` is largest (None if no value)."""
+    values = frame[metric].dropna() if metric in frame.columns else pd.Series(dtype=float)
+    return None if values.empty else frame.loc[values.idxmax(), x]
+
+
+def fmt(value: Any) -> str:
+    """A number with 4 significant digits (NaN as '-'), anything else as str."""
+    if isinstance(value, (float, np.floating)):
+        return "-" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(frame: pd.DataFrame) -> list[str]:
+    """`frame` as GitHub Markdown lines."""
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    return [header, rule] + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]

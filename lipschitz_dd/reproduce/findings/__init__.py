@@ -1,0 +1,16 @@
+"""The study's findings; importing this package registers them all (listed by their section numbers)."""
+
+from lipschitz_dd.reproduce.findings import (  # noqa: F401
+    axes,
+    bias_variance,
+    checkpoint_measures,
+    double_descent,
+    evolution,
+    evolution_bound,
+    heatmap,
+    linearisation,
+    pending,
+    sandwich,
+    toy2d,
+    training_options,
+)

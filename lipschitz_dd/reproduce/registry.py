@@ -1,0 +1,95 @@
+"""The catalogue of the study's findings: one `Finding` per claim, registered by name.
+
+A finding says what it tests (section, claim, the study's numbers), what it runs (a shipped sweep file with
+per-scale overrides of its parameters) and how its runs are read (`analyse`: run records -> figures and the
+numbers of `summary.md`). Add one by writing a module under lipschitz_dd/reproduce/findings/ that calls
+`register(Finding(...))`, and importing it in findings/__init__.py.
+
+Scales: "quick" (tens of seconds on one thread: CI smoke tests, a first look), "cpu" (the result that goes in
+docs/reproduction.md), "full" (the study's own scale, for a GPU machine or a W&B agent). A scale is only a dict
+of sweep parameter overrides ({"model.width": [8, 16], "trainer.max_epochs": 20}): the same finding at another
+scale differs in nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCALES = ("quick", "cpu", "full")
+
+
+@dataclass
+class Analysis:
+    """What `Finding.analyse` returns: the figures it wrote, Markdown lines of numbers, a short verdict."""
+
+    figures: list[Path] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    verdict: str = ""
+
+
+@dataclass
+class Finding:
+    """One finding of the study.
+
+    name: the CLI name (`lipschitz-dd reproduce NAME`). section: where the study makes the claim. number: its
+    section number in docs/reproduction.md ("5.2"); the catalogue is listed in that order.
+    claim: the claim in one line. paper: the study's numbers the summary compares with ({label: value}).
+    sweep: the shipped sweep file it runs (lipschitz_dd.shipped.resolve(name, "sweeps")). Or, for a finding
+    of a few runs, config: a shipped config, and parameters: the grid ({key: value or list of values}) of the
+    sweep generated around it. scales: {scale: {sweep parameter: value or list of values}} replacing the file's parameters.
+    cost: {scale: estimated CPU time here, in words}. analyse(records, out) -> Analysis, with `records` the run
+    records of the finding's sweep (lipschitz_dd.report.records.load_runs) and `out` its output folder.
+    needs: a feature that is missing today; a finding with `needs` refuses to run with one line.
+    """
+
+    name: str
+    section: str
+    claim: str
+    number: str = ""
+    paper: dict[str, Any] = field(default_factory=dict)
+    sweep: str | None = None
+    config: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    scales: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cost: dict[str, str] = field(default_factory=dict)
+    analyse: Callable[[Sequence[Any], Path], Analysis] | None = None
+    needs: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.needs is None and ((self.sweep is None) == (self.config is None) or self.analyse is None):
+            raise ValueError(f"finding {self.name!r}: give a sweep or a config, and analyse, or say what it needs")
+        unknown = set(self.scales) - set(SCALES)
+        if unknown:
+            raise ValueError(f"finding {self.name!r}: unknown scales {sorted(unknown)} (known: {SCALES})")
+
+
+_FINDINGS: dict[str, Finding] = {}
+
+
+def register(finding: Finding) -> Finding:
+    """Add `finding` to the catalogue (names are unique)."""
+    if finding.name in _FINDINGS:
+        raise ValueError(f"finding {finding.name!r} is registered twice")
+    _FINDINGS[finding.name] = finding
+    return finding
+
+
+def findings() -> list[Finding]:
+    """Every registered finding, in the order of their section numbers (the study's order)."""
+    import lipschitz_dd.reproduce.findings  # noqa: F401  (registers them)
+
+    def key(finding: Finding) -> tuple[int, ...]:
+        return tuple(int(part) for part in finding.number.split(".") if part.isdigit()) or (10**6,)
+
+    return sorted(_FINDINGS.values(), key=key)
+
+
+def get_finding(name: str) -> Finding:
+    """The finding called `name`; KeyError with the known names otherwise."""
+    known = {f.name: f for f in findings()}
+    if name not in known:
+        raise KeyError(f"no finding {name!r} (known: {', '.join(known)})")
+    return known[name]

@@ -1,0 +1,119 @@
+"""`lipschitz-dd reproduce`: the catalogue lists every finding, pending ones refuse in one line, every real
+finding's sweep is valid at every scale, and (slow) each real finding runs end to end at quick scale."""
+
+from __future__ import annotations
+
+import pytest
+
+from lipschitz_dd.cli import main
+from lipschitz_dd.reproduce import SCALES, findings, get_finding, run_finding, scaled_sweep
+from lipschitz_dd.sweep.config import validate_sweep_config
+
+# The study's findings and experiments (numbered findings 1-5 and every experiment described in detail),
+# plus the companion issue's training-side ones.
+EXPECTED = {
+    "evolution", "evolution_bound", "double_descent", "bias_variance", "heatmap", "optimizer", "loss", "depth",
+    "train_size", "toy2d", "lower_bound_diagnostics", "cnn_double_descent", "cnn_fashion_mnist_dd", "pairwise", "linearisation",
+    "out_of_distribution", "adversarial", "constrained", "jacobian_distributions", "regulariser", "softmax",
+    "dropout_weight_decay", "imagenet", "sandwich",
+}  # fmt: skip
+REAL = [f.name for f in findings() if not f.needs]
+
+
+def test_listing_names_every_finding(capsys):
+    assert main(["reproduce"]) == 0
+    listed = capsys.readouterr().out
+    assert EXPECTED <= {f.name for f in findings()}
+    for name in EXPECTED:
+        assert f"{name} " in listed
+    numbers = [f.number for f in findings()]
+    assert all(numbers) and len(set(numbers)) == len(numbers), "every finding has its own section number"
+    first_words = [line.split()[0] for line in listed.splitlines() if line and not line[0].isspace()]
+    positions = [first_words.index(f.name) for f in findings()]
+    assert positions == sorted(positions), "listed in the order of their section numbers"
+    for finding in findings():
+        assert finding.claim in listed
+        assert (f"needs: {finding.needs}" if finding.needs else f"cpu {finding.cost['cpu']}") in listed
+
+
+def test_pending_findings_refuse_in_one_line(capsys, tmp_path):
+    pending = [f for f in findings() if f.needs]
+    assert {"imagenet", "dropout_weight_decay", "pairwise"} <= {f.name for f in pending}
+    assert main(["reproduce", "imagenet", "--quick", "--out", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "needs:" in error
+    assert not any(tmp_path.iterdir())
+    assert main(["reproduce", "no_such_finding"]) == 1
+    assert "known:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_scaled_sweeps_are_valid_and_only_the_knobs_change(name):
+    finding = get_finding(name)
+    for scale in SCALES:
+        config = scaled_sweep(finding, scale)
+        validate_sweep_config(config, source=f"{name}/{scale}")
+        for key, value in finding.scales.get(scale, {}).items():
+            if key != "sweep":
+                assert config["parameters"][key] in (
+                    {"value": value},
+                    {"values": list(value)} if isinstance(value, list) else None,
+                )
+        config_path = config["command"][config["command"].index("--config") + 1]
+        assert config_path.startswith("/"), "shipped configs are resolved to absolute paths"
+    assert set(finding.cost) >= set(SCALES)
+
+
+@pytest.fixture(scope="module")
+def shared_folder(tmp_path_factory):
+    """One working folder for all quick runs: MNIST-1D is generated once per setting into its data/ cache."""
+    return tmp_path_factory.mktemp("reproduce_quick")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", REAL)
+def test_quick_scale_runs_end_to_end(name, shared_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(shared_folder)
+    summary = run_finding(get_finding(name), "quick", tmp_path / "out", progress=False)
+    text = summary.read_text()
+    assert "## Numbers here" in text and "## Verdict" in text
+    assert "failed this time" not in text
+    assert "(no verdict" not in text and "analysis failed" not in text
+    assert list(summary.parent.glob("*.png")), "every real finding draws a figure"
+
+
+def _fake_run(folder, config: dict, final: dict, initial: dict | None = None) -> None:
+    """A run folder as the training CLI writes it: results.json and metrics.csv (epoch 0 and the last epoch)."""
+    import json
+
+    folder.mkdir(parents=True)
+    payload = {"status": "finished", "config": config, "final": final, "max": {}, "epochs": 5, "seconds": 1.0}
+    (folder / "results.json").write_text(json.dumps(payload))
+    columns = sorted(final)
+    rows = [["step", *columns], [0, *[(initial or final)[c] for c in columns]], [5, *[final[c] for c in columns]]]
+    (folder / "metrics.csv").write_text("\n".join(",".join(map(str, row)) for row in rows) + "\n")
+
+
+def test_ratio_analysis_on_hand_made_runs(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for loss, scale in (("ce", 1.0), ("mse", 0.5)):
+        bounds = {"lipschitz/lower": 4 * scale, "lipschitz/avg": 2 * scale, "lipschitz/upper": 8.0}
+        _fake_run(runs / loss, {"model.loss": loss, "model.width": 16, "seed_everything": 0}, bounds)
+    assert main(["reproduce", "loss", "--runs", str(runs), "--out", str(tmp_path / "out")]) == 0
+    summary = (tmp_path / "out" / "loss" / "cpu" / "summary.md").read_text()
+    assert "| 16 | 0.5 | 0.5 | 1 |" in summary
+    assert "holds: C_lower with mse is smaller than with ce at every width" in summary
+
+
+def test_slope_analysis_recovers_a_power_law(tmp_path):
+    from lipschitz_dd.reproduce.run import analyse_folder
+
+    runs = tmp_path / "runs"
+    for depth in (1, 2, 4, 8):
+        final = {"lipschitz/lower": 3.0 * depth**2.0, "lipschitz/avg": depth**1.2, "lipschitz/upper": 5 * depth**3.3}
+        initial = {"lipschitz/lower": depth**-1.0, "lipschitz/avg": depth**-0.5, "lipschitz/upper": 2 * depth**0.1}
+        _fake_run(runs / f"d{depth}", {"model.depth": depth, "seed_everything": 0}, final, initial)
+    summary = analyse_folder(get_finding("depth"), "cpu", runs, tmp_path / "out").read_text()
+    assert "| at init | lipschitz/lower | -1 | 1 | 4 | - |" in summary
+    assert "| after training | lipschitz/upper | 3.3 | 1 | 4 | 3.3 |" in summary
+    assert "holds: all three bounds rise with model.depth" in summary
