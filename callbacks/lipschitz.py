@@ -21,6 +21,10 @@ training is bit-identical with and without the callback. Logged metrics:
                             per-layer norms by warm-started power iteration, which may err slightly low,
                             unless upper_certified=True (every layer constant a guaranteed upper bound)
     lipschitz/upper_available  1.0 / 0.0
+    lipschitz/upper_eclipse ECLipsE-Fast, MLPs only (every measurement)      a certified upper bound
+    lipschitz/upper_sdp     LipSDP-Neuron, small MLPs (every sdp_every-th)  a certified upper bound
+    lipschitz/exact         the exact constant of small ReLU MLPs (every exact_every-th), or when the time limit
+                            cut the search lipschitz/exact_lower and lipschitz/exact_upper (see _mlp_bounds.py)
     lipschitz/seconds       wall time of the measurement (max over ranks)
     params/dist_init        ||theta - theta_0||_2
     params/path_length      sum of ||theta_{t+1} - theta_t||_2 over consecutive measurements
@@ -69,9 +73,9 @@ state):
     trainer = Trainer(callbacks=[LipschitzCallback(every_n_epochs=5, test=True)])
 
 Modules: point_sets.py (what is measured), _points.py (where points come from), _measurement.py (one pass over
-the points), _warm.py (the training points' estimator), _upper.py (the upper bound), _schedule.py (when),
-_logging.py (the rows), _distributed.py (DDP), _trajectory.py (parameter distances), _isolation.py (no trace on
-training); this file wires them to the hooks.
+the points), _warm.py (the training points' estimator), _upper.py (the upper bound), _mlp_bounds.py (ECLipsE-Fast,
+LipSDP, exact constant of MLPs), _schedule.py (when), _logging.py (the rows), _distributed.py (DDP), _trajectory.py
+(parameter distances), _isolation.py (no trace on training); this file wires them to the hooks.
 """
 
 from __future__ import annotations
@@ -97,6 +101,8 @@ from lipschitz_dd.callbacks._distributed import reduce_across_ranks, reduce_stat
 from lipschitz_dd.callbacks._isolation import measurement_mode, preserved_rng_state
 from lipschitz_dd.callbacks._logging import log_epoch_row, write_row
 from lipschitz_dd.callbacks._measurement import JacobianNorms, measure_point_sets, measured_network
+from lipschitz_dd.callbacks._mlp_bounds import REDUCTIONS as MLP_REDUCTIONS
+from lipschitz_dd.callbacks._mlp_bounds import MLPBoundsTracker
 from lipschitz_dd.callbacks._points import Key, PointSource, resolve_source
 from lipschitz_dd.callbacks._schedule import Schedule
 from lipschitz_dd.callbacks._trajectory import ParameterTrajectory, flat_parameters
@@ -141,6 +147,15 @@ class LipschitzCallback(Callback):
             guaranteed upper bound) and lipschitz/upper_available.
         optimised_every, optimised_top_m, optimised_steps: lipschitz/lower_opt every k-th measurement
             (0 = never) by gradient ascent from the top-m training points.
+        upper_eclipse, eclipse_max_neurons: lipschitz/upper_eclipse (ECLipsE-Fast: milliseconds for a few hundred
+            neurons, ~0.5 s at 1,024) at every measurement, when the measured network is an MLP (itself, or its
+            `net` Sequential with output logit_temperature * net(x)) of at most eclipse_max_neurons hidden neurons.
+        sdp_every, sdp_max_neurons: lipschitz/upper_sdp (LipSDP-Neuron; needs cvxpy) at every k-th measurement and
+            the last one (0 = never), for MLPs of at most sdp_max_neurons hidden neurons.
+        exact_every, exact_time_limit, exact_max_neurons: lipschitz/exact (ReLU / LeakyReLU MLPs of at most
+            exact_max_neurons hidden neurons) at every k-th measurement and the last one (0 = never); a search cut
+            by exact_time_limit seconds logs the certified interval lipschitz/exact_lower / _upper instead.
+            A bound switched on that does not apply gets one warning "not available: <reason>" and no metric.
         track_params: params/dist_init and params/path_length.
         input_key, label_key, get_input, get_label: how to read inputs/labels from the user's batches
             (defaults: element 0/1 of a tuple, "x"/"input"/"image" and "y"/"label"/"target" of a dict).
@@ -189,6 +204,13 @@ class LipschitzCallback(Callback):
         optimised_every: int = 0,
         optimised_top_m: int = 8,
         optimised_steps: int = 50,
+        upper_eclipse: bool = True,
+        eclipse_max_neurons: int = 1024,
+        sdp_every: int = 0,
+        sdp_max_neurons: int = 100,
+        exact_every: int = 0,
+        exact_time_limit: float = 30.0,
+        exact_max_neurons: int = 256,
         track_params: bool = True,
         input_key: Key | None = None,
         label_key: Key | None = None,
@@ -213,9 +235,19 @@ class LipschitzCallback(Callback):
         ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"LipschitzCallback: {name} must be a positive integer, got {value!r}")
-        for name, value in (("dense_epochs", dense_epochs), ("optimised_every", optimised_every)):
+        for name, value in (
+            ("dense_epochs", dense_epochs),
+            ("optimised_every", optimised_every),
+            ("sdp_every", sdp_every),
+            ("exact_every", exact_every),
+            ("eclipse_max_neurons", eclipse_max_neurons),
+            ("sdp_max_neurons", sdp_max_neurons),
+            ("exact_max_neurons", exact_max_neurons),
+        ):
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"LipschitzCallback: {name} must be a non-negative integer, got {value!r}")
+        if not exact_time_limit > 0:
+            raise ValueError(f"LipschitzCallback: exact_time_limit must be > 0 seconds, got {exact_time_limit!r}")
         if method not in WARM_METHODS:
             raise ValueError(f"LipschitzCallback: method must be one of {WARM_METHODS}, got {method!r}")
         if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
@@ -233,6 +265,13 @@ class LipschitzCallback(Callback):
             optimised_every,
             optimised_top_m,
             optimised_steps,
+        )
+        self.upper_eclipse, self.eclipse_max_neurons = upper_eclipse, eclipse_max_neurons
+        self.sdp_every, self.sdp_max_neurons = sdp_every, sdp_max_neurons
+        self.exact_every, self.exact_time_limit, self.exact_max_neurons = (
+            exact_every,
+            exact_time_limit,
+            exact_max_neurons,
         )
         self.track_params = track_params
         self.input_key, self.label_key, self.get_input, self.get_label = input_key, label_key, get_input, get_label
@@ -283,6 +322,16 @@ class LipschitzCallback(Callback):
         self.history: list[dict[str, float]] = []  # every measurement of this run: {"epoch": e, metric: value}
         self._trajectory = ParameterTrajectory()
         self._upper = UpperBoundTracker(certified=self.upper_certified)
+        self._mlp_bounds = MLPBoundsTracker(
+            self.upper_eclipse,
+            self.eclipse_max_neurons,
+            self.sdp_every,
+            self.sdp_max_neurons,
+            self.exact_every,
+            self.exact_time_limit,
+            self.exact_max_neurons,
+        )
+        self._mlp_bounds_last_epoch: int | None = None  # the epoch whose measurement ran them as the last one
         # one warm-started estimator of the training points' norms per process, kept across measurements
         self._train_norms = TrainNorms(self.method, chunk_size=self.batch_size, seed=self.seed, warn=self._warn_once)
         self._rank = 0  # this process's global rank (set in setup): whose per-point vectors it holds
@@ -329,7 +378,7 @@ class LipschitzCallback(Callback):
         if trainer.sanity_checking:
             return
         if trainer.state.fn != TrainerFn.FITTING:  # trainer.validate(): one measurement of the current weights
-            log_epoch_row(pl_module, self.measure(trainer, pl_module, epoch=trainer.current_epoch), epoch=None)
+            log_epoch_row(pl_module, self.measure(trainer, pl_module, trainer.current_epoch, last=True), epoch=None)
             return
         if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return  # a mid-epoch validation (val_check_interval < 1): measure at the epoch's end only
@@ -343,10 +392,18 @@ class LipschitzCallback(Callback):
         if finished > 0 and self._last_measured_epoch != finished and self._last_measured_epoch is not None:
             # stopped after the epoch-end hooks ran (e.g. a callback set should_stop late): the final weights,
             # at the step of the last epoch's row
-            write_row(trainer, self.measure(trainer, pl_module, epoch=finished, record_trajectory=True), finished)
+            metrics = self.measure(trainer, pl_module, epoch=finished, record_trajectory=True, last=True)
+            write_row(trainer, metrics, finished)
+        elif (
+            (self.sdp_every or self.exact_every)
+            and finished > 0
+            and self._last_measured_epoch == finished
+            and self._mlp_bounds_last_epoch != finished
+        ):
+            self._last_mlp_bounds(trainer, pl_module, finished)  # measured without knowing it was the last
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        log_epoch_row(pl_module, self.measure(trainer, pl_module, epoch=trainer.current_epoch), epoch=None)
+        log_epoch_row(pl_module, self.measure(trainer, pl_module, trainer.current_epoch, last=True), epoch=None)
 
     def _epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """At the end of an epoch of fit (the validation row, then the training epoch's end): the measurement if
@@ -356,19 +413,24 @@ class LipschitzCallback(Callback):
         finished = trainer.current_epoch + 1
         log_step, self._row_epoch = self._row_epoch != finished, finished
         metrics: dict[str, float] = {}
-        if self._last_measured_epoch != finished and self.is_scheduled(
-            finished, last=Schedule.is_last_epoch(trainer, finished)
-        ):
-            metrics = self.measure(trainer, pl_module, epoch=finished, record_trajectory=True)
+        last = Schedule.is_last_epoch(trainer, finished)
+        if self._last_measured_epoch != finished and self.is_scheduled(finished, last=last):
+            metrics = self.measure(trainer, pl_module, epoch=finished, record_trajectory=True, last=last)
         if metrics or log_step:
             log_epoch_row(pl_module, metrics, epoch=finished)
 
     # ------------------------------------------------------------------ measurement
     def measure(
-        self, trainer: Trainer, pl_module: LightningModule, epoch: int, record_trajectory: bool = False
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        epoch: int,
+        record_trajectory: bool = False,
+        last: bool = False,
     ) -> dict[str, float]:
         """One measurement of the current parameters (all ranks must call it): returns the reduced metrics,
-        stores them in `last_metrics` and `history`. `record_trajectory` adds the parameters to the path."""
+        stores them in `last_metrics` and `history`. `record_trajectory` adds the parameters to the path;
+        `last`: the final measurement of the run (the scheduled MLP bounds, sdp_every / exact_every, run)."""
         start = time.perf_counter()
         model = measured_network(pl_module, self.network, self.output, self._warn_once)
         if model is None:
@@ -379,6 +441,7 @@ class LipschitzCallback(Callback):
             try:
                 stats = self._measure_points(trainer, model, point_sets, epoch, finite_params)
                 upper = self._measure_upper(trainer, model, finite_params) if self.upper else {}
+                mlp_bounds = self._measure_mlp_bounds(trainer, model, finite_params, last)
             except RuntimeError as error:
                 if "inference" in str(error).lower():
                     raise RuntimeError(
@@ -396,10 +459,11 @@ class LipschitzCallback(Callback):
         stats = reduce_stats(trainer, stats)
         scalars = reduce_across_ranks(
             trainer,
-            {**upper, "lipschitz/seconds": time.perf_counter() - start},
-            {"upper/value": "max", "upper/available": "min", "lipschitz/seconds": "max"},
+            {**upper, **mlp_bounds, "lipschitz/seconds": time.perf_counter() - start},
+            {"upper/value": "max", "upper/available": "min", "lipschitz/seconds": "max", **MLP_REDUCTIONS},
         )
         metrics = self._finalise(point_sets, stats, scalars)
+        metrics.update(self._mlp_bounds.metrics(scalars))
         if self.track_params:
             theta = flat_parameters(pl_module.parameters())
             if record_trajectory:
@@ -409,6 +473,8 @@ class LipschitzCallback(Callback):
         if record_trajectory:
             self._last_measured_epoch = epoch
             self._measurements += 1
+            if last:
+                self._mlp_bounds_last_epoch = epoch
         self._warn_non_finite(epoch, metrics)
         self.last_metrics = metrics
         self.history.append({"epoch": float(epoch), **metrics})
@@ -474,13 +540,40 @@ class LipschitzCallback(Callback):
                 )
         return {"upper/value": value, "upper/available": float(available)}
 
-    def _example_input(self, trainer: Trainer) -> Tensor | None:
-        """One input sample to trace the model with: the first training point, else the first test point."""
+    def _measure_mlp_bounds(
+        self, trainer: Trainer, model: nn.Module, finite_params: bool, last: bool
+    ) -> dict[str, float]:
+        """This rank's ECLipsE / LipSDP / exact scalars due at this measurement (see _mlp_bounds.py); none for
+        non-finite parameters (warned as non-finite by the other bounds)."""
+        if not finite_params or not self._mlp_bounds.enabled:
+            return {}
+        return self._mlp_bounds.compute(
+            model, lambda: self._example_input(trainer, 64), self._measurements, last, self._warn_once
+        )
+
+    def _last_mlp_bounds(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
+        """The MLP bounds scheduled at the last measurement, for final weights that were measured before the
+        run knew it would stop there (a stopping callback after this one): written to the loggers at the row of
+        `epoch` and added to the latest measurement."""
+        model = measured_network(pl_module, self.network, self.output, self._warn_once)
+        if model is None or not self.history:
+            return
+        with preserved_rng_state(), measurement_mode(pl_module):
+            finite_params = all(bool(torch.isfinite(p).all()) for p in pl_module.parameters())
+            local = self._measure_mlp_bounds(trainer, model, finite_params, last=True)
+        metrics = self._mlp_bounds.metrics(reduce_across_ranks(trainer, local, MLP_REDUCTIONS))
+        self._mlp_bounds_last_epoch = epoch
+        self.last_metrics.update(metrics)
+        self.history[-1].update(metrics)
+        write_row(trainer, metrics, epoch)
+
+    def _example_input(self, trainer: Trainer, n: int = 1) -> Tensor | None:
+        """The first `n` input samples (to trace the model with): training points, else test points."""
         for kind in ("train", "test"):
             source = self._source(trainer, kind)
             if source is not None:
                 for x, _ in source.batches(trainer.strategy.root_device):
-                    return x[:1]
+                    return x[:n]
         return None
 
     def _finalise(

@@ -38,7 +38,7 @@ def test_listing_names_every_finding(capsys):
 
 def test_pending_findings_refuse_in_one_line(capsys, tmp_path):
     pending = [f for f in findings() if f.needs]
-    assert {"imagenet", "sandwich", "dropout_weight_decay", "pairwise"} <= {f.name for f in pending}
+    assert {"imagenet", "dropout_weight_decay", "pairwise"} <= {f.name for f in pending}
     assert main(["reproduce", "imagenet", "--quick", "--out", str(tmp_path)]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "needs:" in error

@@ -10,6 +10,7 @@ from lipschitz_dd.reproduce.findings import (  # noqa: F401
     heatmap,
     linearisation,
     pending,
+    sandwich,
     toy2d,
     training_options,
 )

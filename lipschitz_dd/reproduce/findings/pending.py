@@ -49,13 +49,6 @@ _PENDING = [
         "combinations shift the norm distribution by < 2x.",
         "ImageNet on disk and a GPU (configs resnet50_imagenet, simplevit_imagenet and sweeps/imagenet_seeds.yaml exist)",
     ),
-    (
-        "sandwich",
-        "Exact constant vs bounds",
-        "For small ReLU MLPs the exact Lipschitz constant lies between C_lower and the certified upper bounds, "
-        "much closer to C_lower.",
-        "the exact Lipschitz constant of ReLU MLPs and LipSDP/ECLipsE bounds (companion issue)",
-    ),
 ]
 
 _NUMBERS = {
@@ -64,7 +57,6 @@ _NUMBERS = {
     "dropout_weight_decay": "5.6",
     "out_of_distribution": "6.2",
     "adversarial": "6.3",
-    "sandwich": "6.5",
     "imagenet": "8",
 }
 
