@@ -63,7 +63,8 @@ class MeasuredMLP:
 class MLPBoundsTracker:
     """Which MLP bounds run at a measurement, their values, and the one-time "not available" warnings.
 
-    eclipse: at every measurement, for MLPs of at most eclipse_max_neurons hidden neurons (its cost grows as the
+    eclipse: at every measurement (None: where the network qualifies, skipped silently elsewhere; True: also
+    warn once when it does not), for MLPs of at most eclipse_max_neurons hidden neurons (its cost grows as the
     cube of the widths: milliseconds at 256, ~0.5 s at 1,024, seconds at 2,048). sdp_every / exact_every: at every k-th measurement (counted from 0, the
     measurement at epoch 0) and at the last one; 0 = never. sdp_max_neurons / exact_max_neurons: the most hidden
     neurons (of the MLP normal form; an output activation counts as a hidden layer) for which they run.
@@ -71,7 +72,7 @@ class MLPBoundsTracker:
 
     def __init__(
         self,
-        eclipse: bool = True,
+        eclipse: bool | None = None,
         eclipse_max_neurons: int = 1024,
         sdp_every: int = 0,
         sdp_max_neurons: int = 100,
@@ -79,7 +80,8 @@ class MLPBoundsTracker:
         exact_time_limit: float = 30.0,
         exact_max_neurons: int = 256,
     ) -> None:
-        self.eclipse, self.eclipse_max_neurons = eclipse, eclipse_max_neurons
+        self.eclipse, self.eclipse_max_neurons = eclipse is not False, eclipse_max_neurons
+        self._quiet = {"eclipse"} if eclipse is None else set()  # on by default: no warning where it cannot run
         self.sdp_every, self.sdp_max_neurons = sdp_every, sdp_max_neurons
         self.exact_every, self.exact_time_limit, self.exact_max_neurons = (
             exact_every,
@@ -112,16 +114,17 @@ class MLPBoundsTracker:
         measured = self._measured_mlp(model, examples)
         if measured is None:
             for name, on in due.items():
-                if on:
+                if on and name not in self._quiet:
                     warn(f"mlp-{name}", f"LipschitzCallback: {_metric(name)} not available: {self._failure}")
             return {}
         out: dict[str, float] = {}
         if due["eclipse"] and measured.hidden_neurons > self.eclipse_max_neurons:
-            warn(
-                "mlp-eclipse",
-                f"LipschitzCallback: {ECLIPSE} not available: {measured.hidden_neurons} hidden neurons > "
-                f"eclipse_max_neurons={self.eclipse_max_neurons}",
-            )
+            if "eclipse" not in self._quiet:
+                warn(
+                    "mlp-eclipse",
+                    f"LipschitzCallback: {ECLIPSE} not available: {measured.hidden_neurons} hidden neurons > "
+                    f"eclipse_max_neurons={self.eclipse_max_neurons}",
+                )
         elif due["eclipse"]:
             try:
                 out["mlp/eclipse"] = measured.scale * eclipse_fast(measured.mlp)

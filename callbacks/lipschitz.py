@@ -150,6 +150,8 @@ class LipschitzCallback(Callback):
         upper_eclipse, eclipse_max_neurons: lipschitz/upper_eclipse (ECLipsE-Fast: milliseconds for a few hundred
             neurons, ~0.5 s at 1,024) at every measurement, when the measured network is an MLP (itself, or its
             `net` Sequential with output logit_temperature * net(x)) of at most eclipse_max_neurons hidden neurons.
+            None (default): wherever the network qualifies, silently skipped for others (CNNs, ResNets); True:
+            also warn once when it does not qualify; False: never.
         sdp_every, sdp_max_neurons: lipschitz/upper_sdp (LipSDP-Neuron; needs cvxpy) at every k-th measurement and
             the last one (0 = never), for MLPs of at most sdp_max_neurons hidden neurons.
         exact_every, exact_time_limit, exact_max_neurons: lipschitz/exact (ReLU / LeakyReLU MLPs of at most
@@ -204,7 +206,7 @@ class LipschitzCallback(Callback):
         optimised_every: int = 0,
         optimised_top_m: int = 8,
         optimised_steps: int = 50,
-        upper_eclipse: bool = True,
+        upper_eclipse: bool | None = None,
         eclipse_max_neurons: int = 1024,
         sdp_every: int = 0,
         sdp_max_neurons: int = 100,

@@ -150,7 +150,7 @@ def _one_warning_per_bound(unavailable: list[str], expected: dict[str, str]) -> 
 
 
 def test_non_mlp_warns_once_per_bound_and_logs_nothing(tmp_path):
-    callback = LipschitzCallback(every_n_epochs=1, sdp_every=1, exact_every=1, progress_bar=False)
+    callback = LipschitzCallback(every_n_epochs=1, upper_eclipse=True, sdp_every=1, exact_every=1, progress_bar=False)
     trainer, unavailable = fit(tmp_path, ToyNet(), callback, max_epochs=2)  # BatchNorm: not an MLP
     reason = "layer 1 is BatchNorm1d"
     _one_warning_per_bound(unavailable, {m: reason for m in MLP_KEYS})
@@ -159,8 +159,16 @@ def test_non_mlp_warns_once_per_bound_and_logs_nothing(tmp_path):
     assert "lipschitz/lower" in callback.last_metrics
 
 
-def test_a_forward_other_than_temperature_times_net_is_not_bounded(tmp_path):
+def test_by_default_eclipse_is_skipped_silently_where_it_cannot_run(tmp_path):
+    """ECLipsE is on by default for MLPs; a CNN, a ResNet or this BatchNorm net gets no warning for it."""
     callback = LipschitzCallback(every_n_epochs=1, progress_bar=False)
+    _, unavailable = fit(tmp_path, ToyNet(), callback, max_epochs=1)
+    assert not unavailable
+    assert not any("lipschitz/upper_eclipse" in h for h in callback.history)
+
+
+def test_a_forward_other_than_temperature_times_net_is_not_bounded(tmp_path):
+    callback = LipschitzCallback(every_n_epochs=1, upper_eclipse=True, progress_bar=False)
     _, unavailable = fit(tmp_path, TemperedMLP(scaled_input=True), callback)
     _one_warning_per_bound(unavailable, {"lipschitz/upper_eclipse": "is not logit_temperature * net(x)"})
     assert not any("lipschitz/upper_eclipse" in h for h in callback.history)
@@ -175,7 +183,9 @@ def test_too_large_and_smooth_activations_are_not_available(tmp_path):
     )
     assert all("lipschitz/upper_eclipse" in h for h in callback.history)  # ECLipsE handles tanh
     assert not any({"lipschitz/upper_sdp", "lipschitz/exact"} & set(h) for h in callback.history)
-    callback = LipschitzCallback(eclipse_max_neurons=10, exact_every=1, exact_max_neurons=10, progress_bar=False)
+    callback = LipschitzCallback(
+        upper_eclipse=True, eclipse_max_neurons=10, exact_every=1, exact_max_neurons=10, progress_bar=False
+    )
     _, unavailable = fit(tmp_path, TemperedMLP(widths=(6, 5)), callback)
     _one_warning_per_bound(
         unavailable,
