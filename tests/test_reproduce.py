@@ -117,3 +117,18 @@ def test_slope_analysis_recovers_a_power_law(tmp_path):
     assert "| at init | lipschitz/lower | -1 | 1 | 4 | - |" in summary
     assert "| after training | lipschitz/upper | 3.3 | 1 | 4 | 3.3 |" in summary
     assert "holds: all three bounds rise with model.depth" in summary
+
+
+def test_a_missing_finite_difference_ratio_does_not_fail_the_check():
+    import math
+
+    import pandas as pd
+    import torch
+
+    from lipschitz_dd.reproduce.findings.checkpoint_measures import below_one, finite_max
+
+    assert below_one(pd.Series([0.87, math.nan])) == "True (1 run(s) without a value)"
+    assert below_one(pd.Series([0.87, 1.2])) == "False"
+    assert below_one(pd.Series([math.nan])) == "not measured"
+    assert finite_max(torch.tensor([0.5, math.nan, 0.7])) == pytest.approx(0.7)
+    assert math.isnan(finite_max(torch.tensor([math.nan])))
