@@ -89,7 +89,14 @@ def _figure(mean: pd.DataFrame, key: str, path: Path) -> Path:
     return path
 
 
-TINY = {"model.width": 4, "trainer.max_epochs": 1, "data.train_subset": 100, "data.test_subset": 100, SEED: 0}
+TINY = {
+    "model.width": 4,
+    "trainer.max_epochs": 1,
+    "data.train_subset": 64,
+    "data.test_subset": 64,
+    "lipschitz.max_samples": 32,
+    SEED: 0,
+}
 
 register(
     Finding(

@@ -117,12 +117,14 @@ def analyse_adversarial(records, out: Path) -> Analysis:
     table = pd.DataFrame(rows)
     result.lines += markdown_table(table)
     result.figures.append(_adversarial_figure(table, out / "adversarial.png"))
-    shifts = table[[f"C_lower(PGD {eps}) / C_lower" for eps in EPS]]
-    move = float((shifts - 1).abs().max().max())
+    move = float((table["C_lower(PGD 0.5) / C_lower"] - 1).abs().max())
     fd = pd.concat([table[f"max FD({eps}) / C_lower"] for eps in EPS], ignore_index=True)
+    fd_ok = below_one(fd)
+    small = move <= 0.1
+    label = "holds" if small and fd_ok.startswith("True") else "holds in part" if small or fd_ok != "False" else ""
     result.verdict = (
-        f"C_lower over PGD points moves by at most {fmt(100 * move)} % (the study: ~5 % at eps 0.5 on CIFAR-10); "
-        f"finite-difference ratios at PGD points below C_lower: {below_one(fd)}"
+        f"{label or 'does not hold here'}: C_lower over PGD points of eps 0.5 moves by at most {fmt(100 * move)} % "
+        f"(the study: ~5 % on CIFAR-10); finite-difference ratios at PGD points below C_lower: {fd_ok}"
     )
     return result
 
