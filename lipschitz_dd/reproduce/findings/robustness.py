@@ -83,11 +83,11 @@ def _ood_figure(table: pd.DataFrame, path: Path) -> Path:
     left, right = figure.subplots(1, 2)
     radii = [0.0, *RADII]
     for _, row in table.iterrows():
-        label = f"width {row['width']}"
+        label = f"width {row['width']:g}"
         left.plot(radii, [1.0] + [row[f"C_lower(r={r}) / C_lower"] for r in RADII], "o-", label=label)
         right.plot(radii, [row["test loss"]] + [row[f"test loss (r={r})"] for r in RADII], "o-", label=label)
     left.set(xlabel="noise radius r (x data RMS)", ylabel="C_lower(noisy train) / C_lower(train)")
-    right.set(xlabel="noise radius r (x data RMS)", ylabel="test loss on noisy test points", yscale="log")
+    right.set(xlabel="noise radius r (x data RMS)", ylabel="test loss on noisy test points")
     right.legend(fontsize="small")
     figure.savefig(path, dpi=120)
     return path
