@@ -8,6 +8,7 @@ from lipschitz_dd.callbacks.point_sets import (
     NoisePoints,
     PGDPoints,
     PointSet,
+    SoftmaxTrainPoints,
     TestPoints,
     TrainPoints,
 )
@@ -28,4 +29,5 @@ __all__ = [
     "RunRecord",
     "TestPoints",
     "TrainPoints",
+    "SoftmaxTrainPoints",
 ]

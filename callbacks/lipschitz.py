@@ -25,6 +25,9 @@ training is bit-identical with and without the callback. Logged metrics:
     lipschitz/upper_sdp     LipSDP-Neuron, small MLPs (every sdp_every-th)  a certified upper bound
     lipschitz/exact         the exact constant of small ReLU MLPs (every exact_every-th), or when the time limit
                             cut the search lipschitz/exact_lower and lipschitz/exact_upper (see _mlp_bounds.py)
+    lipschitz/lower_softmax, /avg_softmax, /upper_softmax   with output_transform="softmax", in addition: the
+                            max and mean of ||J|| of softmax(f) over train, and 1/2 x lipschitz/upper (the
+                            softmax is 1/2-Lipschitz in L2: ||diag(p) - p p^T||_2 <= 1/2)
     lipschitz/seconds       wall time of the measurement (max over ranks)
     params/dist_init        ||theta - theta_0||_2
     params/path_length      sum of ||theta_{t+1} - theta_t||_2 over consecutive measurements
@@ -113,6 +116,7 @@ from lipschitz_dd.callbacks.point_sets import (
     NoisePoints,
     PGDPoints,
     PointSet,
+    SoftmaxTrainPoints,
     TestPoints,
     TrainPoints,
 )
@@ -180,6 +184,8 @@ class LipschitzCallback(Callback):
         output: which element of a tuple/list output (an index) or dict output (a key) are the logits.
         point_sets: more point sets (`PointSet` objects, see point_sets.py), measured after the built-in ones;
             each logs lipschitz/lower_<name> (names must differ from each other and from the built-ins on).
+        output_transform: "softmax" measures softmax(f) as well (lipschitz/lower_softmax, avg_softmax and
+            upper_softmax, beside the logits' metrics, which keep their names); "logits" (default): f only.
     """
 
     def __init__(
@@ -228,6 +234,7 @@ class LipschitzCallback(Callback):
         network: str | None = None,
         output: Key | None = None,
         point_sets: list[PointSet] | None = None,
+        output_transform: Literal["logits", "softmax"] = "logits",
     ) -> None:
         for name, value in (
             ("every_n_epochs", every_n_epochs),
@@ -250,6 +257,10 @@ class LipschitzCallback(Callback):
                 raise ValueError(f"LipschitzCallback: {name} must be a non-negative integer, got {value!r}")
         if not exact_time_limit > 0:
             raise ValueError(f"LipschitzCallback: exact_time_limit must be > 0 seconds, got {exact_time_limit!r}")
+        if output_transform not in ("logits", "softmax"):
+            raise ValueError(
+                f"LipschitzCallback: output_transform must be 'logits' or 'softmax', got {output_transform!r}"
+            )
         if method not in WARM_METHODS:
             raise ValueError(f"LipschitzCallback: method must be one of {WARM_METHODS}, got {method!r}")
         if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
@@ -283,6 +294,7 @@ class LipschitzCallback(Callback):
         self.progress_bar = progress_bar
         self.network, self.output = network, output
         self.point_sets = list(point_sets or [])
+        self.output_transform = output_transform
         self._check_point_sets(self.measured_point_sets())
 
         self._module: weakref.ref | None = None  # the LightningModule of the current run
@@ -303,6 +315,8 @@ class LipschitzCallback(Callback):
             sets.append(NoisePoints(self.noise_sigma, self.data_box))
         if self.pgd:
             sets.append(PGDPoints(self.pgd_eps, self.pgd_steps, self.data_box))
+        if self.output_transform == "softmax":
+            sets.append(SoftmaxTrainPoints(self.jacobian_method))
         return sets + self.point_sets
 
     @staticmethod
@@ -590,6 +604,8 @@ class LipschitzCallback(Callback):
         if self.upper:
             if scalars["upper/available"] > 0:
                 metrics["lipschitz/upper"] = scalars["upper/value"]
+                if self.output_transform == "softmax":  # ||diag(p) - p p^T||_2 <= 1/2
+                    metrics["lipschitz/upper_softmax"] = 0.5 * scalars["upper/value"]
             metrics["lipschitz/upper_available"] = scalars["upper/available"]
         if OPTIMISED in stats and stats[OPTIMISED].count > 0:
             metrics["lipschitz/lower_opt"] = stats[OPTIMISED].max

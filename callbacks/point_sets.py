@@ -40,10 +40,25 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lipschitz_dd.bounds import LowerBoundStats, convex_combinations, gaussian_perturbations, pgd_perturbations
+from lipschitz_dd.bounds import (
+    LowerBoundStats,
+    SoftmaxOutput,
+    convex_combinations,
+    gaussian_perturbations,
+    jacobian_spectral_norms,
+    pgd_perturbations,
+)
 from lipschitz_dd.callbacks._warm import WarmStats
 
-__all__ = ["InterpolatedPoints", "NoisePoints", "PGDPoints", "PointSet", "TestPoints", "TrainPoints"]
+__all__ = [
+    "InterpolatedPoints",
+    "NoisePoints",
+    "PGDPoints",
+    "PointSet",
+    "SoftmaxTrainPoints",
+    "TestPoints",
+    "TrainPoints",
+]
 
 Source = Literal["train", "test"]
 
@@ -159,10 +174,11 @@ class InterpolatedPoints(PointSet):
 
 
 class NoisePoints(PointSet):
-    """x + N(0, sigma^2 I) for every training point, clipped to `data_box`: lipschitz/lower_noise."""
+    """x + N(0, sigma^2 I) for every training point, clipped to `data_box`: lipschitz/lower_noise (or
+    lipschitz/lower_<name>: give each of several sigmas its own name)."""
 
-    def __init__(self, sigma: float = 0.1, data_box: tuple[float, float] | None = None) -> None:
-        super().__init__(name="noise", source="train")
+    def __init__(self, sigma: float = 0.1, data_box: tuple[float, float] | None = None, name: str = "noise") -> None:
+        super().__init__(name=name, source="train")
         if not sigma > 0:
             raise ValueError(f"LipschitzCallback: noise_sigma must be > 0, got {sigma}")
         self.sigma, self.data_box = sigma, data_box
@@ -173,10 +189,13 @@ class NoisePoints(PointSet):
 
 class PGDPoints(PointSet):
     """PGD points maximising the cross-entropy loss in the L2 ball of radius `eps` around each training point
-    (`steps` steps; labels: the batch's, else the predicted classes), clipped to `data_box`: lipschitz/lower_pgd."""
+    (`steps` steps; labels: the batch's, else the predicted classes), clipped to `data_box`: lipschitz/lower_pgd (or
+    lipschitz/lower_<name>: give each of several eps its own name)."""
 
-    def __init__(self, eps: float = 0.5, steps: int = 10, data_box: tuple[float, float] | None = None) -> None:
-        super().__init__(name="pgd", source="train", labels=True)
+    def __init__(
+        self, eps: float = 0.5, steps: int = 10, data_box: tuple[float, float] | None = None, name: str = "pgd"
+    ) -> None:
+        super().__init__(name=name, source="train", labels=True)
         if not eps > 0:
             raise ValueError(f"LipschitzCallback: pgd_eps must be > 0, got {eps}")
         if not isinstance(steps, int) or steps < 1:
@@ -185,3 +204,23 @@ class PGDPoints(PointSet):
 
     def points(self, x, y, model, generator):
         return pgd_perturbations(model, x, y, eps=self.eps, steps=self.steps, data_box=self.data_box)
+
+
+class SoftmaxTrainPoints(PointSet):
+    """The training points, measured on softmax(f) instead of the logits f: lipschitz/lower_softmax (max of
+    ||J_softmax(f)(x)||_2 over them, a guaranteed lower bound of Lip(softmax o f)) and lipschitz/avg_softmax (their
+    mean, not a bound). J = (diag(p) - p p^T) J_f(x) with p = softmax(f(x)); the norms are exact (K VJPs) or power
+    iteration erring low, as `jacobian_method` says. Switched on by LipschitzCallback(output_transform="softmax")."""
+
+    def __init__(self, jacobian_method: str = "auto") -> None:
+        super().__init__(name="softmax", source="train")
+        self.jacobian_method = jacobian_method
+
+    def points(self, x, y, model, generator):
+        return x
+
+    def norms(self, model: nn.Module, points: Tensor, jacobian_norms: Callable[[Tensor], Tensor]) -> Tensor:
+        return jacobian_spectral_norms(SoftmaxOutput(model), points, method=self.jacobian_method)
+
+    def metrics(self, stats: LowerBoundStats) -> dict[str, float]:
+        return {"lipschitz/lower_softmax": stats.max, "lipschitz/avg_softmax": stats.mean}

@@ -7,6 +7,7 @@ import pytest
 
 from lipschitz_dd.cli import main
 from lipschitz_dd.reproduce import SCALES, findings, get_finding, run_finding, scaled_sweep
+from lipschitz_dd.shipped import resolve
 from lipschitz_dd.sweep.config import validate_sweep_config
 
 # The study's findings and experiments (numbered findings 1-5 and every experiment described in detail),
@@ -15,7 +16,7 @@ EXPECTED = {
     "evolution", "evolution_bound", "double_descent", "bias_variance", "heatmap", "optimizer", "loss", "depth",
     "train_size", "toy2d", "lower_bound_diagnostics", "cnn_double_descent", "cnn_fashion_mnist_dd", "pairwise", "linearisation",
     "out_of_distribution", "adversarial", "constrained", "jacobian_distributions", "regulariser", "softmax",
-    "dropout_weight_decay", "imagenet", "sandwich",
+    "dropout_weight_decay", "weight_decay", "imagenet", "sandwich",
 }  # fmt: skip
 REAL = [f.name for f in findings() if not f.needs]
 
@@ -38,8 +39,8 @@ def test_listing_names_every_finding(capsys):
 
 def test_pending_findings_refuse_in_one_line(capsys, tmp_path):
     pending = [f for f in findings() if f.needs]
-    assert {"imagenet", "dropout_weight_decay", "pairwise"} <= {f.name for f in pending}
-    assert main(["reproduce", "imagenet", "--quick", "--out", str(tmp_path)]) == 1
+    assert {"cnn_double_descent"} <= {f.name for f in pending}
+    assert main(["reproduce", "cnn_double_descent", "--quick", "--out", str(tmp_path)]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "needs:" in error
     assert not any(tmp_path.iterdir())
@@ -54,6 +55,8 @@ def test_scaled_sweeps_are_valid_and_only_the_knobs_change(name):
         config = scaled_sweep(finding, scale)
         validate_sweep_config(config, source=f"{name}/{scale}")
         for key, value in finding.scales.get(scale, {}).items():
+            if key == "config":  # a shipped config's name, made an absolute path
+                value = str(resolve(value, "configs").resolve())
             if key != "sweep":
                 assert config["parameters"][key] in (
                     {"value": value},
@@ -117,3 +120,46 @@ def test_slope_analysis_recovers_a_power_law(tmp_path):
     assert "| at init | lipschitz/lower | -1 | 1 | 4 | - |" in summary
     assert "| after training | lipschitz/upper | 3.3 | 1 | 4 | 3.3 |" in summary
     assert "holds: all three bounds rise with model.depth" in summary
+
+
+def test_a_missing_finite_difference_ratio_does_not_fail_the_check():
+    import math
+
+    import pandas as pd
+    import torch
+
+    from lipschitz_dd.reproduce.findings.checkpoint_measures import below_one, finite_max
+
+    assert below_one(pd.Series([0.87, math.nan])) == "True (1 run(s) without a value)"
+    assert below_one(pd.Series([0.87, 1.2])) == "False"
+    assert below_one(pd.Series([math.nan])) == "not measured"
+    assert finite_max(torch.tensor([0.5, math.nan, 0.7])) == pytest.approx(0.7)
+    assert math.isnan(finite_max(torch.tensor([math.nan])))
+
+
+def test_imagenet_refuses_in_one_line_without_the_data_and_its_quick_folder_loads(tmp_path, capsys, monkeypatch):
+    from lipschitz_dd.data import ImageFolderDataModule
+    from lipschitz_dd.reproduce.findings.imagenet import prepare
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "imagenet", "--out", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "data/imagenet/train" in error
+    overrides = prepare("quick", tmp_path / "quick")
+    data = ImageFolderDataModule(overrides["data.data_dir"], num_workers=0, crop_size=16, resize_size=20)
+    data.setup()
+    assert data.num_classes == 3 and len(data.train_set) == 24 and len(data.val_set) == 9
+
+
+def test_noisy_test_loss_is_the_cross_entropy_at_the_noisy_points():
+    import torch
+
+    from lipschitz_dd.reproduce.findings.robustness import noisy_test_losses
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 3)).eval()
+    x, y = torch.randn(40, 5), torch.randint(3, (40,))
+    clean, noisy = noisy_test_losses(model, x, y, [0.0, 2.0])
+    assert clean == pytest.approx(float(torch.nn.functional.cross_entropy(model(x), y)))
+    shifted = x + 2.0 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    assert noisy == pytest.approx(float(torch.nn.functional.cross_entropy(model(shifted), y)), rel=1e-5)

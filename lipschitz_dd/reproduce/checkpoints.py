@@ -7,6 +7,8 @@ the CLI, not part of the report layer.
 from __future__ import annotations
 
 import importlib
+import re
+from pathlib import Path
 
 import torch
 import yaml
@@ -14,10 +16,23 @@ import yaml
 from lipschitz_dd.report.records import RunRecord
 
 
-def load_trained(record: RunRecord, split: str = "train") -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    """The run's last checkpoint (eval mode, CPU) and its `split` ("train" or "test") points and labels, rebuilt
-    from config.yaml (the same subset, label noise and seeds as the run)."""
-    checkpoints = sorted((record.path / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+def checkpoint_files(record: RunRecord) -> list[Path]:
+    """The run's checkpoints (checkpoints/*.ckpt), oldest first (by file time)."""
+    return sorted((record.path / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch in a checkpoint's name ("epoch=<e>.ckpt", the CLI's naming: finished epochs), else None."""
+    match = re.search(r"epoch=(\d+)", path.name)
+    return int(match.group(1)) if match else None
+
+
+def load_trained(
+    record: RunRecord, split: str = "train", checkpoint: Path | None = None
+) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The run's last checkpoint (or `checkpoint`; eval mode, CPU) and its `split` ("train" or "test") points and
+    labels, rebuilt from config.yaml (the same subset, label noise and seeds as the run)."""
+    checkpoints = [checkpoint] if checkpoint is not None else checkpoint_files(record)
     if not checkpoints:
         raise FileNotFoundError(f"{record.path}: no checkpoint (run with checkpointing enabled)")
     config = yaml.safe_load((record.path / "config.yaml").read_text())

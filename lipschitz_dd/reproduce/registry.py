@@ -43,6 +43,9 @@ class Finding:
     cost: {scale: estimated CPU time here, in words}. analyse(records, out) -> Analysis, with `records` the run
     records of the finding's sweep (lipschitz_dd.report.records.load_runs) and `out` its output folder.
     needs: a feature that is missing today; a finding with `needs` refuses to run with one line.
+    prepare(scale, folder) -> {sweep parameter: value}: called by `run_finding` before the sweep runs, in the
+    finding's output folder: writes what the runs need (e.g. a tiny generated data set) and returns parameter
+    overrides (e.g. its path); raises FileNotFoundError with one line when the runs cannot have what they need.
     """
 
     name: str
@@ -57,6 +60,7 @@ class Finding:
     cost: dict[str, str] = field(default_factory=dict)
     analyse: Callable[[Sequence[Any], Path], Analysis] | None = None
     needs: str | None = None
+    prepare: Callable[[str, Path], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.needs is None and ((self.sweep is None) == (self.config is None) or self.analyse is None):

@@ -91,6 +91,11 @@ def run_finding(
     config = scaled_sweep(finding, scale)
     folder = finding_folder(finding, scale, out)
     folder.mkdir(parents=True, exist_ok=True)
+    if finding.prepare is not None:
+        for key, value in finding.prepare(scale, folder).items():
+            config["parameters"][key] = (
+                {"values": list(value)} if isinstance(value, (list, tuple)) else {"value": value}
+            )
     sweep_file = folder / f"{sweep_name(finding, scale)}.yaml"
     sweep_file.write_text(yaml.safe_dump(config, sort_keys=False))
     result = run_sweep(sweep_file, out=folder, workers=workers, progress=progress)
