@@ -323,9 +323,12 @@ class PhaseProfile:
         print(f"    {'total':<46} {stages[0]:>7.3f} {stages[1]:>8.3f} {1:>6.0%}")
 
 
+ALWAYS_PROFILE = False  # --profile: print the phase profile where the target is met too
+
+
 def print_target(line: str, met: bool | None, summary: RunSummary, profile_key: str | None) -> None:
     print(f"TARGET {line}")
-    if not met and profile_key is not None:
+    if (ALWAYS_PROFILE or not met) and profile_key is not None:
         summary.profile(profile_key)
 
 
@@ -491,11 +494,13 @@ def main() -> None:
     parser.add_argument("--configs", default="1/1,2/1,2/2,3/2,2/3", help="warm block/iterations pairs, e.g. 3/3")
     parser.add_argument("--exact-subset", type=int, default=None, help="k1000: points computed exactly (2 / 8)")
     parser.add_argument("--device", default="cpu", help="torch device (memory section: CPU only)")
+    parser.add_argument("--profile", action="store_true", help="print the phase profile where targets are met too")
     parser.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    global DEVICE
+    global DEVICE, ALWAYS_PROFILE
     DEVICE = torch.device(args.device)
+    ALWAYS_PROFILE = args.profile
     WARM_CONFIGS[:] = [tuple(int(n) for n in pair.split("/")) for pair in args.configs.split(",")]
     if args.memory_probe is not None:
         memory_probe(args.memory_probe)
