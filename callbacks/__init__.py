@@ -2,7 +2,7 @@
 (and the package's plain-Python contracts, lipschitz_dd.run_folder and lipschitz_dd.epoch_axis)."""
 
 from lipschitz_dd.callbacks.evolution import EvolutionBound
-from lipschitz_dd.callbacks.lipschitz import LipschitzCallback
+from lipschitz_dd.callbacks.lipschitz import LipschitzCallback, MLPBounds
 from lipschitz_dd.callbacks.point_sets import (
     InterpolatedPoints,
     NoisePoints,
@@ -22,6 +22,7 @@ __all__ = [
     "GradNormStopping",
     "InterpolatedPoints",
     "LipschitzCallback",
+    "MLPBounds",
     "NoisePoints",
     "PGDPoints",
     "PointSet",

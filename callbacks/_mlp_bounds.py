@@ -60,34 +60,61 @@ class MeasuredMLP:
         return sum(self.mlp.hidden_widths)
 
 
+@dataclass(frozen=True)
+class MLPBounds:
+    """Options of `LipschitzCallback`'s certified bounds for MLPs (`LipschitzCallback(mlp_bounds=MLPBounds(...))`,
+    `--lipschitz.mlp_bounds.exact_every 1`, or `lipschitz: {mlp_bounds: {exact_every: 1}}` in a config).
+
+    upper_eclipse, eclipse_max_neurons: lipschitz/upper_eclipse (ECLipsE-Fast) at every measurement, for MLPs of
+        at most eclipse_max_neurons hidden neurons (its cost grows as the cube of the widths: milliseconds at 256,
+        ~0.5 s at 1,024, seconds at 2,048). None (default): wherever the network qualifies, silently skipped for
+        others (CNNs, ResNets); True: also warn once when it does not qualify; False: never.
+    sdp_every, sdp_max_neurons: lipschitz/upper_sdp (LipSDP-Neuron; needs cvxpy) at every k-th measurement
+        (counted from 0, the measurement at epoch 0) and the last one; 0 = never; for MLPs of at most
+        sdp_max_neurons hidden neurons.
+    exact_every, exact_time_limit, exact_max_neurons: lipschitz/exact (ReLU / LeakyReLU MLPs of at most
+        exact_max_neurons hidden neurons) at every k-th measurement and the last one (0 = never); a search cut
+        by exact_time_limit seconds logs the certified interval lipschitz/exact_lower / _upper instead.
+    Hidden neurons are counted in the MLP normal form (an output activation counts as a hidden layer). A bound
+    switched on that does not apply gets one warning "not available: <reason>" and no metric."""
+
+    upper_eclipse: bool | None = None
+    eclipse_max_neurons: int = 1024
+    sdp_every: int = 0
+    sdp_max_neurons: int = 100
+    exact_every: int = 0
+    exact_time_limit: float = 30.0
+    exact_max_neurons: int = 256
+
+    def __post_init__(self) -> None:
+        if self.upper_eclipse not in (None, True, False):
+            raise ValueError(f"MLPBounds: upper_eclipse must be None, True or False, got {self.upper_eclipse!r}")
+        for name in ("eclipse_max_neurons", "sdp_every", "sdp_max_neurons", "exact_every", "exact_max_neurons"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"MLPBounds: {name} must be a non-negative integer, got {value!r}")
+        limit = self.exact_time_limit
+        if not isinstance(limit, (int, float)) or not limit > 0:
+            raise ValueError(f"MLPBounds: exact_time_limit must be > 0 seconds, got {limit!r}")
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether LipSDP or the exact constant runs at some measurements (they also run at the last one)."""
+        return self.sdp_every > 0 or self.exact_every > 0
+
+
 class MLPBoundsTracker:
-    """Which MLP bounds run at a measurement, their values, and the one-time "not available" warnings.
+    """Which MLP bounds run at a measurement (options: `MLPBounds`), their values, and the one-time "not
+    available" warnings."""
 
-    eclipse: at every measurement (None: where the network qualifies, skipped silently elsewhere; True: also
-    warn once when it does not), for MLPs of at most eclipse_max_neurons hidden neurons (its cost grows as the
-    cube of the widths: milliseconds at 256, ~0.5 s at 1,024, seconds at 2,048). sdp_every / exact_every: at every k-th measurement (counted from 0, the
-    measurement at epoch 0) and at the last one; 0 = never. sdp_max_neurons / exact_max_neurons: the most hidden
-    neurons (of the MLP normal form; an output activation counts as a hidden layer) for which they run.
-    exact_time_limit: seconds per exact search; when it runs out the certified interval is logged instead."""
-
-    def __init__(
-        self,
-        eclipse: bool | None = None,
-        eclipse_max_neurons: int = 1024,
-        sdp_every: int = 0,
-        sdp_max_neurons: int = 100,
-        exact_every: int = 0,
-        exact_time_limit: float = 30.0,
-        exact_max_neurons: int = 256,
-    ) -> None:
-        self.eclipse, self.eclipse_max_neurons = eclipse is not False, eclipse_max_neurons
-        self._quiet = {"eclipse"} if eclipse is None else set()  # on by default: no warning where it cannot run
-        self.sdp_every, self.sdp_max_neurons = sdp_every, sdp_max_neurons
-        self.exact_every, self.exact_time_limit, self.exact_max_neurons = (
-            exact_every,
-            exact_time_limit,
-            exact_max_neurons,
-        )
+    def __init__(self, options: MLPBounds | None = None) -> None:
+        options = MLPBounds() if options is None else options
+        self.eclipse, self.eclipse_max_neurons = options.upper_eclipse is not False, options.eclipse_max_neurons
+        # on by default: no warning where it cannot run
+        self._quiet = {"eclipse"} if options.upper_eclipse is None else set()
+        self.sdp_every, self.sdp_max_neurons = options.sdp_every, options.sdp_max_neurons
+        self.exact_every, self.exact_time_limit = options.exact_every, options.exact_time_limit
+        self.exact_max_neurons = options.exact_max_neurons
         self._checked: weakref.ref | None = None  # the module whose forward = scale * net(x) was verified
         self._failure: str | None = None  # why the measured module is not an MLP (then never retried)
 

@@ -22,9 +22,9 @@ training is bit-identical with and without the callback. Logged metrics:
                             unless upper_certified=True (every layer constant a guaranteed upper bound)
     lipschitz/upper_available  1.0 / 0.0
     lipschitz/upper_eclipse ECLipsE-Fast, MLPs only (every measurement)      a certified upper bound
-    lipschitz/upper_sdp     LipSDP-Neuron, small MLPs (every sdp_every-th)  a certified upper bound
-    lipschitz/exact         the exact constant of small ReLU MLPs (every exact_every-th), or when the time limit
-                            cut the search lipschitz/exact_lower and lipschitz/exact_upper (see _mlp_bounds.py)
+    lipschitz/upper_sdp     LipSDP-Neuron, small MLPs (mlp_bounds.sdp_every)  a certified upper bound
+    lipschitz/exact         the exact constant of small ReLU MLPs (mlp_bounds.exact_every), or when the time
+                            limit cut the search lipschitz/exact_lower and lipschitz/exact_upper (_mlp_bounds.py)
     lipschitz/lower_softmax, /avg_softmax, /upper_softmax   with output_transform="softmax", in addition: the
                             max and mean of ||J|| of softmax(f) over train, and 1/2 x lipschitz/upper (the
                             softmax is 1/2-Lipschitz in L2: ||diag(p) - p p^T||_2 <= 1/2)
@@ -105,7 +105,7 @@ from lipschitz_dd.callbacks._isolation import measurement_mode, preserved_rng_st
 from lipschitz_dd.callbacks._logging import log_epoch_row, write_row
 from lipschitz_dd.callbacks._measurement import JacobianNorms, measure_point_sets, measured_network
 from lipschitz_dd.callbacks._mlp_bounds import REDUCTIONS as MLP_REDUCTIONS
-from lipschitz_dd.callbacks._mlp_bounds import MLPBoundsTracker
+from lipschitz_dd.callbacks._mlp_bounds import MLPBounds, MLPBoundsTracker
 from lipschitz_dd.callbacks._points import Key, PointSource, resolve_source
 from lipschitz_dd.callbacks._schedule import Schedule
 from lipschitz_dd.callbacks._trajectory import ParameterTrajectory, flat_parameters
@@ -121,7 +121,7 @@ from lipschitz_dd.callbacks.point_sets import (
     TrainPoints,
 )
 
-__all__ = ["LipschitzCallback"]
+__all__ = ["LipschitzCallback", "MLPBounds"]
 
 OPTIMISED = "opt"
 """Name of the optimised lower bound's statistics (lipschitz/lower_opt); no point set may take it."""
@@ -151,17 +151,13 @@ class LipschitzCallback(Callback):
             guaranteed upper bound) and lipschitz/upper_available.
         optimised_every, optimised_top_m, optimised_steps: lipschitz/lower_opt every k-th measurement
             (0 = never) by gradient ascent from the top-m training points.
-        upper_eclipse, eclipse_max_neurons: lipschitz/upper_eclipse (ECLipsE-Fast: milliseconds for a few hundred
-            neurons, ~0.5 s at 1,024) at every measurement, when the measured network is an MLP (itself, or its
-            `net` Sequential with output logit_temperature * net(x)) of at most eclipse_max_neurons hidden neurons.
-            None (default): wherever the network qualifies, silently skipped for others (CNNs, ResNets); True:
-            also warn once when it does not qualify; False: never.
-        sdp_every, sdp_max_neurons: lipschitz/upper_sdp (LipSDP-Neuron; needs cvxpy) at every k-th measurement and
-            the last one (0 = never), for MLPs of at most sdp_max_neurons hidden neurons.
-        exact_every, exact_time_limit, exact_max_neurons: lipschitz/exact (ReLU / LeakyReLU MLPs of at most
-            exact_max_neurons hidden neurons) at every k-th measurement and the last one (0 = never); a search cut
-            by exact_time_limit seconds logs the certified interval lipschitz/exact_lower / _upper instead.
-            A bound switched on that does not apply gets one warning "not available: <reason>" and no metric.
+        mlp_bounds: the certified bounds for MLPs, when the measured network is one (itself, or its `net`
+            Sequential with output logit_temperature * net(x)): an `MLPBounds` with the fields upper_eclipse,
+            eclipse_max_neurons (lipschitz/upper_eclipse, ECLipsE-Fast, every measurement), sdp_every,
+            sdp_max_neurons (lipschitz/upper_sdp, LipSDP-Neuron), exact_every, exact_time_limit, exact_max_neurons
+            (lipschitz/exact); see its docstring. None = MLPBounds(): ECLipsE-Fast wherever the network qualifies
+            (silently skipped for CNNs, ResNets), LipSDP and the exact constant off. In a config:
+            `lipschitz: {mlp_bounds: {exact_every: 1, sdp_every: 1}}`.
         track_params: params/dist_init and params/path_length.
         input_key, label_key, get_input, get_label: how to read inputs/labels from the user's batches
             (defaults: element 0/1 of a tuple, "x"/"input"/"image" and "y"/"label"/"target" of a dict).
@@ -212,13 +208,7 @@ class LipschitzCallback(Callback):
         optimised_every: int = 0,
         optimised_top_m: int = 8,
         optimised_steps: int = 50,
-        upper_eclipse: bool | None = None,
-        eclipse_max_neurons: int = 1024,
-        sdp_every: int = 0,
-        sdp_max_neurons: int = 100,
-        exact_every: int = 0,
-        exact_time_limit: float = 30.0,
-        exact_max_neurons: int = 256,
+        mlp_bounds: MLPBounds | None = None,
         track_params: bool = True,
         input_key: Key | None = None,
         label_key: Key | None = None,
@@ -247,20 +237,15 @@ class LipschitzCallback(Callback):
         for name, value in (
             ("dense_epochs", dense_epochs),
             ("optimised_every", optimised_every),
-            ("sdp_every", sdp_every),
-            ("exact_every", exact_every),
-            ("eclipse_max_neurons", eclipse_max_neurons),
-            ("sdp_max_neurons", sdp_max_neurons),
-            ("exact_max_neurons", exact_max_neurons),
         ):
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"LipschitzCallback: {name} must be a non-negative integer, got {value!r}")
-        if not exact_time_limit > 0:
-            raise ValueError(f"LipschitzCallback: exact_time_limit must be > 0 seconds, got {exact_time_limit!r}")
         if output_transform not in ("logits", "softmax"):
             raise ValueError(
                 f"LipschitzCallback: output_transform must be 'logits' or 'softmax', got {output_transform!r}"
             )
+        if mlp_bounds is not None and not isinstance(mlp_bounds, MLPBounds):
+            raise ValueError(f"LipschitzCallback: mlp_bounds must be an MLPBounds or None, got {mlp_bounds!r}")
         if method not in WARM_METHODS:
             raise ValueError(f"LipschitzCallback: method must be one of {WARM_METHODS}, got {method!r}")
         if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
@@ -279,13 +264,7 @@ class LipschitzCallback(Callback):
             optimised_top_m,
             optimised_steps,
         )
-        self.upper_eclipse, self.eclipse_max_neurons = upper_eclipse, eclipse_max_neurons
-        self.sdp_every, self.sdp_max_neurons = sdp_every, sdp_max_neurons
-        self.exact_every, self.exact_time_limit, self.exact_max_neurons = (
-            exact_every,
-            exact_time_limit,
-            exact_max_neurons,
-        )
+        self.mlp_bounds = MLPBounds() if mlp_bounds is None else mlp_bounds
         self.track_params = track_params
         self.input_key, self.label_key, self.get_input, self.get_label = input_key, label_key, get_input, get_label
         self.train_points, self.train_labels = train_points, train_labels
@@ -338,15 +317,7 @@ class LipschitzCallback(Callback):
         self.history: list[dict[str, float]] = []  # every measurement of this run: {"epoch": e, metric: value}
         self._trajectory = ParameterTrajectory()
         self._upper = UpperBoundTracker(certified=self.upper_certified)
-        self._mlp_bounds = MLPBoundsTracker(
-            self.upper_eclipse,
-            self.eclipse_max_neurons,
-            self.sdp_every,
-            self.sdp_max_neurons,
-            self.exact_every,
-            self.exact_time_limit,
-            self.exact_max_neurons,
-        )
+        self._mlp_bounds = MLPBoundsTracker(self.mlp_bounds)
         self._mlp_bounds_last_epoch: int | None = None  # the epoch whose measurement ran them as the last one
         # one warm-started estimator of the training points' norms per process, kept across measurements
         self._train_norms = TrainNorms(self.method, chunk_size=self.batch_size, seed=self.seed, warn=self._warn_once)
@@ -411,7 +382,7 @@ class LipschitzCallback(Callback):
             metrics = self.measure(trainer, pl_module, epoch=finished, record_trajectory=True, last=True)
             write_row(trainer, metrics, finished)
         elif (
-            (self.sdp_every or self.exact_every)
+            self.mlp_bounds.scheduled
             and finished > 0
             and self._last_measured_epoch == finished
             and self._mlp_bounds_last_epoch != finished
@@ -446,7 +417,7 @@ class LipschitzCallback(Callback):
     ) -> dict[str, float]:
         """One measurement of the current parameters (all ranks must call it): returns the reduced metrics,
         stores them in `last_metrics` and `history`. `record_trajectory` adds the parameters to the path;
-        `last`: the final measurement of the run (the scheduled MLP bounds, sdp_every / exact_every, run)."""
+        `last`: the final measurement of the run (the scheduled MLP bounds, mlp_bounds.sdp_every / exact_every, run)."""
         start = time.perf_counter()
         model = measured_network(pl_module, self.network, self.output, self._warn_once)
         if model is None:

@@ -138,6 +138,30 @@ def test_run_folder_contents_and_overrides(tmp_path, monkeypatch):
     assert saved["model"]["init_args"]["width"] == 8
 
 
+def test_mlp_bounds_options_from_a_config_and_a_flag(tmp_path, monkeypatch):
+    """`lipschitz.mlp_bounds` is one nested option group: set in a YAML config and by a dotted flag, the exact
+    constant is logged and the saved config.yaml holds all of it."""
+    monkeypatch.chdir(tmp_path)
+    extra = tmp_path / "mlp.yaml"
+    extra.write_text(yaml.safe_dump({"lipschitz": {"mlp_bounds": {"exact_every": 1, "exact_time_limit": 5.0}}}))
+    args = ["fit", "--config", str(ROOT / "configs" / "test_tiny.yaml"), "--config", str(extra)]
+    args += [
+        "--lipschitz.mlp_bounds.exact_max_neurons=64",
+        "--trainer.max_epochs=1",
+        "--experiment",
+        "e",
+        "--run_name",
+        "r",
+        "--wandb=false",
+    ]
+    assert main(args) == 0
+    run_dir = tmp_path / "runs" / "e" / "r"
+    assert "lipschitz/exact" in json.loads((run_dir / "results.json").read_text())["final"]
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())["lipschitz"]["mlp_bounds"]
+    assert (saved["exact_every"], saved["exact_time_limit"], saved["exact_max_neurons"]) == (1, 5.0, 64)
+    assert saved["sdp_every"] == 0  # the other fields keep their defaults
+
+
 def test_environment_sets_run_location(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LIPSCHITZ_DD_SAVE_DIR", str(tmp_path / "elsewhere"))
@@ -161,6 +185,7 @@ def test_environment_sets_run_location(tmp_path, monkeypatch):
         ("--trainer.max_epochs=0", "lipschitz-dd validate"),  # finished with no metrics.csv at all before
         ("--model.widht=64", "Option 'widht' is not accepted"),  # was ~100 lines of usage before the reason
         ("--model.loss=hinge", "Got value: hinge"),
+        ("--lipschitz.mlp_bounds.exact_every=-1", "MLPBounds: exact_every must be a non-negative integer"),
     ],
 )
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from conftest import CLASSES, DIM, ToyData, ToyNet, dense_jacobian_norms, make_t
 from torch import Tensor, nn
 
 from lipschitz_dd.bounds import eclipse_fast, exact_lipschitz
-from lipschitz_dd.callbacks.lipschitz import LipschitzCallback
+from lipschitz_dd.callbacks import LipschitzCallback, MLPBounds
 
 MLP_KEYS = {"lipschitz/upper_eclipse", "lipschitz/upper_sdp", "lipschitz/exact"}
 
@@ -64,7 +64,7 @@ def test_mlp_bounds_equal_direct_calls_on_the_same_weights(tmp_path):
     from lipschitz_dd.bounds import lipsdp_neuron
 
     model = TemperedMLP()
-    callback = LipschitzCallback(every_n_epochs=1, sdp_every=1, exact_every=1, progress_bar=False)
+    callback = LipschitzCallback(every_n_epochs=1, mlp_bounds=MLPBounds(sdp_every=1, exact_every=1), progress_bar=False)
     trainer, unavailable = fit(tmp_path, model, callback)
     assert unavailable == []
     assert [h["epoch"] for h in callback.history] == [0.0, 1.0, 2.0]
@@ -90,7 +90,7 @@ def test_lipschitz_dd_fcn_with_a_logit_temperature(tmp_path):
     from lipschitz_dd.models import FCN
 
     model = FCN(input_dim=DIM, widths=[6, 4], num_classes=CLASSES, bias=True, logit_temperature=3.0, lr=0.05)
-    callback = LipschitzCallback(every_n_epochs=1, exact_every=1, progress_bar=False)
+    callback = LipschitzCallback(every_n_epochs=1, mlp_bounds=MLPBounds(exact_every=1), progress_bar=False)
     _, unavailable = fit(tmp_path, model, callback, max_epochs=1)
     assert unavailable == []
     net = copy.deepcopy(model.net).double()  # Flatten, Linear, ReLU, Linear, ReLU, Linear, ReLU (output ReLU)
@@ -103,7 +103,7 @@ def test_lipschitz_dd_fcn_with_a_logit_temperature(tmp_path):
 
 
 def test_schedule_every_k_measurements_and_always_the_last(tmp_path):
-    callback = LipschitzCallback(every_n_epochs=1, exact_every=2, sdp_every=0, progress_bar=False)
+    callback = LipschitzCallback(every_n_epochs=1, mlp_bounds=MLPBounds(exact_every=2, sdp_every=0), progress_bar=False)
     fit(tmp_path, TemperedMLP(), callback, max_epochs=3)
     with_exact = [h["epoch"] for h in callback.history if "lipschitz/exact" in h]
     assert with_exact == [0.0, 2.0, 3.0]  # measurements 0 and 2, and the last one (3)
@@ -119,7 +119,7 @@ class StopAfterFirstEpoch(pl.Callback):
 
 
 def test_a_late_stop_still_gets_the_last_measurement_bounds(tmp_path):
-    callback = LipschitzCallback(every_n_epochs=1, exact_every=5, progress_bar=False)
+    callback = LipschitzCallback(every_n_epochs=1, mlp_bounds=MLPBounds(exact_every=5), progress_bar=False)
     model = TemperedMLP()
     trainer = make_trainer(tmp_path, [callback, StopAfterFirstEpoch()], max_epochs=10)
     trainer.fit(model, datamodule=ToyData())
@@ -132,7 +132,8 @@ def test_a_late_stop_still_gets_the_last_measurement_bounds(tmp_path):
 
 def test_a_cut_search_logs_the_certified_interval(tmp_path):
     model = TemperedMLP(widths=(6, 5))
-    callback = LipschitzCallback(exact_every=1, exact_time_limit=1e-6, upper_eclipse=False, progress_bar=False)
+    options = MLPBounds(exact_every=1, exact_time_limit=1e-6, upper_eclipse=False)
+    callback = LipschitzCallback(mlp_bounds=options, progress_bar=False)
     fit(tmp_path, model, callback, max_epochs=1)
     final = callback.last_metrics
     assert "lipschitz/exact" not in final and "lipschitz/upper_eclipse" not in final
@@ -150,7 +151,8 @@ def _one_warning_per_bound(unavailable: list[str], expected: dict[str, str]) -> 
 
 
 def test_non_mlp_warns_once_per_bound_and_logs_nothing(tmp_path):
-    callback = LipschitzCallback(every_n_epochs=1, upper_eclipse=True, sdp_every=1, exact_every=1, progress_bar=False)
+    options = MLPBounds(upper_eclipse=True, sdp_every=1, exact_every=1)
+    callback = LipschitzCallback(every_n_epochs=1, mlp_bounds=options, progress_bar=False)
     trainer, unavailable = fit(tmp_path, ToyNet(), callback, max_epochs=2)  # BatchNorm: not an MLP
     reason = "layer 1 is BatchNorm1d"
     _one_warning_per_bound(unavailable, {m: reason for m in MLP_KEYS})
@@ -168,14 +170,15 @@ def test_by_default_eclipse_is_skipped_silently_where_it_cannot_run(tmp_path):
 
 
 def test_a_forward_other_than_temperature_times_net_is_not_bounded(tmp_path):
-    callback = LipschitzCallback(every_n_epochs=1, upper_eclipse=True, progress_bar=False)
+    callback = LipschitzCallback(every_n_epochs=1, mlp_bounds=MLPBounds(upper_eclipse=True), progress_bar=False)
     _, unavailable = fit(tmp_path, TemperedMLP(scaled_input=True), callback)
     _one_warning_per_bound(unavailable, {"lipschitz/upper_eclipse": "is not logit_temperature * net(x)"})
     assert not any("lipschitz/upper_eclipse" in h for h in callback.history)
 
 
 def test_too_large_and_smooth_activations_are_not_available(tmp_path):
-    callback = LipschitzCallback(sdp_every=1, sdp_max_neurons=10, exact_every=1, progress_bar=False)
+    options = MLPBounds(sdp_every=1, sdp_max_neurons=10, exact_every=1)
+    callback = LipschitzCallback(mlp_bounds=options, progress_bar=False)
     _, unavailable = fit(tmp_path, TemperedMLP(widths=(6, 5), activation=nn.Tanh), callback)
     _one_warning_per_bound(
         unavailable,
@@ -183,9 +186,8 @@ def test_too_large_and_smooth_activations_are_not_available(tmp_path):
     )
     assert all("lipschitz/upper_eclipse" in h for h in callback.history)  # ECLipsE handles tanh
     assert not any({"lipschitz/upper_sdp", "lipschitz/exact"} & set(h) for h in callback.history)
-    callback = LipschitzCallback(
-        upper_eclipse=True, eclipse_max_neurons=10, exact_every=1, exact_max_neurons=10, progress_bar=False
-    )
+    options = MLPBounds(upper_eclipse=True, eclipse_max_neurons=10, exact_every=1, exact_max_neurons=10)
+    callback = LipschitzCallback(mlp_bounds=options, progress_bar=False)
     _, unavailable = fit(tmp_path, TemperedMLP(widths=(6, 5)), callback)
     _one_warning_per_bound(
         unavailable,
@@ -199,7 +201,7 @@ def test_too_large_and_smooth_activations_are_not_available(tmp_path):
 
 def test_missing_cvxpy_is_not_available(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "cvxpy", None)  # import cvxpy raises ImportError
-    callback = LipschitzCallback(sdp_every=1, progress_bar=False)
+    callback = LipschitzCallback(mlp_bounds=MLPBounds(sdp_every=1), progress_bar=False)
     _, unavailable = fit(tmp_path, TemperedMLP(), callback)
     _one_warning_per_bound(unavailable, {"lipschitz/upper_sdp": "cvxpy"})
     assert not any("lipschitz/upper_sdp" in h for h in callback.history)
@@ -217,6 +219,8 @@ def test_network_option_measures_the_sequential_itself(tmp_path):
 )
 def test_bad_options_are_one_line_errors(option):
     with pytest.raises(ValueError, match=option):
-        LipschitzCallback(**{option: -1})
+        MLPBounds(**{option: -1})
     with pytest.raises(ValueError, match="exact_time_limit"):
-        LipschitzCallback(exact_time_limit=0.0)
+        MLPBounds(exact_time_limit=0.0)
+    with pytest.raises(ValueError, match="mlp_bounds must be an MLPBounds"):
+        LipschitzCallback(mlp_bounds={option: 1})

@@ -2,7 +2,8 @@
 
 Two small ReLU nets whose exact Lipschitz constant is computable (configs/sandwich_toy2d.yaml: the 2-D toy at
 width 10; configs/sandwich_fcn_mnist1d.yaml: FCN 40-16-10 on MNIST-1D), every bound logged by the Lipschitz
-callback at every measurement (sweeps/sandwich.yaml). The analysis is lipschitz_dd.report.sandwich.
+callback at every measurement (the configs' `lipschitz.mlp_bounds` options; sweeps/sandwich.yaml). The analysis
+is lipschitz_dd.report.sandwich.
 """
 
 from __future__ import annotations
