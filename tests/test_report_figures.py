@@ -57,6 +57,7 @@ def test_labels_name_what_a_reader_knows():
     assert figures.label("model.hidden_dim") == "hidden dim"  # unknown keys: last part, readable
 
 
+@pytest.mark.slow  # draws a whole report (10-30 s)
 def test_every_figure_uses_names_not_keys(sweep, tmp_path, drawn):
     build_report(sweep, out=tmp_path / "report", power_law_from_epoch=FIT_FROM)
     assert len(drawn) == 3  # double descent, bounds vs epoch, heat-map (no bias-variance records here)
@@ -67,6 +68,7 @@ def test_every_figure_uses_names_not_keys(sweep, tmp_path, drawn):
     assert "width" in double_descent and "label noise" in double_descent and "test loss" in double_descent
 
 
+@pytest.mark.slow  # draws a whole report (10-30 s)
 def test_bounds_vs_epoch_title_claims_a_fit_only_when_one_is_drawn(sweep, tmp_path, drawn):
     records = load_runs(sweep)
     slopes = power_law_table(records, ["model.width", "data.label_noise"], FIT_FROM)
@@ -102,6 +104,7 @@ def test_log_tick_labels_never_overlap_and_are_enough(low, high):
         assert not [t.get_text() for t in axis.get_ticklabels(minor=True) if t.get_text()]
 
 
+@pytest.mark.slow  # draws a whole report (10-30 s)
 def test_formats_dpi_and_one_page_html(sweep, tmp_path, capsys):
     out = tmp_path / "report"
     main([str(sweep), "--out", str(out), "--format", "png,pdf,svg", "--dpi", "50"])
@@ -126,6 +129,7 @@ def test_formats_dpi_and_one_page_html(sweep, tmp_path, capsys):
     capsys.readouterr()
 
 
+@pytest.mark.slow  # draws a whole report (10-30 s)
 def test_pdf_only_report_still_shows_every_figure(sweep, tmp_path):
     main([str(sweep), "--out", str(tmp_path), "--format", "pdf"])
     assert not list(tmp_path.glob("*.png"))

@@ -3,6 +3,7 @@
 import math
 from pathlib import Path
 
+import pytest
 import yaml
 
 from lipschitz_dd.sweep import run_sweep
@@ -10,6 +11,7 @@ from lipschitz_dd.sweep import run_sweep
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "test_tiny.yaml"
 
 
+@pytest.mark.slow  # two real `lipschitz-dd fit` processes
 def test_real_fit_two_widths(tmp_path):
     assert TINY_CONFIG.is_file(), f"{TINY_CONFIG} is missing"
     sweep = {
