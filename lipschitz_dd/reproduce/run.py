@@ -23,8 +23,9 @@ class NotAvailable(ValueError):
 
 
 def scaled_sweep(finding: Finding, scale: str) -> dict[str, Any]:
-    """The finding's shipped sweep file as a dict, its parameters replaced by the scale's and every shipped
-    `--config` path made absolute (so the runner works from any directory)."""
+    """The finding's shipped sweep file as a dict, its parameters replaced by the scale's. Configs stay named by
+    their shipped names (`--config NAME`, a swept `config`): `lipschitz-dd fit` resolves them from any directory,
+    so the same file runs under `wandb agent` on another machine."""
     if finding.needs:
         raise NotAvailable(f"{finding.name} needs: {finding.needs}")
     if scale not in SCALES:
@@ -40,18 +41,7 @@ def scaled_sweep(finding: Finding, scale: str) -> dict[str, Any]:
         if key == "sweep":
             continue
         parameters[key] = {"values": list(value)} if isinstance(value, (list, tuple)) else {"value": value}
-    if "config" in parameters:  # a grid over shipped configs (e.g. the constrained double descent): absolute paths
-        entry = parameters["config"]
-        if "values" in entry:
-            parameters["config"] = {"values": [str(resolve(v, "configs").resolve()) for v in entry["values"]]}
-        elif "value" in entry:
-            parameters["config"] = {"value": str(resolve(entry["value"], "configs").resolve())}
     config["parameters"] = parameters
-    command = list(config.get("command") or [])
-    for i, chunk in enumerate(command[:-1]):
-        if chunk == "--config":
-            command[i + 1] = str(resolve(command[i + 1], "configs").resolve())
-    config["command"] = command
     config["name"] = f"{finding.name}_{scale}"
     return config
 
@@ -64,7 +54,7 @@ def generated_sweep(config_name: str) -> dict[str, Any]:
         "method": "grid",
         "metric": {"name": "test/loss", "goal": "minimize"},
         "parameters": {},
-        "command": ["${env}", "lipschitz-dd", "fit", "--config", f"configs/{config_name}.yaml", "${args}"],
+        "command": ["${env}", "lipschitz-dd", "fit", "--config", config_name, "${args}"],
     }
 
 
