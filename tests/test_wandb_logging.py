@@ -126,5 +126,6 @@ def test_resume_continues_the_run_folder_and_the_wandb_run(home, tmp_path, monke
     assert rows[0]["lipschitz/lower"] == first_rows[0]["lipschitz/lower"]  # the untrained network's row, kept
     assert rows[2]["test/loss"] == first_rows[2]["test/loss"]
     assert json.loads((run_dir / "results.json").read_text())["epochs"] == 4
-    ids = {p.name.rsplit("-", 1)[-1] for p in run_dir.glob("wandb/offline-run-*")}
+    # offline-run-<time>-<id>, and wandb appends "-<n>" when that folder exists already (a resume in the same second)
+    ids = {p.name.split("-")[3] for p in run_dir.glob("wandb/offline-run-*")}
     assert ids == {first_id}  # the same W&B run, resumed
