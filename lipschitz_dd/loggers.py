@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import configparser
+import netrc
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -156,24 +159,41 @@ class EpochWandbLogger(WandbLogger):
         super().finalize(status)
 
 
+def _wandb_host() -> str:
+    """The W&B host runs would log to: WANDB_BASE_URL, else `base_url` in wandb's settings files (the project's
+    ./wandb/settings, then WANDB_CONFIG_DIR/settings or ~/.config/wandb/settings), else api.wandb.ai."""
+    url = os.environ.get("WANDB_BASE_URL")
+    if not url:
+        config_dir = os.environ.get("WANDB_CONFIG_DIR") or os.path.join(os.path.expanduser("~"), ".config", "wandb")
+        for path in (os.path.join("wandb", "settings"), os.path.join(config_dir, "settings")):
+            parser = configparser.ConfigParser()
+            try:
+                parser.read(path)
+            except configparser.Error:
+                continue
+            if parser.has_option("default", "base_url"):
+                url = parser.get("default", "base_url")
+                break
+    return urllib.parse.urlparse(url or "https://api.wandb.ai").hostname or "api.wandb.ai"
+
+
 def wandb_is_configured() -> bool:
-    """True when W&B would log online: wandb itself finds credentials for its host without prompting and without
-    a network call (WANDB_API_KEY, ~/.netrc or an identity token for WANDB_BASE_URL or the host in wandb's
-    settings files, so self-hosted servers count), and WANDB_MODE does not say offline/disabled. WANDB_MODE=online
-    always counts as configured (wandb then asks or fails itself)."""
+    """True when W&B would log online: WANDB_MODE does not say offline/disabled, and credentials exist for the
+    host W&B logs to (WANDB_API_KEY, or a ~/.netrc / $NETRC entry for WANDB_BASE_URL's host or the host in wandb's
+    settings files, so self-hosted servers count). WANDB_MODE=online always counts as configured (wandb then asks
+    or fails itself). Reads files only: no network call and no wandb service (`wandb.login` starts one, which
+    could stall a run's start-up)."""
     mode = os.environ.get("WANDB_MODE")
     if mode in ("offline", "disabled", "dryrun"):
         return False
-    if mode == "online":
+    if mode == "online" or os.environ.get("WANDB_API_KEY"):
         return True
-    import wandb
-
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
     try:
-        return bool(wandb.login(prompt=False, verify=False))  # reads credentials only (wandb >= 0.19)
-    except TypeError:  # older wandb without `prompt`: its deprecated, network-free key lookup
-        return bool(getattr(getattr(wandb, "api", None), "api_key", None))
-    except Exception:  # a broken settings file or netrc: log offline rather than fail the run
+        entry = netrc.netrc(path).authenticators(_wandb_host())
+    except (OSError, netrc.NetrcParseError):  # no netrc, or a broken one: log offline rather than fail the run
         return False
+    return bool(entry and entry[2])
 
 
 # How a swept parameter appears in a run's display name, e.g. {model.width: 64, data.label_noise: 0.15,
