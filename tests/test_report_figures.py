@@ -88,7 +88,7 @@ def test_log_tick_labels_never_overlap_and_are_enough(low, high):
     ax = figure.subplots()
     ax.plot(np.geomspace(low, high, 20), np.geomspace(low, high, 20))
     ax.set(xscale="log", yscale="log")
-    figures._tidy_log_ticks(ax)
+    figures.tidy_log_ticks(ax)
     figure.canvas.draw()
     renderer = figure.canvas.get_renderer()
     for axis in (ax.xaxis, ax.yaxis):

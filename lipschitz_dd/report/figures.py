@@ -198,7 +198,7 @@ def plot_bounds_vs_epoch(
                     ylabel=label(metric),
                     title=BOUND_TITLES[metric] + ("" if level == "" else f", {label(hue)} = {level}"),
                 )
-                _tidy_log_ticks(ax)
+                tidy_log_ticks(ax)
                 if ax.get_legend_handles_labels()[0]:
                     line_name = label(line_title) if line_title != "run" else "run"
                     ax.legend(
@@ -244,7 +244,7 @@ def plot_heatmap(table: pd.DataFrame, x: str, hue: str | None, path: Path) -> Pa
             ax.invert_yaxis()
             ax.set(title=f"{label(metric)} (mean over seeds)", xlabel=label(x), ylabel=label(hue))
             if log_colours:
-                _tidy_log_ticks(ax.collections[0].colorbar.ax)
+                tidy_log_ticks(ax.collections[0].colorbar.ax)
     return _save(figure, path)
 
 
@@ -272,7 +272,7 @@ def plot_bias_variance(table: pd.DataFrame, x: str, hue: str | None, path: Path)
             ax.set(
                 xlabel=label(x), ylabel="variance over seeds", title="" if level is None else f"{label(hue)} = {level}"
             )
-            _tidy_log_ticks(ax)
+            tidy_log_ticks(ax)
         handles, labels = axes[0].get_legend_handles_labels()
         figure.legend(handles, labels, loc="outside right upper", fontsize="small")
         figure.suptitle(
@@ -372,7 +372,7 @@ def _scales(ax, log_x: bool, log_y: bool) -> None:
         ax.set_xscale("log")
     if log_y:
         ax.set_yscale("log")
-    _tidy_log_ticks(ax)
+    tidy_log_ticks(ax)
 
 
 def _has_repeats(data: pd.DataFrame, keys: Sequence[str | None]) -> bool:
@@ -393,7 +393,7 @@ def _plain_number(value: float, _position=None) -> str:
 _PLAIN = FuncFormatter(_plain_number)
 
 
-def _tidy_log_ticks(ax) -> None:
+def tidy_log_ticks(ax) -> None:
     """Log axes without overlapping tick labels: labels only at major ticks, as plain numbers ("0.5", "200");
     majors at powers of ten when the axis spans two decades or more (at most 6 labels), at 1, 2 and 5 times a
     power of ten down to half a decade, else at up to 4 evenly spaced round numbers; minor ticks unlabelled."""

@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
+from lipschitz_dd.report.figures import tidy_log_ticks
 from lipschitz_dd.report.records import RunRecord
 from lipschitz_dd.report.tables import runs_table
 
@@ -82,3 +85,11 @@ def markdown_table(frame: pd.DataFrame) -> list[str]:
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "---|" * len(frame.columns)
     return [header, rule] + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+
+
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Save a finding's figure at 120 dpi, with the report's readable log-axis ticks on every axes."""
+    for ax in figure.axes:
+        tidy_log_ticks(ax)
+    figure.savefig(path, dpi=120)
+    return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -16,6 +17,7 @@ from lipschitz_dd.reproduce.analysis import (
     loglog_fit,
     markdown_table,
     means,
+    save_figure,
 )
 from lipschitz_dd.reproduce.registry import Analysis, Finding, register
 
@@ -67,8 +69,7 @@ def _bar_figure(mean: pd.DataFrame, key: str, path: Path) -> Path:
             ax.plot(group[WIDTH], group[metric], "o-", label=str(level))
         ax.set(xscale="log", yscale="log", xlabel=WIDTH, ylabel=metric)
         ax.legend(title=key, fontsize="small")
-    figure.savefig(path, dpi=120)
-    return path
+    return save_figure(figure, path)
 
 
 def _slope_analysis(key: str, paper: dict[str, float], at_init: bool):
@@ -116,8 +117,9 @@ def _values(records: list[RunRecord], key: str, metric: str, initial: bool) -> t
 
 
 def _slope_figure(rows, key: str, path: Path) -> Path:
-    figure = Figure(figsize=(9, 3.8), layout="constrained")
-    axes = dict(zip(("at init", "after training"), figure.subplots(1, 2), strict=False))
+    stages = list(dict.fromkeys(stage for stage, *_ in rows))
+    figure = Figure(figsize=(4.5 * len(stages), 3.8), layout="constrained")
+    axes = dict(zip(stages, np.atleast_1d(figure.subplots(1, len(stages))), strict=True))
     for stage, metric, x, y in rows:
         fit = loglog_fit(x, y)
         axes[stage].plot(x, y, "o-", label=f"{metric}: slope {fmt(fit.slope)}, R^2 {fmt(fit.r2)}")
@@ -125,8 +127,7 @@ def _slope_figure(rows, key: str, path: Path) -> Path:
         ax.set(xscale="log", yscale="log", xlabel=key, ylabel="bound", title=stage)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="x-small")
-    figure.savefig(path, dpi=120)
-    return path
+    return save_figure(figure, path)
 
 
 QUICK = {"trainer.max_epochs": 3, "data.num_samples": 1000, SEED: 0}

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from lipschitz_dd.reproduce.analysis import fmt, markdown_table
+from lipschitz_dd.reproduce.analysis import fmt, markdown_table, save_figure
 from lipschitz_dd.reproduce.checkpoints import load_trained
 from lipschitz_dd.reproduce.findings.axes import QUICK
 from lipschitz_dd.reproduce.registry import Analysis, Finding, register
@@ -34,8 +34,7 @@ def _histograms(named_norms: dict[str, torch.Tensor], title: str, path: Path) ->
         ax.hist(norms.numpy(), bins=bins, alpha=0.55, label=label)
     ax.set(xscale="log", xlabel="||J(x)||_2", ylabel="points", title=title)
     ax.legend(fontsize="small")
-    figure.savefig(path, dpi=120)
-    return path
+    return save_figure(figure, path)
 
 
 def analyse_softmax(records, out: Path) -> Analysis:

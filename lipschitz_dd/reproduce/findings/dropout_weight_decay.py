@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lipschitz_dd.reproduce.analysis import completed_table, fmt, markdown_table, means
+from lipschitz_dd.reproduce.analysis import completed_table, fmt, markdown_table, means, save_figure
 from lipschitz_dd.reproduce.checkpoints import load_trained
 from lipschitz_dd.reproduce.findings.checkpoint_measures import _norms
 from lipschitz_dd.reproduce.registry import Analysis, Finding, register
@@ -85,8 +85,7 @@ def _figure(mean: pd.DataFrame, key: str, path: Path) -> Path:
         right.plot(mean[key], mean["mean norm wrong / correct"], "o-")
     right.axhline(1.0, color="grey", lw=0.8)
     right.set(xlabel=key, ylabel="mean ||J|| wrong / correct")
-    figure.savefig(path, dpi=120)
-    return path
+    return save_figure(figure, path)
 
 
 TINY = {

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lipschitz_dd.reproduce.analysis import fmt, markdown_table
+from lipschitz_dd.reproduce.analysis import fmt, markdown_table, save_figure
 from lipschitz_dd.reproduce.registry import Analysis, Finding, register
 
 CURVES = ("lipschitz/lower", "lipschitz/upper", "evolution/bound1", "evolution/bound2")
@@ -40,9 +40,7 @@ def analyse(records, out: Path) -> Analysis:
                 below_upper_early.append(row["evolution/bound1"] < row["lipschitz/upper"])
     ax.set(xscale="log", yscale="log", xlabel="epoch", ylabel="constant / bound")
     ax.legend(fontsize="x-small")
-    path = out / "evolution_bound.png"
-    figure.savefig(path, dpi=120)
-    result.figures.append(path)
+    result.figures.append(save_figure(figure, out / "evolution_bound.png"))
     result.lines += markdown_table(pd.DataFrame(rows))
     early = all(below_upper_early) if below_upper_early else False
     result.verdict = (

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lipschitz_dd.reproduce.analysis import completed_table, fmt, initial_value, markdown_table
+from lipschitz_dd.reproduce.analysis import completed_table, fmt, initial_value, markdown_table, save_figure
 from lipschitz_dd.reproduce.registry import Analysis, Finding, register
 
 DATA = Path("data/imagenet")
@@ -99,8 +99,7 @@ def _figure(records, path: Path) -> Path:
                 ax.plot(values.index, values.to_numpy(), style, color=f"C{i}", label=f"{metric}, {record.name}")
     ax.set(yscale="log", xlabel="epoch", ylabel="bound", title="lower bound and product bound")
     ax.legend(fontsize="small")
-    figure.savefig(path, dpi=120)
-    return path
+    return save_figure(figure, path)
 
 
 register(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lipschitz_dd.reproduce.analysis import fmt, markdown_table
+from lipschitz_dd.reproduce.analysis import fmt, markdown_table, save_figure
 from lipschitz_dd.reproduce.checkpoints import load_trained
 from lipschitz_dd.reproduce.findings.evolution import PARAMETERS as EVOLUTION_PARAMETERS
 from lipschitz_dd.reproduce.findings.evolution import SCALES as EVOLUTION_SCALES
@@ -39,8 +39,7 @@ def _figure(table: pd.DataFrame, path: Path) -> Path:
     ax.set_xticks([j + width for j in range(len(table))], table["run"])
     ax.set(yscale="log", ylabel="constant", title="C_lower vs the first-order prediction from theta_0")
     ax.legend(fontsize="small")
-    figure.savefig(path, dpi=120)
-    return path
+    return save_figure(figure, path)
 
 
 def analyse(records, out: Path) -> Analysis:

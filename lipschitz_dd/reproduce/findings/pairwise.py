@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lipschitz_dd.reproduce.analysis import fmt, markdown_table
+from lipschitz_dd.reproduce.analysis import fmt, markdown_table, save_figure
 from lipschitz_dd.reproduce.checkpoints import checkpoint_epoch, checkpoint_files, load_trained
 from lipschitz_dd.reproduce.findings.checkpoint_measures import _norms
 from lipschitz_dd.reproduce.registry import Analysis, Finding, register
@@ -80,8 +80,7 @@ def _figure(table: pd.DataFrame, path: Path) -> Path:
         ax.plot(group["epoch"], group["C_alt"], "s--", color=colour, label=f"C_alt, width {width}")
     ax.set(yscale="log", xlabel="epoch", ylabel="lower bound", title="Jacobian bound vs pairwise bound")
     ax.legend(fontsize="small")
-    figure.savefig(path, dpi=120)
-    return path
+    return save_figure(figure, path)
 
 
 def checkpoints_every(epochs: int) -> dict:

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from lipschitz_dd.reproduce.analysis import fmt, markdown_table
+from lipschitz_dd.reproduce.analysis import fmt, markdown_table, save_figure
 from lipschitz_dd.reproduce.checkpoints import load_trained
 from lipschitz_dd.reproduce.findings.checkpoint_measures import _norms, below_one, finite_max
 from lipschitz_dd.reproduce.registry import Analysis, Finding, register
@@ -89,8 +89,7 @@ def _ood_figure(table: pd.DataFrame, path: Path) -> Path:
     left.set(xlabel="noise radius r (x data RMS)", ylabel="C_lower(noisy train) / C_lower(train)")
     right.set(xlabel="noise radius r (x data RMS)", ylabel="test loss on noisy test points")
     right.legend(fontsize="small")
-    figure.savefig(path, dpi=120)
-    return path
+    return save_figure(figure, path)
 
 
 def analyse_adversarial(records, out: Path) -> Analysis:
@@ -142,8 +141,7 @@ def _adversarial_figure(table: pd.DataFrame, path: Path) -> Path:
     right.set(xlabel="width", ylabel="max finite-difference ratio / C_lower")
     left.legend(fontsize="small")
     right.legend(fontsize="small")
-    figure.savefig(path, dpi=120)
-    return path
+    return save_figure(figure, path)
 
 
 register(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from lipschitz_dd.reproduce.analysis import BOUNDS, completed_table, markdown_table, means
+from lipschitz_dd.reproduce.analysis import BOUNDS, completed_table, markdown_table, means, save_figure
 from lipschitz_dd.reproduce.findings.double_descent import analyse as double_descent
 from lipschitz_dd.reproduce.registry import Analysis, Finding, register
 
@@ -49,8 +49,7 @@ def _penalty_figure(mean, path: Path) -> Path:
         positive = mean[PENALTY][mean[PENALTY] > 0]
         ax.set_xscale("symlog", linthresh=float(positive.min()) if len(positive) else 1e-3)
         ax.set(xlabel="lambda", ylabel=metric)
-    figure.savefig(path, dpi=120)
-    return path
+    return save_figure(figure, path)
 
 
 QUICK_DD = {"model.width": [4, 32], "trainer.max_epochs": 2, "data.num_samples": 1000}
