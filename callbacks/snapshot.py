@@ -68,7 +68,8 @@ class FunctionSnapshot(Callback):
         run_dir: folder of the file; default `trainer.log_dir`.
         test_points: m_test, the number of test inputs whose logits are saved (all if the test set is smaller).
         train_points: m_train, the number of training inputs whose Jacobians are saved (before the size cap).
-        max_jacobian_numbers: cap on m_train * K * d (default 2e6 floats = 8 MB: all 256 points for MNIST-1D, about 65 for CIFAR-sized inputs).
+        max_jacobian_numbers: cap on m_train * K * d (default 2^22 floats = 16 MB: all 256 points for MNIST-1D and
+            28x28 images with 10 classes, about 136 for CIFAR-sized inputs).
         subset_seed: seed of the fixed subsets (keep it the same across a sweep).
         batch_size: inputs per forward / backward pass.
         input_key: where the input is in a loader's batch (default element 0 / "x"); unused for `train_x`.
@@ -81,7 +82,7 @@ class FunctionSnapshot(Callback):
         run_dir: str | None = None,
         test_points: int = 1000,
         train_points: int = 256,
-        max_jacobian_numbers: int = 2_000_000,
+        max_jacobian_numbers: int = 4_194_304,
         subset_seed: int = 0,
         batch_size: int = 256,
         input_key: Key | None = None,
