@@ -95,7 +95,11 @@ class ToyNet(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
-def make_trainer(tmp_path, callbacks, max_epochs: int = 3, logger: bool = True, **kwargs) -> pl.Trainer:
+def make_trainer(tmp_path, callbacks, max_epochs: int = 3, logger=True, **kwargs) -> pl.Trainer:
+    """A quiet CPU trainer; logger True: a CSVLogger in tmp_path/run/version_0, False: none, else the logger(s)
+    given."""
+    if logger is True:
+        logger = CSVLogger(str(tmp_path), name="run", version=0)
     options = dict(
         max_epochs=max_epochs,
         callbacks=callbacks,
@@ -108,7 +112,7 @@ def make_trainer(tmp_path, callbacks, max_epochs: int = 3, logger: bool = True, 
         devices=1,
     )
     options.update(kwargs)
-    return pl.Trainer(logger=CSVLogger(str(tmp_path), name="run", version=0) if logger else False, **options)
+    return pl.Trainer(logger=logger, **options)
 
 
 def read_rows(trainer: pl.Trainer) -> list[dict[str, float]]:

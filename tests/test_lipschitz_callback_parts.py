@@ -161,18 +161,7 @@ def fit_project_model(tmp_path, loggers, clock: bool = True) -> pl.Trainer:
     data = SyntheticDataModule(input_shape=(6,), num_classes=3, num_train=32, num_test=16, batch_size=8)
     model = FCN(input_dim=6, width=8, depth=1, num_classes=3, lr=0.05)
     callback = LipschitzCallback(every_n_epochs=1, upper=False, progress_bar=False)
-    trainer = pl.Trainer(
-        max_epochs=2,
-        callbacks=[callback, LearningRateMonitor(logging_interval="step")],
-        logger=loggers,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        accelerator="cpu",
-        devices=1,
-    )
+    trainer = make_trainer(tmp_path, [callback, LearningRateMonitor(logging_interval="step")], 2, logger=loggers)
     if clock:
         use_epoch_axis(trainer)
     trainer.fit(model, datamodule=data)
