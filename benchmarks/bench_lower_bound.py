@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import resource
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import torch
+from _memory import peak_growth_mib
 from torch import nn
 
 from lipschitz_dd.bounds import lower_bound
@@ -160,11 +159,6 @@ def epoch_cost(x: torch.Tensor, batch_size: int, pairs: int = 15) -> None:
 # ------------------------------------------------------------------ memory (run in fresh subprocesses)
 
 
-def _resident_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
-
-
 def memory_probe(n_points: int, batch_size: int, width: int) -> None:
     """Child process: peak growth of resident memory (MiB, sampled every 0.5 ms by a thread) while
     lower_bound streams n_points CIFAR-shaped images that are generated on the fly (never all in memory)."""
@@ -177,21 +171,10 @@ def memory_probe(n_points: int, batch_size: int, width: int) -> None:
         for start in range(0, n_points, chunk):
             yield torch.randn(min(chunk, n_points - start), 3, 32, 32, generator=generator)
 
-    peak, done = [0.0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _resident_mib())
-            time.sleep(0.0005)
-
-    baseline = _resident_mib()
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    stats = lower_bound(model, stream(), batch_size=batch_size)
-    done.set()
-    sampler.join()
-    assert stats.count == n_points
-    print(f"{peak[0] - baseline:.1f}")
+    counted = []
+    growth = peak_growth_mib(lambda: counted.append(lower_bound(model, stream(), batch_size=batch_size).count))
+    assert counted == [n_points]
+    print(f"{growth:.1f}")
 
 
 def memory_table(threads: int, width: int, small: int) -> None:

@@ -28,14 +28,13 @@ import argparse
 import contextlib
 import functools
 import math
-import resource
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import torch
+from _memory import peak_growth_mib
 from torch import nn
 
 import lipschitz_dd.bounds.warm_lower as warm_lower
@@ -438,11 +437,6 @@ def section_k1000(args) -> None:
 # ------------------------------------------------------------------ memory (run in fresh subprocesses)
 
 
-def _resident_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
-
-
 def memory_probe(n_points: int) -> None:
     """Child: peak RSS growth (MiB, sampled every 0.5 ms) of two warm measurements (cold, then warm) of
     n_points streamed CIFAR-shaped points in batches of 50 (CNN 8, K = 100, block 2)."""
@@ -457,21 +451,11 @@ def memory_probe(n_points: int) -> None:
             b = min(50, n_points - start)
             yield torch.randn(b, 3, 32, 32, generator=generator), torch.arange(start, start + b)
 
-    peak, done = [0.0], threading.Event()
+    def measure_twice() -> None:
+        for _ in range(2):
+            estimator.measure(model, stream())
 
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _resident_mib())
-            time.sleep(0.0005)
-
-    baseline = _resident_mib()
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    for _ in range(2):
-        estimator.measure(model, stream())
-    done.set()
-    sampler.join()
-    print(f"{peak[0] - baseline:.1f}")
+    print(f"{peak_growth_mib(measure_twice):.1f}")
 
 
 def section_memory(args) -> None:
