@@ -107,6 +107,26 @@ def test_ratio_analysis_on_hand_made_runs(tmp_path, capsys):
     assert "holds: C_lower with mse is smaller than with ce at every width" in summary
 
 
+def test_optimizer_compares_c_lower_at_equal_training_loss(tmp_path):
+    """SGD ends at train loss 1.0 with C_lower 2; Adam first reaches loss <= 1.0 at epoch 4 (C_lower 5 there,
+    50 at its end): equal-epoch ratio 25, equal-loss ratio 5 / 2 = 2.5."""
+    from lipschitz_dd.reproduce.run import analyse_folder
+
+    runs = tmp_path / "runs"
+    sgd = {"train/loss": 1.0, "lipschitz/lower": 2.0, "lipschitz/avg": 1.0, "lipschitz/upper": 9.0}
+    _fake_run(runs / "sgd", {"model.optimizer": "sgd", "model.width": 16, "seed_everything": 0}, sgd)
+    adam = {"train/loss": 0.1, "lipschitz/lower": 50.0, "lipschitz/avg": 10.0, "lipschitz/upper": 90.0}
+    _fake_run(runs / "adam", {"model.optimizer": "adam", "model.width": 16, "seed_everything": 0}, adam)
+    history = [(0, 2.3, 1.0), (2, 1.5, 3.0), (3, 0.95, ""), (4, 0.9, 5.0), (6, 0.1, 50.0)]  # step, loss, C_lower
+    (runs / "adam" / "metrics.csv").write_text(
+        "step,train/loss,lipschitz/lower\n" + "".join(f"{e},{loss},{c}\n" for e, loss, c in history)
+    )
+    summary = analyse_folder(get_finding("optimizer"), "cpu", runs, tmp_path / "out").read_text()
+    assert "| 16 | 25 | 10 | 10 |" in summary
+    assert "| 16 | sgd | 1 | 4 | 5 | 2 | 2.5 |" in summary
+    assert "at equal training loss the ratio is 2.5..2.5" in summary
+
+
 def test_slope_analysis_recovers_a_power_law(tmp_path):
     from lipschitz_dd.reproduce.run import analyse_folder
 
