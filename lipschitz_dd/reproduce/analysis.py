@@ -52,6 +52,11 @@ def completed_table(records: Sequence[RunRecord], axes: Sequence[str]) -> pd.Dat
     return table[table["status"].isin(("finished", "stopped_converged"))].reset_index(drop=True)
 
 
+def completed_by_width(records: Sequence[RunRecord], key: str = "model.width") -> list[RunRecord]:
+    """The completed runs, sorted by the config value `key` (the width by default)."""
+    return sorted((r for r in records if r.completed), key=lambda r: float(r.config.get(key, 0)))
+
+
 def means(table: pd.DataFrame, by: Sequence[str], metrics: Sequence[str] = METRICS) -> pd.DataFrame:
     """Mean over seeds (the other columns) of `metrics`, one row per value of `by`."""
     present = [m for m in metrics if m in table.columns]

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from lipschitz_dd.reproduce.analysis import fmt, markdown_table, save_figure
+from lipschitz_dd.reproduce.analysis import completed_by_width, fmt, markdown_table, save_figure
 from lipschitz_dd.reproduce.checkpoints import load_trained
 from lipschitz_dd.reproduce.findings.axes import QUICK
 from lipschitz_dd.reproduce.registry import Analysis, Finding, register
@@ -191,7 +191,7 @@ def analyse_distributions(records, out: Path) -> Analysis:
     """Per completed run: the histogram of ||J(x)|| over the training set and its shape (median, mean, max/median,
     skewness); the study reads a long right tail as max/median far above 1."""
     result, rows, shapes = Analysis(), [], {}
-    for record in sorted((r for r in records if r.completed), key=lambda r: float(r.config.get("model.width", 0))):
+    for record in completed_by_width(records):
         model, x, _ = load_trained(record)
         norms = _norms(model, x).double()
         centred = norms - norms.mean()

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from lipschitz_dd.reproduce.analysis import fmt, markdown_table, save_figure
+from lipschitz_dd.reproduce.analysis import completed_by_width, fmt, markdown_table, save_figure
 from lipschitz_dd.reproduce.checkpoints import load_trained
 from lipschitz_dd.reproduce.findings.checkpoint_measures import _norms, below_one, finite_max
 from lipschitz_dd.reproduce.registry import Analysis, Finding, register
@@ -49,7 +49,7 @@ def analyse_out_of_distribution(records, out: Path) -> Analysis:
     C_lower over the training points (final values), and the test loss at the test points plus noise of
     standard deviation r x the training data's RMS per coordinate (r = 0: the clean test loss)."""
     result, rows = Analysis(), []
-    for record in sorted((r for r in records if r.completed), key=lambda r: float(r.config.get(WIDTH, 0))):
+    for record in completed_by_width(records):
         c_lower = record.final_value("lipschitz/lower")
         model, x_train, _ = load_trained(record, "train")
         _, x_test, y_test = load_trained(record, "test")
@@ -99,7 +99,7 @@ def analyse_adversarial(records, out: Path) -> Analysis:
     from lipschitz_dd.bounds import finite_difference_ratio, pgd_perturbations
 
     result, rows = Analysis(), []
-    for record in sorted((r for r in records if r.completed), key=lambda r: float(r.config.get(WIDTH, 0))):
+    for record in completed_by_width(records):
         c_lower = record.final_value("lipschitz/lower")
         model, x, y = load_trained(record)
         c_checkpoint = float(_norms(model, x).max())
