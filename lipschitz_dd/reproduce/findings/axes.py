@@ -240,7 +240,11 @@ register(
         paper={"slopes after training": "about 3.3 / 2.0 / 1.2 (read here as upper / lower / avg)"},
         sweep="fcn_mnist1d_depth",
         scales={"quick": {**QUICK, "model.depth": [1, 3]}, "cpu": {}, "full": {}},
-        cost={"quick": "~25 s (2 runs)", "cpu": "~20 min (20 runs x 300 epochs, 2 workers)", "full": "as cpu x 50"},
+        cost={
+            "quick": "~25 s (2 runs)",
+            "cpu": "~14 min (20 runs x 300 epochs, 2 workers; measured under load)",
+            "full": "as cpu x 50",
+        },
         analyse=_slope_analysis(
             "model.depth", {"lipschitz/upper": 3.3, "lipschitz/lower": 2.0, "lipschitz/avg": 1.2}, at_init=True
         ),
