@@ -259,7 +259,11 @@ register(
         paper={"slopes": "about 0.53 / 0.37 / 0.36 (read here as upper / lower / avg)"},
         sweep="fcn_mnist1d_train_size",
         scales={"quick": {**QUICK, "data.train_subset": [100, 200]}, "cpu": {}, "full": {}},
-        cost={"quick": "~25 s (2 runs)", "cpu": "~15 min (20 runs x 300 epochs, 2 workers)", "full": "as cpu x 50"},
+        cost={
+            "quick": "~25 s (2 runs)",
+            "cpu": "~15 min (20 runs x 300 epochs, 2 workers; measured under load)",
+            "full": "as cpu x 50",
+        },
         analyse=_slope_analysis(
             "data.train_subset",
             {"lipschitz/upper": 0.53, "lipschitz/lower": 0.37, "lipschitz/avg": 0.36},

@@ -162,7 +162,11 @@ register(
         paper={"softmax vs logits": "far smaller"},
         sweep="fcn_mnist1d_loss",
         scales={"quick": {**QUICK, "model.width": 16, "model.loss": "ce"}, "cpu": {"model.loss": "ce"}, "full": {}},
-        cost={"quick": "~15 s (1 run)", "cpu": "~15 min (12 runs x 300 epochs, 2 workers)", "full": "as cpu x 50"},
+        cost={
+            "quick": "~15 s (1 run)",
+            "cpu": "~15 min (12 runs x 300 epochs, 2 workers; measured under load)",
+            "full": "as cpu x 50",
+        },
         analyse=analyse_softmax,
     )
 )
@@ -181,7 +185,7 @@ register(
             "cpu": {"model.width": [32, 256], "data.label_noise": 0.15},
             "full": {"model.width": [32, 256], "data.label_noise": 0.15, "seed_everything": [0, 1, 2, 3]},
         },
-        cost={"quick": "~20 s (1 run)", "cpu": "~5 min (2 runs x 300 epochs)", "full": "~20 min"},
+        cost={"quick": "~20 s (1 run)", "cpu": "~3 min (2 runs x 300 epochs; measured)", "full": "~20 min"},
         analyse=analyse_diagnostics,
     )
 )
@@ -234,7 +238,7 @@ register(
             "cpu": {"model.width": [8, 48, 512], "data.label_noise": 0.15},
             "full": {"model.width": [8, 48, 512], "data.label_noise": 0.15},
         },
-        cost={"quick": "~10 s (1 run)", "cpu": "~10 min (3 runs x 300 epochs)", "full": "as cpu"},
+        cost={"quick": "~10 s (1 run)", "cpu": "~5 min (3 runs x 300 epochs; measured)", "full": "as cpu"},
         analyse=analyse_distributions,
     )
 )
