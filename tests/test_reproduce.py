@@ -127,6 +127,31 @@ def test_optimizer_compares_c_lower_at_equal_training_loss(tmp_path):
     assert "at equal training loss the ratio is 2.5..2.5" in summary
 
 
+def test_cnn_double_descent_fits_each_widths_evolution_slopes(tmp_path):
+    """Bounds logged as exact power laws of the epoch (C_lower = w e^0.5, C_avg = e^0.3, C_upper = 3 e^0.7 for
+    epochs 10..80, 1 at epoch 0): the per-width table holds those exponents and C_lower's growth 80^0.5 w."""
+    import json
+
+    from lipschitz_dd.reproduce.run import analyse_folder
+
+    runs = tmp_path / "runs"
+    for width in (2, 4):
+        folder = runs / f"w{width}"
+        folder.mkdir(parents=True)
+        config = {"model.width": width, "data.label_noise": 0.2, "seed_everything": 0}
+        final = {"train/loss": 0.1, "test/loss": 1.0 + width, "lipschitz/lower": width * 80**0.5}
+        payload = {"status": "finished", "config": config, "final": final, "max": {}, "epochs": 80, "seconds": 1.0}
+        (folder / "results.json").write_text(json.dumps(payload))
+        lines = ["step,lipschitz/lower,lipschitz/avg,lipschitz/upper,test/loss,train/loss"]
+        lines += ["0,1,1,1,2.3,2.3"]
+        lines += [f"{e},{width * e**0.5},{e**0.3},{3 * e**0.7},{1.0 + width},0.1" for e in range(10, 81, 10)]
+        (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+    summary = analyse_folder(get_finding("cnn_fashion_mnist_dd"), "cpu", runs, tmp_path / "out").read_text()
+    assert "log-log slope against the epoch from epoch 10 on" in summary
+    assert f"| 2 | 0.3 | 0.5 | 0.7 | {2 * 80**0.5:.4g} |" in summary
+    assert f"| 4 | 0.3 | 0.5 | 0.7 | {4 * 80**0.5:.4g} |" in summary
+
+
 def test_slope_analysis_recovers_a_power_law(tmp_path):
     from lipschitz_dd.reproduce.run import analyse_folder
 
