@@ -55,6 +55,16 @@ def test_cont100_decays_every_100_epochs_and_respects_floor():
     assert f((k - 1) * 100 * per_epoch) == pytest.approx(0.95 ** (k - 1))
 
 
+def test_cont50_decays_every_50_epochs():
+    per_epoch = 4
+    f = make_lr_lambda("cont50", base_lr=0.04, updates_per_epoch=per_epoch)
+    assert f(50 * per_epoch - 1) == 1.0
+    assert f(50 * per_epoch) == pytest.approx(0.95)
+    assert f(500 * per_epoch + 3) == pytest.approx(0.95**10)
+    floored = make_lr_lambda("cont50", base_lr=0.04, updates_per_epoch=per_epoch, lr_floor=0.02)
+    assert floored(10**6) == pytest.approx(0.5)
+
+
 def test_lambda_lr_stepped_per_update_gives_closed_form_lr():
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=0.2)

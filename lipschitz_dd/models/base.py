@@ -61,9 +61,9 @@ class LipschitzModule(LightningModule):
         lr: base learning rate.
         momentum: SGD momentum (0 = plain SGD, the paper's protocol); must be 0 with Adam.
         weight_decay: L2 weight decay passed to the optimiser.
-        lr_schedule: ``"constant"``, ``"warmup20000step25"``, ``"cont100"`` or ``"step30"`` (ImageNet: divided
+        lr_schedule: ``"constant"``, ``"warmup20000step25"``, ``"cont100"``, ``"cont50"`` or ``"step30"`` (ImageNet: divided
             by 10 every 30 epochs; see ``schedules.py``), stepped once per update.
-        lr_floor: ``cont100`` only: an absolute learning rate below which the schedule never goes.
+        lr_floor: ``cont100`` / ``cont50`` only: an absolute learning rate below which the schedule never goes.
         schedule_epochs: ``warmup20000step25`` only: its decay milestones sit at 25/50/75 % of this many
             epochs after the warm-up.
         grad_clip_norm: clip the global L2 norm of all gradients to this value before each update (None: no
@@ -89,7 +89,7 @@ class LipschitzModule(LightningModule):
         lr: float = 0.01,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
-        lr_schedule: Literal["constant", "warmup20000step25", "cont100", "step30"] = "constant",
+        lr_schedule: Literal["constant", "warmup20000step25", "cont100", "cont50", "step30"] = "constant",
         lr_floor: float | None = None,
         schedule_epochs: int = 10_000,
         grad_clip_norm: float | None = 50.0,

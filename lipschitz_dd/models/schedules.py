@@ -15,14 +15,15 @@ import math
 from collections.abc import Callable
 from functools import partial
 
-SCHEDULE_NAMES = ("constant", "warmup20000step25", "cont100", "step30")
+SCHEDULE_NAMES = ("constant", "warmup20000step25", "cont100", "cont50", "step30")
 
 WARMUP_UPDATES = 20_000
 """Length of the linear warm-up of ``Warmup20000Step25``, in updates."""
 STEP25_GAMMA = 0.75
 """Factor applied at each of the 25/50/75 % milestones of ``Warmup20000Step25``."""
-CONT100_EVERY_EPOCHS = 100
-CONT100_GAMMA = 0.95
+CONT_EVERY_EPOCHS = {"cont100": 100, "cont50": 50}
+"""Epochs between the x0.95 steps of the "Cont" schedules (the study's Cont100 and Cont50)."""
+CONT_GAMMA = 0.95
 STEP30_EVERY_EPOCHS = 30
 STEP30_GAMMA = 0.1
 
@@ -48,15 +49,21 @@ def warmup20000step25_factor(update: int, updates_per_epoch: int, schedule_epoch
     return STEP25_GAMMA**passed
 
 
-def cont100_factor(update: int, updates_per_epoch: int, floor_factor: float = 0.0) -> float:
-    """Factor of the paper's ``Cont100`` schedule at a given update (exact, closed form).
+def cont_factor(update: int, updates_per_epoch: int, every_epochs: int = 100, floor_factor: float = 0.0) -> float:
+    """Factor of the paper's ``Cont100`` (``every_epochs`` 100) or ``Cont50`` (50) schedule at a given update
+    (exact, closed form).
 
-    ``max(0.95 ** floor(epoch / 100), floor_factor)`` with ``epoch = floor(update / updates_per_epoch)``: the
-    learning rate is multiplied by 0.95 at the start of epochs 100, 200, ..., and never goes below
-    ``floor_factor`` times the base learning rate (0: no floor).
+    ``max(0.95 ** floor(epoch / every_epochs), floor_factor)`` with ``epoch = floor(update / updates_per_epoch)``:
+    the learning rate is multiplied by 0.95 at the start of epochs every_epochs, 2 every_epochs, ..., and never
+    goes below ``floor_factor`` times the base learning rate (0: no floor).
     """
     epoch = update // updates_per_epoch
-    return max(CONT100_GAMMA ** (epoch // CONT100_EVERY_EPOCHS), floor_factor)
+    return max(CONT_GAMMA ** (epoch // every_epochs), floor_factor)
+
+
+def cont100_factor(update: int, updates_per_epoch: int, floor_factor: float = 0.0) -> float:
+    """``Cont100``: :func:`cont_factor` with a x0.95 step every 100 epochs."""
+    return cont_factor(update, updates_per_epoch, CONT_EVERY_EPOCHS["cont100"], floor_factor)
 
 
 def step30_factor(update: int, updates_per_epoch: int) -> float:
@@ -77,7 +84,7 @@ def make_lr_lambda(
 ) -> Callable[[int], float]:
     """The factor function ``update -> float`` of the schedule called ``name`` (see :data:`SCHEDULE_NAMES`).
 
-    ``lr_floor`` (``cont100`` only) is an absolute learning rate: the schedule never goes below
+    ``lr_floor`` (``cont100`` / ``cont50`` only) is an absolute learning rate: the schedule never goes below
     ``min(lr_floor, base_lr)``. ``updates_per_epoch`` is required by the epoch-based schedules.
     """
     if name not in SCHEDULE_NAMES:
@@ -93,7 +100,10 @@ def make_lr_lambda(
     if name == "step30":
         return partial(step30_factor, updates_per_epoch=updates_per_epoch)
     floor_factor = 0.0 if lr_floor is None else min(lr_floor / base_lr, 1.0)
-    return partial(cont100_factor, updates_per_epoch=updates_per_epoch, floor_factor=floor_factor)
+    every_epochs = CONT_EVERY_EPOCHS[name]
+    return partial(
+        cont_factor, updates_per_epoch=updates_per_epoch, every_epochs=every_epochs, floor_factor=floor_factor
+    )
 
 
 def updates_per_epoch_of(num_training_batches: float, accumulate_grad_batches: int = 1) -> int:
