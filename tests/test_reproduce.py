@@ -152,6 +152,28 @@ def test_cnn_double_descent_fits_each_widths_evolution_slopes(tmp_path):
     assert f"| 4 | 0.3 | 0.5 | 0.7 | {4 * 80**0.5:.4g} |" in summary
 
 
+@pytest.mark.parametrize("damped", [True, False])
+def test_constrained_verdict_compares_the_peak_heights_of_the_settings(tmp_path, damped):
+    """Test loss and C_lower peak at width 8 with heights set per temperature: falling with each tighter
+    constraint (or, undamped, rising at C = 1); the table holds max / smallest-width test loss."""
+    from lipschitz_dd.reproduce.run import analyse_folder
+
+    runs = tmp_path / "runs"
+    peaks = {1.0: 4.0, 10.0: 2.0, 40.0: 1.5 if damped else 5.0}
+    for temperature, peak in peaks.items():
+        for width in (2, 8, 32):
+            loss = peak if width == 8 else 1.0
+            final = {"test/loss": loss, "train/loss": 0.1, "lipschitz/lower": 10 * loss, "lipschitz/upper": 100 * loss}
+            config = {"model.logit_temperature": temperature, "model.width": width, "seed_everything": 0}
+            _fake_run(runs / f"t{temperature}w{width}", config, final)
+    summary = analyse_folder(get_finding("constrained"), "cpu", runs, tmp_path / "out").read_text()
+    assert "| 1 | 4 | 8 | 4 | 40 | 400 |" in summary
+    if damped:
+        assert "holds: the test-loss peak and the largest C_lower fall with each tighter constraint" in summary
+    else:
+        assert "does not hold here: the test-loss peak and the largest C_lower do not fall" in summary
+
+
 def test_slope_analysis_recovers_a_power_law(tmp_path):
     from lipschitz_dd.reproduce.run import analyse_folder
 
