@@ -72,6 +72,11 @@ def initial_value(record: RunRecord, metric: str) -> float:
     return float(value) if pd.notna(value) else math.nan
 
 
+def growth_since_init(record: RunRecord, metric: str) -> float:
+    """The metric's final value over its value at epoch 0 (NaN if either is missing)."""
+    return record.final_value(metric) / initial_value(record, metric)
+
+
 def argmax_of(frame: pd.DataFrame, x: str, metric: str) -> Any:
     """The value of `x` at the row where `metric` is largest (None if no value)."""
     values = frame[metric].dropna() if metric in frame.columns else pd.Series(dtype=float)

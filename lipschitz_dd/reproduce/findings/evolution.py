@@ -8,7 +8,7 @@ import pandas as pd
 
 from lipschitz_dd.report import figures
 from lipschitz_dd.report.power_law import power_law_table
-from lipschitz_dd.reproduce.analysis import BOUNDS, fmt, initial_value, markdown_table
+from lipschitz_dd.reproduce.analysis import BOUNDS, fmt, growth_since_init, markdown_table
 from lipschitz_dd.reproduce.registry import Analysis, Finding, register
 
 #: The power law is fitted from this fraction of the last epoch on (the study: from epoch 2,500 of ~20,000).
@@ -38,6 +38,11 @@ SCALES = {
 }
 
 
+def fit_from_epoch(records) -> int:
+    """The first epoch of the power-law fits: FIT_FROM_FRACTION of the longest run's last epoch, at least 1."""
+    return max(1, round(FIT_FROM_FRACTION * max(int(r.metrics.index.max()) for r in records)))
+
+
 def analyse(records, out: Path) -> Analysis:
     """Growth final/initial of each bound and its log-log slope against the epoch from FIT_FROM_FRACTION of the
     run on (mean over seeds), beside the study's 0.6 / 0.46 / 0.44 (upper / lower / avg)."""
@@ -46,7 +51,7 @@ def analyse(records, out: Path) -> Analysis:
     if not done:
         return result
     last = max(int(r.metrics.index.max()) for r in done)
-    from_epoch = max(1, round(FIT_FROM_FRACTION * last))
+    from_epoch = fit_from_epoch(done)
     slopes = power_law_table(done, ["seed_everything"], from_epoch, BOUNDS)
     try:
         result.figures.append(
@@ -57,7 +62,7 @@ def analyse(records, out: Path) -> Analysis:
     paper = {"lipschitz/upper": 0.6, "lipschitz/lower": 0.46, "lipschitz/avg": 0.44}
     rows, grows = [], []
     for metric in BOUNDS:
-        growth = [r.final_value(metric) / initial_value(r, metric) for r in done]
+        growth = [growth_since_init(r, metric) for r in done]
         fitted = slopes[slopes["metric"] == metric]["exponent"] if not slopes.empty else pd.Series(dtype=float)
         mean_growth = float(pd.Series(growth).mean())
         rows.append(

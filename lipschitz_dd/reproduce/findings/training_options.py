@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from lipschitz_dd.reproduce.analysis import BOUNDS, completed_table, markdown_table, means, save_figure
+from lipschitz_dd.report.power_law import power_law_table
+from lipschitz_dd.reproduce.analysis import (
+    BOUNDS,
+    completed_table,
+    growth_since_init,
+    markdown_table,
+    means,
+    save_figure,
+)
 from lipschitz_dd.reproduce.findings.double_descent import analyse as double_descent
+from lipschitz_dd.reproduce.findings.evolution import fit_from_epoch
 from lipschitz_dd.reproduce.registry import Analysis, Finding, register
 
 PENALTY = "model.jacobian_penalty"
@@ -55,16 +64,13 @@ def _penalty_figure(mean, path: Path) -> Path:
 
 def analyse_cnn_double_descent(records, out: Path) -> Analysis:
     """The double-descent analysis, plus the bounds' evolution per width (the study's Table 8 CNN row): the
-    log-log slope of each bound against the epoch, fitted from 1/8 of the run on, and C_lower's growth final /
-    epoch 0 (means over seeds)."""
-    from lipschitz_dd.report.power_law import power_law_table
-    from lipschitz_dd.reproduce.analysis import initial_value
-
+    log-log slope of each bound against the epoch, fitted from the evolution finding's start (1/8 of the run) on,
+    and C_lower's growth final / epoch 0 (means over seeds)."""
     result = double_descent(records, out)
     done = [r for r in records if r.completed and len(r.metrics)]
     if not done:
         return result
-    from_epoch = max(1, round(max(int(r.metrics.index.max()) for r in done) / 8))
+    from_epoch = fit_from_epoch(done)
     slopes = power_law_table(done, ["model.width"], from_epoch, BOUNDS)
     if slopes.empty:
         return result
@@ -74,7 +80,7 @@ def analyse_cnn_double_descent(records, out: Path) -> Analysis:
         pd.DataFrame(
             {
                 "width": [r.config.get("model.width") for r in done],
-                "growth": [r.final_value("lipschitz/lower") / initial_value(r, "lipschitz/lower") for r in done],
+                "growth": [growth_since_init(r, "lipschitz/lower") for r in done],
             }
         )
         .groupby("width")["growth"]
