@@ -46,8 +46,8 @@ def matched_loss_rows(records, key: str, numerator: str, denominator: str) -> pd
         target = final_loss[behind]
         epochs, values = [], []
         for record in runs[ahead]:
-            frame = record.metrics.dropna(subset=[c for c in ("train/loss", "lipschitz/lower") if c in record.metrics])
-            reached = frame[frame["train/loss"] <= target] if "lipschitz/lower" in frame else frame.iloc[:0]
+            frame = record.metrics.reindex(columns=["train/loss", "lipschitz/lower"]).dropna()
+            reached = frame[frame["train/loss"] <= target]
             epochs.append(float(reached.index[0]) if len(reached) else math.nan)
             values.append(float(reached["lipschitz/lower"].iloc[0]) if len(reached) else math.nan)
         lower = {
