@@ -55,6 +55,7 @@ LABELS = {
     "seed_everything": "seed",
     "epoch": "epoch",
     "params/count": "parameters",
+    "ensemble/function_variance": "function variance over seeds",
 }
 
 
@@ -267,14 +268,15 @@ def plot_bias_variance(table: pd.DataFrame, x: str, hue: str | None, path: Path)
             rows = rows.sort_values(x)
             for column in columns:
                 values = rows[column].where(rows[column] > 0)
-                ax.plot(rows[x], values, styles[column], label=column)
+                ax.plot(rows[x], values, styles[column], label=LABELS.get(column, column))
             _scales(ax, _positive_numeric(rows[x]), True)
             ax.set(
                 xlabel=label(x), ylabel="variance over seeds", title="" if level is None else f"{label(hue)} = {level}"
             )
             tidy_log_ticks(ax)
         handles, labels = axes[0].get_legend_handles_labels()
-        figure.legend(handles, labels, loc="outside right upper", fontsize="small")
+        # Below the panels: on the right, a five-entry legend reaches up into the suptitle.
+        figure.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small")
         figure.suptitle(
             "Bias-variance: variance over seeds vs 3($\\bar{C}^2$ + mean $C_s^2$) E$\\|x\\|^2$ + 3 Var f(0)"
         )
