@@ -123,8 +123,32 @@ def test_optimizer_compares_c_lower_at_equal_training_loss(tmp_path):
     )
     summary = analyse_folder(get_finding("optimizer"), "cpu", runs, tmp_path / "out").read_text()
     assert "| 16 | 25 | 10 | 10 |" in summary
-    assert "| 16 | sgd | 1 | 4 | 5 | 2 | 2.5 |" in summary
+    assert "| 16 | sgd | 1 | 1/1 | 4 | 5 | 2 | 2.5 |" in summary
     assert "at equal training loss the ratio is 2.5..2.5" in summary
+
+
+def test_loss_compares_c_lower_at_equal_training_accuracy(tmp_path):
+    """MSE ends at train accuracy 0.6 with C_lower 2; of the two CE seeds, one first reaches accuracy >= 0.6 at
+    epoch 3 (C_lower 8 there), the other never does: equal-accuracy ratio 2 / 8 = 0.25, from 1 of 2 runs."""
+    from lipschitz_dd.reproduce.run import analyse_folder
+
+    runs = tmp_path / "runs"
+    mse = {"train/acc": 0.6, "lipschitz/lower": 2.0, "lipschitz/avg": 1.0, "lipschitz/upper": 9.0}
+    _fake_run(runs / "mse", {"model.loss": "mse", "model.width": 16, "seed_everything": 0}, mse)
+    for seed, history in enumerate(
+        [
+            [(0, 0.1, 1.0), (2, 0.55, 4.0), (3, 0.65, 8.0), (5, 0.9, 20.0)],  # step, train/acc, C_lower
+            [(0, 0.1, 1.0), (2, 0.4, 3.0), (3, 0.5, 6.0), (5, 0.58, 10.0)],
+        ]
+    ):
+        final = {"train/acc": history[-1][1], "lipschitz/lower": history[-1][2], "lipschitz/avg": 1.0}
+        _fake_run(runs / f"ce{seed}", {"model.loss": "ce", "model.width": 16, "seed_everything": seed}, final)
+        (runs / f"ce{seed}" / "metrics.csv").write_text(
+            "step,train/acc,lipschitz/lower\n" + "".join(f"{e},{a},{c}\n" for e, a, c in history)
+        )
+    summary = analyse_folder(get_finding("loss"), "cpu", runs, tmp_path / "out").read_text()
+    assert "| 16 | mse | 0.6 | 1/2 | 3 | 8 | 2 | 0.25 |" in summary
+    assert "at equal training accuracy the ratio is 0.25..0.25" in summary
 
 
 def test_cnn_double_descent_fits_each_widths_evolution_slopes(tmp_path):

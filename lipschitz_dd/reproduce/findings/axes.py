@@ -25,12 +25,19 @@ from lipschitz_dd.reproduce.registry import Analysis, Finding, register
 WIDTH, SEED, EPOCHS = "model.width", "seed_everything", "trainer.max_epochs"
 
 
-def matched_loss_rows(records, key: str, numerator: str, denominator: str) -> pd.DataFrame:
-    """C_lower of the two settings of `key` compared at the same training loss, per width: the setting whose
-    mean final train/loss is higher ("behind") sets the target loss L; in each run of the other setting, C_lower
-    is read at its first epoch with train/loss <= L at which C_lower was measured. Columns: width, behind, L,
-    epoch and C_lower of the other setting (means over its seeds), C_lower of `behind` (final, mean over
-    seeds), and C_lower numerator / denominator at that loss (NaN where a run never reaches L)."""
+#: Training metrics two settings can be compared at: metric -> (reader's name, True if lower is further trained).
+MATCHED_METRICS = {"train/loss": ("training loss", True), "train/acc": ("training accuracy", False)}
+
+
+def matched_rows(records, key: str, numerator: str, denominator: str, metric: str = "train/loss") -> pd.DataFrame:
+    """C_lower of the two settings of `key` compared at the same value of a training metric (MATCHED_METRICS:
+    train/loss, or train/acc for settings whose losses are not comparable), per width: the setting whose mean
+    final metric is further from done ("behind") sets the target T; in each run of the other setting, C_lower
+    is read at its first epoch with the metric at or past T at which C_lower was measured. Columns: width,
+    behind, T, how many runs of the other setting reach T, their epoch and C_lower there (means over those
+    runs), C_lower of `behind` (final, mean over seeds), and C_lower numerator / denominator at T (NaN where
+    no run reaches T)."""
+    name, lower_is_further = MATCHED_METRICS[metric]
     done = [r for r in records if r.completed]
     rows = []
     for width in sorted({float(r.config.get(WIDTH, math.nan)) for r in done}):
@@ -40,39 +47,41 @@ def matched_loss_rows(records, key: str, numerator: str, denominator: str) -> pd
         }
         if not all(runs.values()):
             continue
-        final_loss = {level: np.mean([r.final_value("train/loss") for r in rs]) for level, rs in runs.items()}
-        behind = max(final_loss, key=final_loss.get)
+        final = {level: np.mean([r.final_value(metric) for r in rs]) for level, rs in runs.items()}
+        behind = (max if lower_is_further else min)(final, key=final.get)
         ahead = denominator if behind == numerator else numerator
-        target = final_loss[behind]
+        target = final[behind]
         epochs, values = [], []
         for record in runs[ahead]:
-            frame = record.metrics.reindex(columns=["train/loss", "lipschitz/lower"]).dropna()
-            reached = frame[frame["train/loss"] <= target]
+            frame = record.metrics.reindex(columns=[metric, "lipschitz/lower"]).dropna()
+            reached = frame[frame[metric] <= target] if lower_is_further else frame[frame[metric] >= target]
             epochs.append(float(reached.index[0]) if len(reached) else math.nan)
             values.append(float(reached["lipschitz/lower"].iloc[0]) if len(reached) else math.nan)
+        reaching = int(np.isfinite(epochs).sum())
         lower = {
-            ahead: float(np.mean(values)),
+            ahead: float(np.nanmean(values)) if reaching else math.nan,
             behind: float(np.mean([r.final_value("lipschitz/lower") for r in runs[behind]])),
         }
         rows.append(
             {
                 "width": width,
                 "behind": behind,
-                "its final train loss": target,
-                f"epoch where {ahead} reaches it": float(np.mean(epochs)),
-                f"C_lower {ahead} there": lower[ahead],
-                f"C_lower {behind} final": lower[behind],
-                f"C_lower {numerator}/{denominator} at equal loss": lower[numerator] / lower[denominator],
+                f"its final {name}": target,
+                "runs of the other reaching it": f"{reaching}/{len(epochs)}",
+                "their epoch there": float(np.nanmean(epochs)) if reaching else math.nan,
+                "their C_lower there": lower[ahead],
+                "C_lower of behind, final": lower[behind],
+                f"C_lower {numerator}/{denominator} at equal {name}": lower[numerator] / lower[denominator],
             }
         )
     return pd.DataFrame(rows)
 
 
-def _ratio_analysis(key: str, numerator: str, denominator: str, expect: str, matched_loss: bool = False):
+def _ratio_analysis(key: str, numerator: str, denominator: str, expect: str, matched_on: str | None = None):
     """An analysis comparing two values of the config `key` at each width: ratio numerator/denominator of each
     bound's mean over seeds. expect: "larger" (ratio > 1 at every width) or "smaller" (ratio < 1). With
-    `matched_loss`, also C_lower compared at the same training loss (matched_loss_rows), for settings that
-    train at different speeds, and the verdict quotes that ratio's range."""
+    `matched_on` (a metric of MATCHED_METRICS), also C_lower compared at the same value of that training metric
+    (matched_rows), for settings that train at different speeds, and the verdict quotes that ratio's range."""
 
     def analyse(records, out: Path) -> Analysis:
         table = completed_table(records, [key, WIDTH, SEED])
@@ -102,16 +111,16 @@ def _ratio_analysis(key: str, numerator: str, denominator: str, expect: str, mat
             if ok
             else (f"holds in part: {word} at some widths" if some else f"does not hold here: {word} at no width")
         )
-        if matched_loss:
-            matched = matched_loss_rows(records, key, numerator, denominator)
+        if matched_on:
+            name = MATCHED_METRICS[matched_on][0]
+            matched = matched_rows(records, key, numerator, denominator, matched_on)
             if not matched.empty:
-                ratio = matched[f"C_lower {numerator}/{denominator} at equal loss"]
-                result.lines += ["", "At equal training loss (the run that trained further, read at the epoch where"]
-                result.lines += ["its train loss first reaches the other's final value):", ""]
+                ratio = matched[f"C_lower {numerator}/{denominator} at equal {name}"]
+                result.lines += ["", f"At equal {name} (the run that trained further, read at the first epoch where"]
+                result.lines += [f"its {name} reaches the other's final value):", ""]
                 result.lines += markdown_table(matched)
                 result.verdict += (
-                    f" (after the same epochs); at equal training loss the ratio is {fmt(ratio.min())}.."
-                    f"{fmt(ratio.max())}"
+                    f" (after the same epochs); at equal {name} the ratio is {fmt(ratio.min())}..{fmt(ratio.max())}"
                 )
         return result
 
@@ -209,7 +218,7 @@ register(
             "cpu": "~11 min (24 runs x 300 epochs, 2 workers; measured)",
             "full": "as cpu x 50",
         },
-        analyse=_ratio_analysis("model.optimizer", "adam", "sgd", "larger", matched_loss=True),
+        analyse=_ratio_analysis("model.optimizer", "adam", "sgd", "larger", matched_on="train/loss"),
     )
 )
 register(
@@ -227,7 +236,8 @@ register(
             "cpu": "~14 min (24 runs x 300 epochs, 2 workers; measured)",
             "full": "as cpu x 50",
         },
-        analyse=_ratio_analysis("model.loss", "mse", "ce", "smaller"),
+        # CE and MSE values are not comparable: the two are also compared at equal training accuracy
+        analyse=_ratio_analysis("model.loss", "mse", "ce", "smaller", matched_on="train/acc"),
     )
 )
 register(
