@@ -107,6 +107,26 @@ def test_ratio_analysis_on_hand_made_runs(tmp_path, capsys):
     assert "holds: C_lower with mse is smaller than with ce at every width" in summary
 
 
+def test_heatmap_finds_the_peak_width_per_noise_and_the_peak_noise_per_width(tmp_path):
+    """A 4 x 3 grid whose C_lower peak moves from width 8 to 32 as the noise grows; per width, the noise of the
+    peak is interior (0.1, 0.2) at widths 8 and 16 and at the edge (0.3) at 32. Test loss = C_lower / 2."""
+    from lipschitz_dd.reproduce.run import analyse_folder
+
+    grid = {0.0: [5, 3, 1], 0.1: [6, 8, 2], 0.2: [4, 9, 7], 0.3: [2, 4, 8]}  # noise -> C_lower at widths 8, 16, 32
+    for noise, values in grid.items():
+        for width, value in zip((8, 16, 32), values, strict=True):
+            config = {"model.width": width, "data.label_noise": noise, "seed_everything": 0}
+            final = {"lipschitz/lower": float(value), "test/loss": value / 2}
+            _fake_run(tmp_path / "runs" / f"w{width}_n{noise}", config, final)
+    summary = analyse_folder(get_finding("heatmap"), "cpu", tmp_path / "runs", tmp_path / "out").read_text()
+    for row in ("| 0 | 8 | 8 |", "| 0.1 | 16 | 16 |", "| 0.2 | 16 | 16 |", "| 0.3 | 32 | 32 |"):
+        assert row in summary
+    for row in ("| 8 | 0.1 |", "| 16 | 0.2 |", "| 32 | 0.3 |"):
+        assert row in summary
+    assert "holds: the C_lower peak moves to larger widths" in summary
+    assert "C_lower peaks at an interior noise level at 2 of 3 widths" in summary
+
+
 def test_optimizer_compares_c_lower_at_equal_training_loss(tmp_path):
     """SGD ends at train loss 1.0 with C_lower 2; Adam first reaches loss <= 1.0 at epoch 4 (C_lower 5 there,
     50 at its end): equal-epoch ratio 25, equal-loss ratio 5 / 2 = 2.5."""
