@@ -37,7 +37,9 @@ import torch
 from _memory import peak_growth_mib
 from torch import nn
 
+import lipschitz_dd.bounds.warm_iteration as warm_iteration
 import lipschitz_dd.bounds.warm_lower as warm_lower
+import lipschitz_dd.bounds.warm_refine as warm_refine
 from lipschitz_dd.bounds import WarmLowerBound, jacobian_rows, jacobian_spectral_norms, warm_spectral_norms
 from lipschitz_dd.models.cnn import build_cnn
 
@@ -291,12 +293,14 @@ class PhaseProfile:
             (warm_lower.WarmLowerBound, "update", "other", "pass", False),
             (warm_lower.WarmLowerBound, "finish", "other", "refine", False),
             (warm_lower, "_flat_logits", "forward", None, False),
+            (warm_iteration, "_flat_logits", "forward", None, False),
             (torch.autograd, "grad", "vjp", None, False),
-            (warm_lower, "_forward_jvp", "jvp", None, True),
-            (warm_lower, "_double_backward_jvp", "jvp", None, True),
-            (warm_lower, "_orthonormal_rows", "ritz", None, False),
-            (warm_lower, "_extend_basis", "ritz", None, False),
-            (warm_lower, "_top_ritz_norm", "ritz", None, False),
+            (warm_iteration, "_forward_jvp", "jvp", None, True),
+            (warm_iteration, "_double_backward_jvp", "jvp", None, True),
+            (warm_iteration, "_orthonormal_rows", "ritz", None, False),
+            (warm_refine, "_orthonormal_rows", "ritz", None, False),
+            (warm_iteration, "_extend_basis", "ritz", None, False),
+            (warm_iteration, "_top_ritz_norm", "ritz", None, False),
             (torch.linalg, "eigh", "ritz", None, False),
             (warm_lower, "jacobian_rows", "exact", None, False),
             (warm_lower, "top_singular_from_jacobians", "exact", None, False),
