@@ -114,7 +114,7 @@ def test_mlp_from_module_merges_linear_layers_and_rejects_other_layers():
 )
 def test_exact_matches_brute_force_over_all_patterns(sizes, seed, activation):
     net = random_mlp(sizes, seed, activation)
-    result = exact_lipschitz(net, time_limit=60)
+    result = exact_lipschitz(net, time_limit=60, method="branch and bound")  # 2-D inputs default to planar
     truth = brute_force_constant(net)
     assert result.exact and result.method == "branch and bound"
     assert result.lower == pytest.approx(truth, rel=1e-9)

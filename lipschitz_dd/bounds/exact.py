@@ -201,10 +201,14 @@ def exact_lipschitz(
     max_lps: int | None = None,
     samples: int = 2048,
     seed: int = 0,
+    method: str = "auto",
 ) -> ExactLipschitz:
     """The exact L2 Lipschitz constant (global, over all of R^n) of a ReLU / LeakyReLU MLP with biases:
     max over activation regions with nonempty interior of ||J_R||_2 (module docstring), by branch and bound
-    with LP feasibility, or by direct enumeration for one hidden layer of linearly independent rows.
+    with LP feasibility, or by direct enumeration for one hidden layer of linearly independent rows, or, when
+    the first layer's weight has rank <= 2 (every net with 1- or 2-D input), by building the planar arrangement
+    of its regions (:func:`~lipschitz_dd.bounds.exact_planar.exact_lipschitz_planar`, on the input compressed
+    to that rank). ``method``: "auto" (that choice), "planar" (rank <= 2 only) or "branch and bound".
 
     ``model_or_mlp``: an nn.Sequential of Linear / ReLU / LeakyReLU (+ Flatten, Identity, Dropout), e.g.
     ``FCN(...).net``, or an :class:`MLP`. Stops after ``time_limit`` seconds or ``max_lps`` LPs and then
@@ -214,11 +218,30 @@ def exact_lipschitz(
     upper, up to a relative 1e-9 and the LP's tolerance on regions thinner than 1e-9 in input units, which
     are counted in ``upper`` but not in ``lower`` when their witness fails the float64 check)."""
     start = time.perf_counter()
+    if method not in ("auto", "planar", "branch and bound"):
+        raise ValueError(f"method={method!r} is invalid: choose 'auto', 'planar' or 'branch and bound'")
     mlp = model_or_mlp if isinstance(model_or_mlp, MLP) else mlp_from_module(model_or_mlp)
     if not mlp.piecewise_linear:
         names = sorted({a.name for a in mlp.activations if a.pieces is None})
         raise ValueError(f"exact_lipschitz needs ReLU / LeakyReLU activations, got {', '.join(names)}")
     weights, basis = _compress_input(mlp)
+    if method == "planar" and weights[0].shape[1] > 2:
+        raise ValueError(f"method='planar' needs a first layer of rank <= 2, got rank {weights[0].shape[1]}")
+    if method != "branch and bound" and 1 <= weights[0].shape[1] <= 2 and len(weights) > 1:
+        one_hidden = len(weights) == 2 and weights[0].shape[0] <= weights[0].shape[1]
+        if method == "planar" or not one_hidden:  # planar arrangement of the regions (exact_planar.py)
+            from lipschitz_dd.bounds.exact_planar import exact_lipschitz_planar
+
+            result = exact_lipschitz_planar(MLP(weights, mlp.biases, mlp.activations), time_limit=time_limit)
+            result.point = None if result.point is None else basis @ result.point
+            result.jacobian = None if result.jacobian is None else result.jacobian @ basis.T
+            if result.cell is not None and basis.shape[0] == basis.shape[1]:  # rank = input dim: rotate back
+                r = basis.shape[0]
+                result.cell[:, :r] = result.cell[:, :r] @ basis.T
+            else:  # the cell lives in the compressed coordinates only
+                result.cell = None
+            result.seconds = time.perf_counter() - start
+            return result
     biases, acts = mlp.biases, mlp.activations
     L = len(weights)
     if weights[0].shape[1] == 0:  # W_1 = 0: f is constant
