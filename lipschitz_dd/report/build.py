@@ -14,7 +14,7 @@ from lipschitz_dd.report import figures
 from lipschitz_dd.report.bias_variance import bias_variance_table
 from lipschitz_dd.report.ensemble import with_ensemble_quantities
 from lipschitz_dd.report.power_law import power_law_table
-from lipschitz_dd.report.records import COMPLETED_STATUSES, load_runs
+from lipschitz_dd.report.records import COMPLETED_STATUSES, DAMAGED_STATUS, UNREADABLE_STATUS, load_runs
 from lipschitz_dd.report.tables import (
     DEFAULT_SEED_KEY,
     aggregate_over_seeds,
@@ -72,6 +72,10 @@ def build_report(
     if hue is not None and not any(hue in record.config for record in records):
         summary.notes.append(f"no run has the config key {hue!r}: one line per figure, no heat-map")
         hue = None
+    for record in records:  # one line per damaged run, naming its folder
+        if record.status in (DAMAGED_STATUS, UNREADABLE_STATUS):
+            reason = next((p for p in record.problems if "damaged" in p or "unreadable" in p), record.status)
+            summary.notes.append(f"damaged run {record.path}: {reason}")
     not_completed = {status: n for status, n in statuses.items() if status not in COMPLETED_STATUSES}
     if not_completed:
         listed = ", ".join(f"{status}: {n}" for status, n in sorted(not_completed.items()))
@@ -119,7 +123,8 @@ def build_report(
 
 
 def _thresholds(records, runs: pd.DataFrame, x: str, hue: str | None, min_train_acc: float, notes: list[str]) -> list:
-    if x not in runs.columns or pd.to_numeric(runs[x], errors="coerce").isna().any():
+    given = runs[x].dropna() if x in runs.columns else pd.Series(dtype=float)  # a run may not record x at all
+    if given.empty or pd.to_numeric(given, errors="coerce").isna().any():
         notes.append(f"interpolation threshold not marked: {x} is not numeric")
         return []
     by_params = parameter_threshold(records, x)

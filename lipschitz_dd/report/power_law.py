@@ -63,7 +63,7 @@ def power_law_table(
         for metric in metrics:
             if metric not in record.metrics.columns:
                 continue
-            series = record.metrics[metric].dropna()
+            series = pd.to_numeric(record.metrics[metric], errors="coerce").dropna()  # any cell a reader let in
             fit = fit_power_law(series.index.to_numpy(), series.to_numpy(), from_epoch)
             row = {"run": record.name, **{axis: record.config.get(axis) for axis in axes}, "metric": metric}
             row.update(exponent=fit.exponent, prefactor=fit.prefactor, from_epoch=fit.from_epoch, n_points=fit.n_points)

@@ -9,9 +9,16 @@ other machines) are read too (:mod:`lipschitz_dd.report.wandb_runs`).
 
 Rules that keep every grid point counted once and only trusted numbers in figures:
 
-- Attempts of a sweep run moved aside by the sweep runner (``<sweep>/attempts/<run id>-<k>/<run id>/``) are
-  earlier tries of the same run: only the latest attempt of each run id is loaded (the one in ``runs/`` if
-  there is one, else the highest ``k``).
+- Attempts of a sweep run moved aside by the sweep runner (``<sweep>/attempts/<run id>-<k>/...``) are
+  earlier tries of the same run: only the latest attempt of each run id is loaded (the one outside
+  ``attempts/`` if there is one, else the highest ``k``). The rule holds for every kind of record: a run folder,
+  and a W&B run directory with no run folder around it (a run killed during start-up leaves only ``wandb/``);
+  anything below ``attempts/<run id>-<k>/`` is attempt ``k`` of that run id. A ``wandb/`` folder holding several
+  W&B runs (start-up retried in the same folder) counts as one run: its latest (by the timestamp in the name).
+- A run whose metrics.csv cannot be read as numbers (a non-numeric cell, no ``step`` column) is ``damaged``: listed
+  in runs.csv with the reason, left out of figures and means; the report goes on with the other runs.
+- A run that recorded no config (killed during start-up) gets the parameters the sweep runner gave it
+  (``<sweep>/params/<run id>.json``), so it is counted at its grid point.
 - Runs the sweep runner marked ``outside_grid`` (their parameters are no longer in the sweep file) are left
   out unless asked for.
 - A run recorded as completed whose train/loss ended more than ``DIVERGENCE_FACTOR`` times above its first
@@ -20,6 +27,7 @@ Rules that keep every grid point counted once and only trusted numbers in figure
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable
@@ -49,6 +57,7 @@ from lipschitz_dd.run_folder import (
 __all__ = [
     "COMPLETED_STATUSES",
     "CONFIG_FILE",
+    "DAMAGED_STATUS",
     "INCOMPLETE_STATUS",
     "METRICS_FILE",
     "RESULTS_FILE",
@@ -57,6 +66,7 @@ __all__ = [
     "LoadedRun",
     "ReportInputError",
     "RunRecord",
+    "attempt_of",
     "find_run_folders",
     "flatten_config",
     "hashable_config_value",
@@ -71,8 +81,12 @@ __all__ = [
 INCOMPLETE_STATUS = "incomplete"
 #: Status given to a folder whose results.json cannot be parsed.
 UNREADABLE_STATUS = "unreadable"
+#: Status given to a run whose metrics.csv cannot be read as numbers (its results.json did not say it failed).
+DAMAGED_STATUS = "damaged"
 #: The sweep runner's folder of earlier attempts: ``<sweep>/attempts/<run id>-<k>/<run id>/``.
 ATTEMPTS_DIR = "attempts"
+#: The sweep runner's folder of each run's parameters: ``<sweep>/params/<run id>.json``.
+SWEEP_PARAMS_DIR = "params"
 
 _SKIPPED_DIRS = {WANDB_DIR, CHECKPOINTS_DIR, "__pycache__"}
 _ATTEMPT_NAME = re.compile(r"^(?P<run>.+)-(?P<k>\d+)$")
@@ -173,14 +187,56 @@ def load_runs(root: str | Path, include_outside_grid: bool = False) -> list[Load
         raise ReportInputError(
             f"no run folders (with {RESULTS_FILE} or {METRICS_FILE}) or W&B runs found under {str(root)!r}"
         )
-    runs = latest_attempts([load_run(folder) for folder in folders])
-    runs += [load_wandb_run_dir(path) for path in wandb_dirs]
+    runs = [load_run(folder) for folder in folders]
+    for path in _latest_per_wandb_folder(wandb_dirs):
+        run = load_wandb_run_dir(path)
+        attempt = attempt_of(path)
+        if attempt is not None:
+            run.name, run.attempt = attempt
+        runs.append(run)
+    runs = latest_attempts(runs)
+    for run in runs:
+        if not run.config:  # e.g. killed during start-up: the sweep runner's record of its parameters
+            run.config = _sweep_params(root, run)
     return [run for run in runs if include_outside_grid or not run.outside_grid]
+
+
+def _sweep_params(root: Path, run: LoadedRun) -> dict[str, Any]:
+    """The parameters the sweep runner gave run ``run.name`` (``<sweep>/params/<run id>.json``, {key: value}), for
+    a run that recorded no config of its own; the sweep folder is searched from the run up to ``root``. {} when
+    there is none or it is unreadable."""
+    root = root.resolve()
+    for parent in Path(run.path).resolve().parents:
+        candidate = parent / SWEEP_PARAMS_DIR / f"{run.name}.json"
+        if (parent / "runs").is_dir() and candidate.is_file():
+            try:
+                values = json.loads(candidate.read_text())
+            except (OSError, ValueError):
+                return {}
+            return flatten_config(values) if isinstance(values, dict) else {}
+        if parent == root:
+            break
+    return {}
+
+
+def _latest_per_wandb_folder(wandb_dirs: Iterable[Path]) -> list[Path]:
+    """Of the W&B run directories in one ``wandb/`` folder, the latest only (names ``offline-run-<time>-<id>`` sort
+    by time): several of them are start-ups of the same run in the same run folder. Directories gathered in any
+    other folder are all kept."""
+    kept: dict[Path, Path] = {}
+    others = []
+    for path in sorted(wandb_dirs):
+        if path.parent.name == WANDB_DIR:
+            kept[path.parent] = path  # sorted: the last one wins
+        else:
+            others.append(path)
+    return sorted(others + list(kept.values()))
 
 
 def latest_attempts(runs: Iterable[LoadedRun]) -> list[LoadedRun]:
     """Drop earlier attempts: of the runs read from the sweep runner's ``attempts/`` folder, only those whose
-    run id has no run outside ``attempts/`` are kept, and of those only the highest attempt number."""
+    run id has no run outside ``attempts/`` are kept, and of those only the highest attempt number (one per run
+    id, whatever kind of record: run folder or W&B run)."""
     runs = list(runs)
     current = {run.name for run in runs if run.attempt is None}
     latest: dict[str, LoadedRun] = {}
@@ -191,17 +247,34 @@ def latest_attempts(runs: Iterable[LoadedRun]) -> list[LoadedRun]:
     return [run for run in runs if run.attempt is None or latest.get(run.name) is run]
 
 
+def attempt_of(path: str | Path) -> tuple[str, int] | None:
+    """(run id, k) when ``path`` lies below the sweep runner's ``attempts/<run id>-<k>/`` folder (at any depth:
+    a run folder, a W&B run directory, a log), else None."""
+    parts = Path(path).parts
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == ATTEMPTS_DIR:
+            match = _ATTEMPT_NAME.match(parts[i + 1])
+            if match:
+                return match["run"], int(match["k"])
+    return None
+
+
 def load_run(folder: str | Path) -> LoadedRun:
     """Load one run folder; never raises for a damaged run, records the damage in ``problems`` instead."""
     folder = Path(folder)
     record = LoadedRun(path=folder, name=folder.name, experiment=folder.parent.name, status=INCOMPLETE_STATUS)
-    record.attempt = _attempt_number(folder)
+    attempt = attempt_of(folder)
+    if attempt is not None:
+        record.name, record.attempt = attempt
     metrics_path = folder / METRICS_FILE
+    metrics_damaged = False
     if metrics_path.exists():
         try:
             record.metrics = read_metrics_csv(metrics_path)
-        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-            record.problems.append(f"{METRICS_FILE} unreadable: {error}")
+        except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+            metrics_damaged = True
+            reason = _one_line(error).removeprefix(f"{metrics_path}: ")
+            record.problems.append(f"{METRICS_FILE} damaged: {reason}")
     else:
         record.problems.append(f"no {METRICS_FILE}")
 
@@ -219,6 +292,8 @@ def load_run(folder: str | Path) -> LoadedRun:
         record.config = read_config_yaml(folder / CONFIG_FILE)
     if record.epochs is None and len(record.metrics):
         record.epochs = int(record.metrics.index.max())
+    if metrics_damaged and (record.completed or record.status == INCOMPLETE_STATUS):
+        record.status = DAMAGED_STATUS  # its history cannot be trusted; a failed or diverged run keeps its status
     apply_divergence_rule(record)
     return record
 
@@ -229,7 +304,7 @@ def apply_divergence_rule(record: LoadedRun) -> None:
     records written before the rule existed follow it too); a note in ``problems`` says so."""
     if record.status not in COMPLETED_STATUSES or DIVERGENCE_METRIC not in record.metrics.columns:
         return
-    losses = [float(v) for v in record.metrics[DIVERGENCE_METRIC].dropna()]
+    losses = [float(v) for v in pd.to_numeric(record.metrics[DIVERGENCE_METRIC], errors="coerce").dropna()]
     if loss_diverged(losses):
         record.status = DIVERGED
         record.problems.append(
@@ -238,23 +313,24 @@ def apply_divergence_rule(record: LoadedRun) -> None:
         )
 
 
-def _attempt_number(folder: Path) -> int | None:
-    """k for ``.../attempts/<run id>-<k>/<run id>``, else None."""
-    match = _ATTEMPT_NAME.match(folder.parent.name)
-    if folder.parent.parent.name == ATTEMPTS_DIR and match and match["run"] == folder.name:
-        return int(match["k"])
-    return None
-
-
 def read_metrics_csv(path: str | Path) -> pd.DataFrame:
-    """Read a CSVLogger metrics.csv into one row per step (= epoch), sorted by step.
+    """Read a CSVLogger metrics.csv into one row per step (= epoch), sorted by step; every column is float.
 
     CSVLogger may write several rows for the same step (e.g. one from the model's validation, one from a
-    callback); they are merged by taking, per column, the first non-null value of that step.
+    callback); they are merged by taking, per column, the first non-null value of that step. Empty cells are NaN
+    (``nan``/``inf`` are read as numbers). Raises ValueError (one line: file, row, column, value) for a cell that
+    is not a number, or a missing ``step`` column.
     """
     frame = pd.read_csv(path)
     if "step" not in frame.columns:
         raise ValueError(f"{path} has no 'step' column")
+    for column in frame.columns:
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        bad = numbers.isna() & frame[column].notna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise ValueError(f"{path}: line {row + 2}, column {column!r}: {frame[column].iloc[row]!r} is not a number")
+        frame[column] = numbers.astype(float)
     frame = frame.dropna(subset=["step"])
     frame["step"] = frame["step"].astype(int)
     return frame.groupby("step", sort=True).first()
@@ -329,6 +405,11 @@ RunRecord = LoadedRun
 
 def _drop_init_args(key: str) -> str:
     return ".".join(part for part in key.split(".") if part != "init_args")
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return lines[-1]
 
 
 def _is_number(value: Any) -> bool:
