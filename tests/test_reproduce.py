@@ -1,12 +1,21 @@
-"""`lipschitz-dd reproduce`: the catalogue lists every finding, pending ones refuse in one line, every real
-finding's sweep is valid at every scale, and (slow) each real finding runs end to end at quick scale."""
+"""`lipschitz-dd reproduce`: the catalogue lists every finding (and the data each reads from disk), pending ones
+and those without their data refuse in one line before any run, every real finding's sweep is valid at every
+scale, a failed run or analysis makes the command fail, and (slow) each real finding runs end to end at quick
+scale, on tiny fixture files where it reads a data set from disk."""
 
 from __future__ import annotations
 
-import pytest
+from types import SimpleNamespace
 
+import pytest
+from fixture_data import write_fashion_mnist
+
+import lipschitz_dd.sweep.runner as sweep_runner
 from lipschitz_dd.cli import main
+from lipschitz_dd.data import FashionMNISTDataModule
+from lipschitz_dd.data.vision import VisionDataModule
 from lipschitz_dd.reproduce import SCALES, findings, get_finding, run_finding, scaled_sweep
+from lipschitz_dd.reproduce.run import MissingData, missing_data, reads_from_disk, run_data_modules
 from lipschitz_dd.shipped import resolve
 from lipschitz_dd.sweep.config import validate_sweep_config
 
@@ -35,6 +44,66 @@ def test_listing_names_every_finding(capsys):
     for finding in findings():
         assert finding.claim in listed
         assert (f"needs: {finding.needs}" if finding.needs else f"cpu {finding.cost['cpu']}") in listed
+        assert (f"data on disk: {finding.data}" in listed) == bool(finding.data)
+    assert "data on disk: " not in listed.split("double_descent ")[1].split("\n")[1]  # MNIST-1D is generated
+
+
+FASHION = {"cnn_fashion_mnist_dd", "dropout_weight_decay", "weight_decay", "adversarial"}
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_a_finding_declares_the_data_its_runs_read_from_disk(name):
+    """`data` is set exactly when some scale's runs build a data module that reads a data set from disk (asked
+    from the sweep's own configs, so the listing cannot miss one)."""
+    finding = get_finding(name)
+    on_disk = {
+        cls for scale in SCALES for cls, _ in run_data_modules(scaled_sweep(finding, scale)) if reads_from_disk(cls)
+    }
+    assert bool(finding.data) == bool(on_disk)
+    if name in FASHION:
+        assert FashionMNISTDataModule in on_disk and "apt-get install dataset-fashion-mnist" in finding.data
+
+
+def test_without_its_data_on_disk_a_finding_refuses_in_one_line_before_any_run(tmp_path, capsys, monkeypatch):
+    """No Fashion-MNIST under data/ or in the system folder: one line saying how to get it, and nothing started
+    or written (no sweep, no run folder, no W&B offline run)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(FashionMNISTDataModule, "system_folders", (str(tmp_path / "not_installed"),))
+
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("no run may start without the data")
+
+    monkeypatch.setattr(sweep_runner, "run_sweep", no_sweep)
+    assert main(["reproduce", "cnn_fashion_mnist_dd", "--quick", "--out", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Fashion-MNIST" in error and "apt-get install dataset-fashion-mnist" in error
+    assert "data/FashionMNIST/raw" in error and "no run was started" in error
+    assert list(tmp_path.iterdir()) == []
+
+    # the same check passes once the files are there: the runs would start (here, the stand-in sweep raises)
+    write_fashion_mnist(tmp_path / "data")
+    finding = get_finding("cnn_fashion_mnist_dd")
+    assert missing_data(finding, "quick", scaled_sweep(finding, "quick")) is None
+    with pytest.raises(AssertionError, match="no run may start"):
+        run_finding(finding, "quick", tmp_path / "out", progress=False)
+
+
+def test_the_data_check_looks_where_the_runs_will(tmp_path, monkeypatch):
+    """A data_dir override (a run parameter) moves the check with it; download true skips it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(FashionMNISTDataModule, "system_folders", (str(tmp_path / "not_installed"),))
+    finding = get_finding("weight_decay")
+    config = scaled_sweep(finding, "quick")
+    assert "data/FashionMNIST/raw" in missing_data(finding, "quick", config)
+    config["parameters"]["data.data_dir"] = {"value": str(write_fashion_mnist(tmp_path / "elsewhere"))}
+    assert missing_data(finding, "quick", config) is None
+    config["parameters"]["data.data_dir"] = {"values": [str(tmp_path / "elsewhere"), str(tmp_path / "empty")]}
+    assert str(tmp_path / "empty" / "FashionMNIST" / "raw") in missing_data(finding, "quick", config)
+    config["parameters"]["data.download"] = {"value": True}
+    assert missing_data(finding, "quick", config) is None
+    with pytest.raises(MissingData):
+        run_finding(finding, "quick", tmp_path / "out", overrides={"data.data_dir": str(tmp_path / "empty")})
+    assert not (tmp_path / "out").exists()
 
 
 def test_pending_findings_refuse_in_one_line(capsys, tmp_path):
@@ -75,13 +144,79 @@ def shared_folder(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", REAL)
 def test_quick_scale_runs_end_to_end(name, shared_folder, tmp_path, monkeypatch):
+    """Findings whose runs read an image set from disk run on tiny fixture files in its real format (passed as
+    the runs' data.data_dir), so the suite needs no data set installed (nor uses one that is)."""
     monkeypatch.chdir(shared_folder)
-    summary = run_finding(get_finding(name), "quick", tmp_path / "out", progress=False)
+    finding = get_finding(name)
+    overrides = {}
+    images = {cls for cls, _ in run_data_modules(scaled_sweep(finding, "quick")) if issubclass(cls, VisionDataModule)}
+    if images:
+        assert images == {FashionMNISTDataModule}, "add a fixture writer for this data set"
+        overrides["data.data_dir"] = str(write_fashion_mnist(tmp_path / "fixture_data").resolve())
+    outcome = run_finding(finding, "quick", tmp_path / "out", progress=False, overrides=overrides)
+    assert outcome.ok, outcome.problems()
+    summary = outcome.summary
     text = summary.read_text()
     assert "## Numbers here" in text and "## Verdict" in text
-    assert "failed this time" not in text
+    assert "run(s) failed" not in text
     assert "(no verdict" not in text and "analysis failed" not in text
     assert list(summary.parent.glob("*.png")), "every real finding draws a figure"
+
+
+def test_an_analysis_that_raises_fails_the_command_and_says_so_in_the_summary(tmp_path, capsys, monkeypatch):
+    runs = tmp_path / "runs"
+    _fake_run(runs / "a", {"model.loss": "ce", "model.width": 16, "seed_everything": 0}, {"lipschitz/lower": 1.0})
+
+    def broken(records, out):
+        raise RuntimeError("the analysis broke\nsecond line")
+
+    monkeypatch.setattr(get_finding("loss"), "analyse", broken)
+    assert main(["reproduce", "loss", "--runs", str(runs), "--out", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "the analysis failed: RuntimeError: the analysis broke" in error
+    folder = tmp_path / "out" / "loss" / "cpu"
+    summary = (folder / "summary.md").read_text()
+    assert "analysis failed: RuntimeError: the analysis broke\n" in summary and "second line" not in summary
+    assert "second line" in (folder / "analysis_error.txt").read_text()
+    monkeypatch.undo()
+    assert main(["reproduce", "loss", "--runs", str(runs), "--out", str(tmp_path / "out")]) == 0
+    assert not (folder / "analysis_error.txt").exists()
+
+
+def test_failed_runs_fail_the_command_and_the_summary_counts_them(tmp_path, capsys, monkeypatch):
+    """Two of three runs of the grid failed (one in an earlier call, not run again): exit 1, and the summary says
+    2 of 3; runs outside the grid do not count."""
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "out" / "loss" / "quick" / "sweep" / "runs"
+    _fake_run(runs / "ok", {"model.loss": "ce", "model.width": 16, "seed_everything": 0}, {"lipschitz/lower": 1.0})
+    rows = [("finished", False), ("failed", False), ("killed", False), ("failed", True)]
+    calls = []
+
+    def fake_sweep(sweep_file, **options):
+        calls.append(options)
+        runs_state = [SimpleNamespace(state=s, outside_grid=o) for s, o in rows]
+        return SimpleNamespace(runs=runs_state, folder=runs.parent, interrupted=False)
+
+    monkeypatch.setattr(sweep_runner, "run_sweep", fake_sweep)
+    assert main(["reproduce", "loss", "--quick", "--out", "out"]) == 1
+    assert "2 of 3 run(s) failed" in capsys.readouterr().err
+    assert "2 of 3 run(s) failed" in (tmp_path / "out" / "loss" / "quick" / "summary.md").read_text()
+    assert calls[-1]["retry_failed"] is False
+    rows[1:3] = [("finished", False), ("finished", False)]
+    assert main(["reproduce", "loss", "--quick", "--out", "out", "--retry_failed"]) == 0
+    assert calls[-1]["retry_failed"] is True
+    assert "failed" not in (tmp_path / "out" / "loss" / "quick" / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_run_that_really_fails_fails_the_command(tmp_path, capsys, monkeypatch):
+    """A real run that exits non-zero (an option its config does not have): reproduce exits 1 and says so."""
+    monkeypatch.chdir(tmp_path)
+    finding = get_finding("toy2d")
+    monkeypatch.setitem(finding.scales, "quick", {**finding.scales["quick"], "model.no_such_option": 1})
+    assert main(["reproduce", "toy2d", "--quick", "--out", "out"]) == 1
+    assert "1 of 1 run(s) failed" in capsys.readouterr().err
+    assert "1 of 1 run(s) failed" in (tmp_path / "out" / "toy2d" / "quick" / "summary.md").read_text()
 
 
 def _fake_run(folder, config: dict, final: dict, initial: dict | None = None) -> None:
@@ -118,7 +253,7 @@ def test_heatmap_finds_the_peak_width_per_noise_and_the_peak_noise_per_width(tmp
             config = {"model.width": width, "data.label_noise": noise, "seed_everything": 0}
             final = {"lipschitz/lower": float(value), "test/loss": value / 2}
             _fake_run(tmp_path / "runs" / f"w{width}_n{noise}", config, final)
-    summary = analyse_folder(get_finding("heatmap"), "cpu", tmp_path / "runs", tmp_path / "out").read_text()
+    summary = analyse_folder(get_finding("heatmap"), "cpu", tmp_path / "runs", tmp_path / "out").summary.read_text()
     for row in ("| 0 | 8 | 8 |", "| 0.1 | 16 | 16 |", "| 0.2 | 16 | 16 |", "| 0.3 | 32 | 32 |"):
         assert row in summary
     for row in ("| 8 | 0.1 |", "| 16 | 0.2 |", "| 32 | 0.3 |"):
@@ -141,7 +276,7 @@ def test_optimizer_compares_c_lower_at_equal_training_loss(tmp_path):
     (runs / "adam" / "metrics.csv").write_text(
         "step,train/loss,lipschitz/lower\n" + "".join(f"{e},{loss},{c}\n" for e, loss, c in history)
     )
-    summary = analyse_folder(get_finding("optimizer"), "cpu", runs, tmp_path / "out").read_text()
+    summary = analyse_folder(get_finding("optimizer"), "cpu", runs, tmp_path / "out").summary.read_text()
     assert "| 16 | 25 | 10 | 10 |" in summary
     assert "| 16 | sgd | 1 | 1/1 | 4 | 5 | 2 | 2.5 |" in summary
     assert "at equal training loss the ratio is 2.5..2.5" in summary
@@ -166,7 +301,7 @@ def test_loss_compares_c_lower_at_equal_training_accuracy(tmp_path):
         (runs / f"ce{seed}" / "metrics.csv").write_text(
             "step,train/acc,lipschitz/lower\n" + "".join(f"{e},{a},{c}\n" for e, a, c in history)
         )
-    summary = analyse_folder(get_finding("loss"), "cpu", runs, tmp_path / "out").read_text()
+    summary = analyse_folder(get_finding("loss"), "cpu", runs, tmp_path / "out").summary.read_text()
     assert "| 16 | mse | 0.6 | 1/2 | 3 | 8 | 2 | 0.25 |" in summary
     assert "at equal training accuracy the ratio is 0.25..0.25" in summary
 
@@ -190,7 +325,7 @@ def test_cnn_double_descent_fits_each_widths_evolution_slopes(tmp_path):
         lines += ["0,1,1,1,2.3,2.3"]
         lines += [f"{e},{width * e**0.5},{e**0.3},{3 * e**0.7},{1.0 + width},0.1" for e in range(10, 81, 10)]
         (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
-    summary = analyse_folder(get_finding("cnn_fashion_mnist_dd"), "cpu", runs, tmp_path / "out").read_text()
+    summary = analyse_folder(get_finding("cnn_fashion_mnist_dd"), "cpu", runs, tmp_path / "out").summary.read_text()
     assert "log-log slope against the epoch from epoch 10 on" in summary
     assert f"| 2 | 0.3 | 0.5 | 0.7 | {2 * 80**0.5:.4g} |" in summary
     assert f"| 4 | 0.3 | 0.5 | 0.7 | {4 * 80**0.5:.4g} |" in summary
@@ -210,7 +345,7 @@ def test_constrained_verdict_compares_the_peak_heights_of_the_settings(tmp_path,
             final = {"test/loss": loss, "train/loss": 0.1, "lipschitz/lower": 10 * loss, "lipschitz/upper": 100 * loss}
             config = {"model.logit_temperature": temperature, "model.width": width, "seed_everything": 0}
             _fake_run(runs / f"t{temperature}w{width}", config, final)
-    summary = analyse_folder(get_finding("constrained"), "cpu", runs, tmp_path / "out").read_text()
+    summary = analyse_folder(get_finding("constrained"), "cpu", runs, tmp_path / "out").summary.read_text()
     assert "| 1 | 4 | 8 | 4 | 40 | 400 |" in summary
     if damped:
         assert "holds: the test-loss peak and the largest C_lower fall with each tighter constraint" in summary
@@ -226,7 +361,7 @@ def test_slope_analysis_recovers_a_power_law(tmp_path):
         final = {"lipschitz/lower": 3.0 * depth**2.0, "lipschitz/avg": depth**1.2, "lipschitz/upper": 5 * depth**3.3}
         initial = {"lipschitz/lower": depth**-1.0, "lipschitz/avg": depth**-0.5, "lipschitz/upper": 2 * depth**0.1}
         _fake_run(runs / f"d{depth}", {"model.depth": depth, "seed_everything": 0}, final, initial)
-    summary = analyse_folder(get_finding("depth"), "cpu", runs, tmp_path / "out").read_text()
+    summary = analyse_folder(get_finding("depth"), "cpu", runs, tmp_path / "out").summary.read_text()
     assert "| at init | lipschitz/lower | -1 | 1 | 4 | - |" in summary
     assert "| after training | lipschitz/upper | 3.3 | 1 | 4 | 3.3 |" in summary
     assert "holds: all three bounds rise with model.depth" in summary

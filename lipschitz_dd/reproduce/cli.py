@@ -1,9 +1,14 @@
 """`lipschitz-dd reproduce`: list the study's findings, or run one and write its figures and summary.md.
 
-lipschitz-dd reproduce                                # the catalogue: name, claim, cost here
+lipschitz-dd reproduce                                # the catalogue: name, claim, cost here, data it needs
 lipschitz-dd reproduce double_descent --quick         # tens of seconds: a smoke test / first look
 lipschitz-dd reproduce double_descent                 # the CPU-scale result (docs/reproduction.md)
 lipschitz-dd reproduce double_descent --scale full    # the study's scale (a GPU machine)
+lipschitz-dd reproduce pairwise --runs DIR            # analyse run folders made elsewhere (no runs)
+
+Exit status: 0 when every run finished and the analysis ran; 1 when a run failed, the analysis raised (summary.md
+says which), the finding needs something missing (a feature, or a data set on disk: one line, nothing started),
+or a run folder names a class that is not the project's own; 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -24,11 +29,21 @@ def make_parser() -> ArgumentParser:
     parser.add_argument(
         "--runs", default=None, help="analyse the run folders below this folder (e.g. a W&B agent's) without running"
     )
+    parser.add_argument("--retry_failed", action="store_true", help="run again the runs that failed in an earlier call")
+    parser.add_argument(
+        "--allow_class",
+        action="append",
+        default=[],
+        metavar="MODULE.CLASS",
+        help="a model or data class of your own that run folders (--runs) may build from their config.yaml; "
+        "only lipschitz_dd's own classes are built otherwise (repeatable)",
+    )
     return parser
 
 
 def listing() -> str:
-    """Per finding: name and claim, then its estimated time here at quick and cpu scale (or what it needs)."""
+    """Per finding: name and claim, then its estimated time here at quick and cpu scale (or what it needs), and
+    the data set it reads from disk, if any."""
     rows = []
     for finding in findings():
         cost = (
@@ -36,6 +51,8 @@ def listing() -> str:
             if finding.needs
             else f"quick {finding.cost.get('quick', '?')}; cpu {finding.cost.get('cpu', '?')}"
         )
+        if finding.data:
+            cost += f"; data on disk: {finding.data}"
         rows.append(f"{finding.name:24} {finding.claim}\n{'':24} [{cost}]")
     return "\n".join(rows)
 
@@ -45,15 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.name is None:
         print(listing())
         return 0
+    from lipschitz_dd.reproduce.checkpoints import allow_class
     from lipschitz_dd.reproduce.run import NotAvailable, analyse_folder, run_finding
 
     scale = "quick" if args.quick else args.scale
     try:
+        for class_path in args.allow_class:
+            allow_class(class_path)
         finding = get_finding(args.name)
         if args.runs is not None:
-            summary = analyse_folder(finding, scale, args.runs, args.out)
+            outcome = analyse_folder(finding, scale, args.runs, args.out)
         else:
-            summary = run_finding(finding, scale, args.out, workers=args.workers)
+            outcome = run_finding(finding, scale, args.out, workers=args.workers, retry_failed=args.retry_failed)
     except (KeyError, NotAvailable, ValueError, FileNotFoundError) as error:
         message = error.args[0] if isinstance(error, KeyError) else str(error)
         sys.stderr.write(f"lipschitz-dd reproduce: {message}\n")
@@ -61,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("lipschitz-dd reproduce: interrupted; run the same command again to resume\n")
         return 130
-    print(f"summary: {summary}")
-    print(summary.read_text())
+    print(f"summary: {outcome.summary}")
+    print(outcome.summary.read_text())
+    if not outcome.ok:
+        sys.stderr.write(f"lipschitz-dd reproduce: {outcome.problems()} (summary: {outcome.summary})\n")
+        return 1
     return 0
 
 

@@ -20,14 +20,21 @@ from typing import Any
 
 SCALES = ("quick", "cpu", "full")
 
+# `Finding.data` of the findings whose runs read these sets (paths relative to the working directory, as the runs'
+# data_dir "data"): what to install or where to put the files. No download happens without --data.download true.
+FASHION_MNIST = "Fashion-MNIST (apt-get install dataset-fashion-mnist, or its four idx files in data/FashionMNIST/raw)"
+CIFAR10 = "CIFAR-10 (python version) in data/cifar-10-batches-py"
+
 
 @dataclass
 class Analysis:
-    """What `Finding.analyse` returns: the figures it wrote, Markdown lines of numbers, a short verdict."""
+    """What `Finding.analyse` returns: the figures it wrote, Markdown lines of numbers, a short verdict; `error`
+    (one line) when the analysis raised instead (set by run.safe_analyse, never by an analysis)."""
 
     figures: list[Path] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     verdict: str = ""
+    error: str | None = None
 
 
 @dataclass
@@ -42,7 +49,10 @@ class Finding:
     sweep generated around it. scales: {scale: {sweep parameter: value or list of values}} replacing the file's parameters.
     cost: {scale: estimated CPU time here, in words}. analyse(records, out) -> Analysis, with `records` the run
     records of the finding's sweep (lipschitz_dd.report.records.load_runs) and `out` its output folder.
-    needs: a feature that is missing today; a finding with `needs` refuses to run with one line.
+    needs: a feature that is missing today; a finding with `needs` refuses to run with one line, always.
+    data: the data set its runs read from disk and how to get it, in a few words (None: its runs generate their
+    data). The listing marks it; `run_finding` checks the files before it starts any run (run.missing_data, which
+    asks the data module itself, at the scale asked) and refuses in one line when they are absent.
     prepare(scale, folder) -> {sweep parameter: value}: called by `run_finding` before the sweep runs, in the
     finding's output folder: writes what the runs need (e.g. a tiny generated data set) and returns parameter
     overrides (e.g. its path); raises FileNotFoundError with one line when the runs cannot have what they need.
@@ -60,6 +70,7 @@ class Finding:
     cost: dict[str, str] = field(default_factory=dict)
     analyse: Callable[[Sequence[Any], Path], Analysis] | None = None
     needs: str | None = None
+    data: str | None = None
     prepare: Callable[[str, Path], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:

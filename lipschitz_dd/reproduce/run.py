@@ -5,10 +5,19 @@ Folder of `lipschitz-dd reproduce NAME --out OUT` at scale S:
     OUT/NAME/S/<sweep>/              the sweep runner's folder (sweep.db, runs/, logs/): re-running resumes
     OUT/NAME/S/summary.md            the numbers that test the claim, beside the study's
     OUT/NAME/S/*.png                 the finding's figures
+    OUT/NAME/S/analysis_error.txt    the traceback, when the analysis raised
+
+Before any run starts, the data the runs read from disk is looked for (`missing_data`): a finding whose data set
+is absent refuses in one line (MissingData) and leaves nothing behind. A call whose runs failed, or whose analysis
+raised, still writes summary.md (saying so) and reports it in its `Outcome`: the CLI then exits non-zero.
 """
 
 from __future__ import annotations
 
+import importlib
+import itertools
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +29,34 @@ from lipschitz_dd.shipped import resolve
 
 class NotAvailable(ValueError):
     """The finding needs a feature that does not exist yet (one line)."""
+
+
+class MissingData(FileNotFoundError):
+    """The data set the finding's runs read from disk is not there (one line: where, and how to get it)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What reproducing (or re-analysing) a finding gave: its summary.md, how many of its runs failed (this time
+    or in an earlier call, not run again) out of how many, and the analysis's one-line error if it raised."""
+
+    summary: Path
+    failed: int = 0
+    runs: int = 0
+    analysis_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.analysis_error is None
+
+    def problems(self) -> str:
+        """One line saying what went wrong ("" when nothing did)."""
+        parts = []
+        if self.failed:
+            parts.append(f"{self.failed} of {self.runs} run(s) failed (see the sweep's logs/ folder)")
+        if self.analysis_error is not None:
+            parts.append(f"the analysis failed: {self.analysis_error}")
+        return "; ".join(parts)
 
 
 def scaled_sweep(finding: Finding, scale: str) -> dict[str, Any]:
@@ -64,59 +101,173 @@ def sweep_name(finding: Finding, scale: str) -> str:
     return str(finding.scales.get(scale, {}).get("sweep", finding.sweep or finding.config))
 
 
+def _values(entry: Any) -> list[Any]:
+    """The values of one sweep parameter ({"value": v} or {"values": [...]}; none for a distribution)."""
+    if not isinstance(entry, dict):
+        return []
+    if "value" in entry:
+        return [entry["value"]]
+    return list(entry.get("values") or [])
+
+
+def run_data_modules(config: dict[str, Any]) -> list[tuple[type, dict[str, Any]]]:
+    """(data class, init_args) of every distinct data module the sweep's runs build: each shipped config the
+    command names (`--config NAME` and a swept `config`), its data section with the sweep's data.* parameters
+    applied (every combination of swept values). Only the project's own data classes are considered (shipped
+    configs name nothing else); a config that is not shipped (a path) is skipped."""
+    from lipschitz_dd.shipped import resolve
+
+    command = [str(chunk) for chunk in config.get("command") or []]
+    parameters = config.get("parameters") or {}
+    names = [command[i + 1] for i, chunk in enumerate(command[:-1]) if chunk == "--config"]
+    names += [str(v) for v in _values(parameters.get("config"))]
+    swept = {key[len("data.") :]: _values(entry) for key, entry in parameters.items() if key.startswith("data.")}
+    swept = {key.removeprefix("init_args."): values for key, values in swept.items() if values}
+    modules, seen = [], set()
+    for name in dict.fromkeys(names):
+        try:
+            shipped = yaml.safe_load(resolve(name, "configs").read_text()) or {}
+        except (FileNotFoundError, yaml.YAMLError):
+            continue
+        data = shipped.get("data") or {}
+        class_path = str(data.get("class_path", ""))
+        module_name, _, class_name = class_path.rpartition(".")
+        if not module_name.startswith("lipschitz_dd.data"):
+            continue
+        cls = getattr(importlib.import_module(module_name), class_name, None)
+        if cls is None:
+            continue
+        keys = [k for k in swept if k != "class_path"]
+        for combination in itertools.product(*(swept[k] for k in keys)):
+            arguments = {**(data.get("init_args") or {}), **dict(zip(keys, combination, strict=True))}
+            key = (class_path, repr(sorted(arguments.items(), key=lambda item: item[0])))
+            if key not in seen:
+                seen.add(key)
+                modules.append((cls, arguments))
+    return modules
+
+
+def reads_from_disk(cls: type) -> bool:
+    """Whether the data class reads a data set from disk (the image sets, an ImageFolder) rather than generating
+    its data (MNIST-1D, digits, synthetic)."""
+    from lipschitz_dd.data import ImageFolderDataModule
+    from lipschitz_dd.data.vision import VisionDataModule
+
+    return issubclass(cls, (VisionDataModule, ImageFolderDataModule))
+
+
+def missing_data(finding: Finding, scale: str, config: dict[str, Any]) -> str | None:
+    """One line saying which data set the runs of `config` (the scaled sweep) need and do not find on disk, and
+    how to get it; None when every data set they read is there (or will be downloaded: data.download true).
+    Asks each image data module where its files are (data_dir relative to this directory, as for the runs).
+    ImageFolder data is checked by the finding's `prepare`."""
+    from lipschitz_dd.data.vision import VisionDataModule
+
+    for cls, arguments in run_data_modules(config):
+        if not issubclass(cls, VisionDataModule) or arguments.get("download"):
+            continue
+        module = cls(data_dir=str(arguments.get("data_dir", "data")))
+        if module.find_files() is None:
+            return (
+                f"{finding.name} ({scale} scale) needs {module.title} on disk, not found: {module.placement()}; "
+                "no run was started"
+            )
+    return None
+
+
 def finding_folder(finding: Finding, scale: str, out: str | Path) -> Path:
     """`out/<name>/<scale>`."""
     return Path(out) / finding.name / scale
 
 
-def run_finding(
-    finding: Finding, scale: str = "cpu", out: str | Path = "reproduce_out", workers: int = 1, progress: bool = True
-) -> Path:
-    """Run (or resume) the finding's sweep at `scale` and write its figures and summary.md; returns summary.md.
+def _as_parameter(value: Any) -> dict[str, Any]:
+    return {"values": list(value)} if isinstance(value, (list, tuple)) else {"value": value}
 
-    The runs go through lipschitz_dd.sweep.run_sweep, so an interrupted call resumes where it stopped."""
-    from lipschitz_dd.report.records import load_runs
+
+def run_finding(
+    finding: Finding,
+    scale: str = "cpu",
+    out: str | Path = "reproduce_out",
+    workers: int = 1,
+    progress: bool = True,
+    overrides: dict[str, Any] | None = None,
+    retry_failed: bool = False,
+) -> Outcome:
+    """Run (or resume) the finding's sweep at `scale` and write its figures and summary.md.
+
+    `overrides` ({sweep parameter: value or list}) replace the scale's and `prepare`'s parameters last (e.g.
+    {"data.data_dir": folder}: where the runs read their data). Raises MissingData (one line, nothing started,
+    nothing written) when a data set the runs read is not on disk. The runs go through
+    lipschitz_dd.sweep.run_sweep, so an interrupted call resumes where it stopped; runs that failed in an
+    earlier call are run again only with `retry_failed`. Failed runs and an analysis that raised are reported in
+    the Outcome (and in summary.md), never raised: the other runs' results are written all the same."""
+    from lipschitz_dd.report.records import ReportInputError, load_runs
     from lipschitz_dd.sweep.runner import run_sweep
 
     config = scaled_sweep(finding, scale)
     folder = finding_folder(finding, scale, out)
-    folder.mkdir(parents=True, exist_ok=True)
     if finding.prepare is not None:
+        folder.mkdir(parents=True, exist_ok=True)
         for key, value in finding.prepare(scale, folder).items():
-            config["parameters"][key] = (
-                {"values": list(value)} if isinstance(value, (list, tuple)) else {"value": value}
-            )
+            config["parameters"][key] = _as_parameter(value)
+    for key, value in (overrides or {}).items():
+        config["parameters"][key] = _as_parameter(value)
+    missing = missing_data(finding, scale, config)
+    if missing is not None:
+        raise MissingData(missing)
+    folder.mkdir(parents=True, exist_ok=True)
     sweep_file = folder / f"{sweep_name(finding, scale)}.yaml"
     sweep_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    result = run_sweep(sweep_file, out=folder, workers=workers, progress=progress)
+    result = run_sweep(sweep_file, out=folder, workers=workers, progress=progress, retry_failed=retry_failed)
     if result.interrupted:
         raise KeyboardInterrupt
-    analysis = safe_analyse(finding, load_runs(result.folder / "runs"), folder)
-    return write_summary(finding, scale, folder, analysis, failed=len(result.failed_this_time()))
+    in_grid = [r for r in result.runs if not r.outside_grid]
+    failed = sum(r.state in ("failed", "killed") for r in in_grid)
+    try:
+        records = load_runs(result.folder / "runs")
+    except ReportInputError:  # every run failed before it made its folder: nothing to analyse
+        records = []
+    analysis = safe_analyse(finding, records, folder) if records else Analysis(lines=["(no run records)"])
+    summary = write_summary(finding, scale, folder, analysis, failed=failed, total=len(in_grid))
+    return Outcome(summary, failed, len(in_grid), analysis.error)
 
 
 def safe_analyse(finding: Finding, records: list, folder: Path) -> Analysis:
-    """finding.analyse, except that an error in it becomes one line of the summary (the runs stay where they are,
-    and the analysis can be re-run with --runs once fixed)."""
+    """finding.analyse, except that an error in it becomes one line of the summary and `Analysis.error` (the runs
+    stay where they are, and the analysis can be re-run with --runs once fixed; the full traceback is kept in
+    analysis_error.txt in `folder`)."""
+    (folder / "analysis_error.txt").unlink(missing_ok=True)  # an earlier call's
     try:
         return finding.analyse(records, folder)
     except Exception as error:  # noqa: BLE001 - any analysis bug must not hide the runs' results
-        return Analysis(lines=[f"analysis failed: {type(error).__name__}: {error}"], verdict="not analysed (error)")
+        text = str(error).strip()
+        message = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+        (folder / "analysis_error.txt").write_text("".join(traceback.format_exception(error)))
+        return Analysis(lines=[f"analysis failed: {message}"], verdict="not analysed (error)", error=message)
 
 
-def analyse_folder(finding: Finding, scale: str, runs: str | Path, out: str | Path = "reproduce_out") -> Path:
-    """Analyse the run folders below `runs` (run elsewhere, e.g. by a W&B agent) into out/<name>/<scale>/."""
+def analyse_folder(finding: Finding, scale: str, runs: str | Path, out: str | Path = "reproduce_out") -> Outcome:
+    """Analyse the run folders below `runs` (run elsewhere, e.g. by a W&B agent) into out/<name>/<scale>/.
+
+    The folders are data: analyses that rebuild a network from a checkpoint build only the project's own model
+    and data classes (or those allowed with checkpoints.allow_class), see lipschitz_dd.reproduce.checkpoints."""
     from lipschitz_dd.report.records import load_runs
 
     if finding.needs:
         raise NotAvailable(f"{finding.name} needs: {finding.needs}")
+    if not Path(runs).is_dir():
+        raise FileNotFoundError(f"--runs {runs}: no such folder")
     folder = finding_folder(finding, scale, out)
     folder.mkdir(parents=True, exist_ok=True)
-    return write_summary(finding, scale, folder, safe_analyse(finding, load_runs(runs), folder))
+    analysis = safe_analyse(finding, load_runs(runs), folder)
+    return Outcome(write_summary(finding, scale, folder, analysis), analysis_error=analysis.error)
 
 
-def write_summary(finding: Finding, scale: str, folder: Path, analysis: Analysis, failed: int = 0) -> Path:
-    """summary.md: the claim, the study's numbers, ours, the figures and the verdict."""
+def write_summary(
+    finding: Finding, scale: str, folder: Path, analysis: Analysis, failed: int = 0, total: int = 0
+) -> Path:
+    """summary.md: the claim, the study's numbers, ours, the figures and the verdict; how many of the `total`
+    runs failed, and the analysis's error if it raised."""
     lines = [
         f"# {finding.name} ({scale} scale)",
         "",
@@ -128,7 +279,11 @@ def write_summary(finding: Finding, scale: str, folder: Path, analysis: Analysis
         lines += ["", "The study's numbers: " + "; ".join(f"{k}: {v}" for k, v in finding.paper.items())]
     lines += ["", "## Numbers here", "", *analysis.lines]
     if failed:
-        lines += ["", f"{failed} run(s) failed this time (see the sweep's logs/ folder)."]
+        lines += [
+            "",
+            f"{failed} of {total} run(s) failed (see the sweep's logs/ folder; `--retry_failed` runs them again): "
+            "their points are missing above.",
+        ]
     if analysis.figures:
         lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in analysis.figures]
     lines += ["", "## Verdict", "", analysis.verdict or "(no verdict: too few completed runs)", ""]

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from lipschitz_dd.reproduce.analysis import completed_table, fmt, markdown_table, means, save_figure
 from lipschitz_dd.reproduce.checkpoints import load_trained
 from lipschitz_dd.reproduce.findings.checkpoint_measures import _norms
-from lipschitz_dd.reproduce.registry import Analysis, Finding, register
+from lipschitz_dd.reproduce.registry import FASHION_MNIST, Analysis, Finding, register
 
 DROPOUT, DECAY, SEED = "model.dropout", "model.weight_decay", "seed_everything"
 
@@ -118,6 +118,7 @@ register(
         "correlate (~0.03).",
         paper={"C_lower": "falls with p", "corr(loss, norm)": "~0.03"},
         sweep="resnet20_fashion_mnist_dropout",
+        data=FASHION_MNIST,
         scales={"quick": {**TINY, DROPOUT: [0.0, 0.4]}, "cpu": CPU, "full": {"trainer.max_epochs": 500}},
         cost={"quick": "~40 s (2 tiny runs)", "cpu": CPU_COST, "full": "GPU"},
         analyse=analyse,
@@ -131,6 +132,7 @@ register(
         claim="C_lower falls with weight decay; loss and norm barely correlate.",
         paper={"C_lower": "falls with weight decay", "corr(loss, norm)": "~0.03"},
         sweep="resnet20_fashion_mnist_weight_decay",
+        data=FASHION_MNIST,
         scales={"quick": {**TINY, DECAY: [0.0, 0.0025]}, "cpu": CPU, "full": {"trainer.max_epochs": 500}},
         cost={"quick": "~40 s (2 tiny runs)", "cpu": CPU_COST, "full": "GPU"},
         analyse=analyse,

@@ -8,7 +8,7 @@ import pandas as pd
 
 from lipschitz_dd.report import figures
 from lipschitz_dd.reproduce.analysis import argmax_of, completed_table, markdown_table, means
-from lipschitz_dd.reproduce.registry import Analysis, Finding, register
+from lipschitz_dd.reproduce.registry import CIFAR10, Analysis, Finding, register
 
 WIDTH, NOISE, LOWER, TEST_LOSS = "model.width", "data.label_noise", "lipschitz/lower", "test/loss"
 
@@ -68,6 +68,7 @@ register(
         "larger widths with more noise.",
         paper={"setting": "CNN widths 5..40 on CIFAR-10, shuffled fraction 0..100 %", "peak": "moves right with noise"},
         sweep="fcn_mnist1d_heatmap",
+        data=f"at full scale only: {CIFAR10}",
         scales={
             "quick": {WIDTH: [8, 32], NOISE: [0.0, 0.3], "trainer.max_epochs": 2, "data.num_samples": 1000},
             "cpu": {},

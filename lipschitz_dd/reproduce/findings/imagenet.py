@@ -111,6 +111,7 @@ register(
         "combinations: see lower_bound_diagnostics).",
         paper={"C_upper at init": "~1e27", "C_upper / C_lower": "~40 orders of magnitude"},
         sweep="imagenet_seeds",
+        data=f"at cpu and full scale: ImageNet in {DATA}/train and {DATA}/val (class folders; no download)",
         scales={
             "quick": {
                 "config": "resnet50_imagenet",

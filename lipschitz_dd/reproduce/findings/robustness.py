@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from lipschitz_dd.reproduce.analysis import completed_by_width, fmt, markdown_table, save_figure
 from lipschitz_dd.reproduce.checkpoints import load_trained
 from lipschitz_dd.reproduce.findings.checkpoint_measures import _norms, below_one, finite_max
-from lipschitz_dd.reproduce.registry import Analysis, Finding, register
+from lipschitz_dd.reproduce.registry import CIFAR10, FASHION_MNIST, Analysis, Finding, register
 
 WIDTH = "model.width"
 
@@ -176,6 +176,7 @@ register(
         "stays below C_lower.",
         paper={"C_lower(PGD 0.5)": "within ~5 % of C_lower", "FD ratio": "below C_lower"},
         config="cnn_fashion_mnist_adversarial",
+        data=f"{FASHION_MNIST}; at full scale {CIFAR10}",
         parameters={WIDTH: [1, 2, 3, 4, 6, 8, 12, 16], "lipschitz.every_n_epochs": 50},
         scales={
             "quick": {

@@ -18,7 +18,7 @@ from lipschitz_dd.reproduce.analysis import (
 )
 from lipschitz_dd.reproduce.findings.double_descent import analyse as double_descent
 from lipschitz_dd.reproduce.findings.evolution import fit_from_epoch
-from lipschitz_dd.reproduce.registry import Analysis, Finding, register
+from lipschitz_dd.reproduce.registry import FASHION_MNIST, Analysis, Finding, register
 
 PENALTY = "model.jacobian_penalty"
 
@@ -149,6 +149,7 @@ register(
         "double descent.",
         paper={"peak": "C_lower and test loss peak together near the threshold"},
         sweep="cnn_fashion_mnist_dd",
+        data=FASHION_MNIST,
         scales={
             "quick": {
                 "model.width": [1, 4],
