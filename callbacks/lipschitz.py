@@ -102,7 +102,8 @@ from lipschitz_dd.bounds.jacobian import float32_measurement
 from lipschitz_dd.bounds.warm_lower import WARM_METHODS, MethodChoice, free_memory_bytes
 from lipschitz_dd.callbacks._distributed import reduce_across_ranks, reduce_stats
 from lipschitz_dd.callbacks._isolation import measurement_mode, preserved_rng_state
-from lipschitz_dd.callbacks._logging import log_epoch_row, write_row
+from lipschitz_dd import _lightning_internals as internals
+from lipschitz_dd.callbacks._logging import define_epoch_axis, log_epoch_row, write_row
 from lipschitz_dd.callbacks._measurement import JacobianNorms, measure_point_sets, measured_network
 from lipschitz_dd.callbacks._mlp_bounds import REDUCTIONS as MLP_REDUCTIONS
 from lipschitz_dd.callbacks._mlp_bounds import MLPBounds, MLPBoundsTracker
@@ -110,6 +111,7 @@ from lipschitz_dd.callbacks._points import Key, PointSource, resolve_source
 from lipschitz_dd.callbacks._schedule import Schedule
 from lipschitz_dd.callbacks._trajectory import ParameterTrajectory, flat_parameters
 from lipschitz_dd.callbacks._upper import UpperBoundTracker
+from lipschitz_dd.epoch_axis import on_epoch_axis
 from lipschitz_dd.callbacks._warm import TrainNorms
 from lipschitz_dd.callbacks.point_sets import (
     InterpolatedPoints,
@@ -359,15 +361,16 @@ class LipschitzCallback(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.current_epoch > 0 or trainer.global_step > 0 or self._last_measured_epoch == 0:
             return  # resumed: epoch 0 was measured by the original run
+        define_epoch_axis(trainer)
         write_row(trainer, self.measure(trainer, pl_module, epoch=0, record_trajectory=True), epoch=0)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
         if trainer.state.fn != TrainerFn.FITTING:  # trainer.validate(): one measurement of the current weights
-            log_epoch_row(pl_module, self.measure(trainer, pl_module, trainer.current_epoch, last=True), epoch=None)
+            log_epoch_row(pl_module, self.measure(trainer, pl_module, trainer.current_epoch, last=True))
             return
-        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if not internals.is_last_batch(trainer):
             return  # a mid-epoch validation (val_check_interval < 1): measure at the epoch's end only
         self._epoch_end(trainer, pl_module)
 
@@ -390,21 +393,23 @@ class LipschitzCallback(Callback):
             self._last_mlp_bounds(trainer, pl_module, finished)  # measured without knowing it was the last
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        log_epoch_row(pl_module, self.measure(trainer, pl_module, trainer.current_epoch, last=True), epoch=None)
+        log_epoch_row(pl_module, self.measure(trainer, pl_module, trainer.current_epoch, last=True))
 
     def _epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """At the end of an epoch of fit (the validation row, then the training epoch's end): the measurement if
-        scheduled and not yet made (the training epoch's end catches a stop decided after validation), logged with
-        step = the epoch; the step is logged in the first of these hooks of every epoch, measured or not, so the
-        row of any module is on the epoch axis and a checkpoint callback sees the current epoch."""
+        scheduled and not yet made (the training epoch's end catches a stop decided after validation), logged
+        into the row Lightning writes for that hook (its step, its `epoch` column). On the project's epoch axis
+        (`on_epoch_axis`) the first of these hooks of every epoch, measured or not, also logs `step` = the epoch,
+        so the row of any module is on that axis and a checkpoint callback sees the current epoch."""
         finished = trainer.current_epoch + 1
-        log_step, self._row_epoch = self._row_epoch != finished, finished
+        log_step = on_epoch_axis(trainer) and self._row_epoch != finished
+        self._row_epoch = finished
         metrics: dict[str, float] = {}
         last = Schedule.is_last_epoch(trainer, finished)
         if self._last_measured_epoch != finished and self.is_scheduled(finished, last=last):
             metrics = self.measure(trainer, pl_module, epoch=finished, record_trajectory=True, last=last)
         if metrics or log_step:
-            log_epoch_row(pl_module, metrics, epoch=finished)
+            log_epoch_row(pl_module, metrics, epoch=finished if on_epoch_axis(trainer) else None)
 
     # ------------------------------------------------------------------ measurement
     def measure(

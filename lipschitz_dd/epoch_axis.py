@@ -56,11 +56,25 @@ CHECKPOINT_FILENAME = "epoch={step}"
 logged `step` metric before Lightning's update count), as in metrics.csv and results.json's "epochs"."""
 
 
+EPOCH_AXIS_MARK = "_lipschitz_dd_epoch_axis"
+"""Attribute `use_epoch_axis` sets on a trainer it put on the epoch axis."""
+
+
+def on_epoch_axis(trainer: Any) -> bool:
+    """Whether the trainer's rows are on the epoch axis (every row has `step` = its epoch): `use_epoch_axis`
+    was called (the project's run folder), or the module opts in itself (`epoch_axis = True`, lipschitz_dd's
+    models). A user's own trainer and module are not: there a callback leaves Lightning's steps alone."""
+    module = getattr(trainer, "lightning_module", None)
+    return bool(getattr(trainer, EPOCH_AXIS_MARK, False) or getattr(module, "epoch_axis", False) is True)
+
+
 def use_epoch_axis(trainer: Any) -> None:
     """Put a trainer's run folder on the epoch axis: every logger of `trainer` with an `epoch_clock` attribute
     (the loggers of `lipschitz_dd.loggers`) gets the clock `epoch_row(trainer)` and keys every row by the running
     epoch; checkpoint callbacks with Lightning's default name ("epoch={epoch}-step={step}", whose epoch is the
-    0-based index of the running epoch) name their files `epoch=<finished epochs>.ckpt` instead."""
+    0-based index of the running epoch) name their files `epoch=<finished epochs>.ckpt` instead. Marks the trainer
+    (`on_epoch_axis`), so callbacks that work on any user's trainer log `step` only on the project's axis."""
+    setattr(trainer, EPOCH_AXIS_MARK, True)
     for logger in trainer.loggers:
         if hasattr(logger, "epoch_clock"):
             logger.epoch_clock = EpochClock(trainer)

@@ -92,13 +92,13 @@ def test_logged_keys_share_rows_with_test_loss(tmp_path):
     trainer.fit(ToyNet(), datamodule=ToyData())
     rows = read_rows(trainer)
     initial = [r for r in rows if r.get("step") == 0 and "lipschitz/lower" in r]
-    assert len(initial) == 1 and set(initial[0]) == ALL_KEYS | {"step"}
+    assert len(initial) == 1 and set(initial[0]) == ALL_KEYS | {"step"}  # written before the first update
     assert initial[0]["params/dist_init"] == 0.0 and initial[0]["params/path_length"] == 0.0
     loss_rows = [r for r in rows if "test/loss" in r]
     assert len(loss_rows) == 2  # one validation per epoch, each with all the Lipschitz metrics beside it
-    for row in loss_rows:  # the callback logs step = epoch (Lightning then adds no "epoch" of its own)
-        assert set(row) == ALL_KEYS | {"test/loss", "step"}
-    assert [r["step"] for r in loss_rows] == [1.0, 2.0]
+    for row in loss_rows:  # Lightning's own step and epoch column: the callback logs neither (a user's axis)
+        assert set(row) == ALL_KEYS | {"test/loss", "step", "epoch"}
+    assert [(r["epoch"], r["step"]) for r in loss_rows] == [(0.0, 3.0), (1.0, 7.0)]  # 4 updates per epoch
     assert not any("lipschitz/lower" in r and "test/loss" not in r and r["step"] != 0 for r in rows)
     for row in initial + loss_rows:  # every extra point set is a valid lower bound; opt >= the data max
         assert row["lipschitz/lower_opt"] >= row["lipschitz/lower"] - 1e-6
@@ -206,7 +206,7 @@ def test_resume_continues_the_same_curves(tmp_path):
         assert_close_dicts(without_timing(full.history[epoch]), without_timing(resumed.history[epoch]), rel=1e-6)
     assert resumed.history[-1]["params/path_length"] > first.history[-1]["params/path_length"]
     logged = [r for r in read_rows(resumed_trainer) if "lipschitz/lower" in r]
-    assert [r["step"] for r in logged] == [3.0, 4.0]  # the resumed run logs epochs 3, 4 only, no new epoch 0
+    assert [r["epoch"] for r in logged] == [2.0, 3.0]  # the resumed run logs epochs 3, 4 only, no new epoch 0
     assert logged[-1]["lipschitz/upper"] == pytest.approx(full.history[4]["lipschitz/upper"], rel=1e-6)
 
 
@@ -249,7 +249,7 @@ def test_no_validation_falls_back_to_train_epoch_end(tmp_path):
     data = ToyData()
     trainer.fit(ToyNet(), train_dataloaders=data.train_dataloader())
     rows = [r for r in read_rows(trainer) if "lipschitz/lower" in r]
-    assert [r["step"] for r in rows] == [0.0, 1.0, 2.0]
+    assert [(r.get("epoch"), r["step"]) for r in rows] == [(None, 0.0), (0.0, 3.0), (1.0, 7.0)]
     assert [h["epoch"] for h in callback.history] == [0.0, 1.0, 2.0]
 
 
@@ -408,9 +408,8 @@ def test_a_late_stop_still_measures_the_final_weights(tmp_path):
     assert [h["epoch"] for h in callback.history] == [0.0, 1.0, 4.0]
     rows = read_rows(trainer)
     final_row = [r for r in rows if "lipschitz/lower" in r][-1]
-    # written straight to the logger at the step of the last epoch's row: the epoch (ToyNet logs no "step"
-    # itself; the callback's step puts its validation rows on the epoch axis too)
-    assert final_row["step"] == max(r["step"] for r in rows if "test/loss" in r) == 4
+    # written straight to the logger after the last epoch's rows, at Lightning's step then (the update count)
+    assert final_row["step"] == trainer.global_step == 16 > max(r["step"] for r in rows if "test/loss" in r)
     norms = dense_jacobian_norms(model, ToyData().train_x)
     assert final_row["lipschitz/lower"] == pytest.approx(float(norms.max()), rel=1e-5)
 

@@ -145,7 +145,7 @@ def test_fit_logs_avg_tol_records_the_method_and_resume_keeps_the_vectors(tmp_pa
     assert [h["epoch"] for h in resumed.history] == [0.0, 1.0, 2.0, 3.0]
     assert len(resumed._train_norms.estimator.store) == N_POINTS
     rows = [r for r in read_rows(trainer) if "lipschitz/lower" in r]
-    assert [r["step"] for r in rows] == [2.0, 3.0] and all("lipschitz/avg_tol" in r for r in rows)
+    assert [r["epoch"] for r in rows] == [1.0, 2.0] and all("lipschitz/avg_tol" in r for r in rows)
     assert resumed._train_norms.result.cold == 0
     for epoch in (2, 3):  # the same numbers as the uninterrupted run
         for key in ("lipschitz/lower", "lipschitz/avg", "lipschitz/rms", "lipschitz/avg_tol"):

@@ -10,8 +10,9 @@ global gradient-norm clipping (default 50). A non-finite training loss stops the
 
 Logging: one row per epoch. Validation loader 0 is the test set (``test/loss``, ``test/acc``), loader 1 the
 full training set in eval mode (``train/loss``, ``train/acc``); the logger step is the number of finished
-epochs (the ``step`` metric of ``lipschitz_dd/epoch_axis.py``, which LipschitzCallback logs the same way), and
-epoch 0 (before the first update) is evaluated in ``on_train_start``.
+epochs: the module logs the ``step`` metric of ``lipschitz_dd/epoch_axis.py`` in its validation rows and opts
+into the project's epoch axis (``epoch_axis = True``, see ``epoch_axis.on_epoch_axis``), so LipschitzCallback logs
+the same ``step`` in the rows of the epochs it writes (a user's own module gets Lightning's steps); epoch 0 (before the first update) is evaluated in ``on_train_start``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from lipschitz_dd._lightning_internals import CURRENT_FX_ATTRIBUTE, setup_val_data
+from lipschitz_dd.epoch_axis import STEP_METRIC
 from lipschitz_dd.models._checks import check_size
 from lipschitz_dd.models.constraint import SpectralNormConstraint
 from lipschitz_dd.models.penalty import jacobian_norm_penalty
@@ -78,6 +81,9 @@ class LipschitzModule(LightningModule):
             batch (C_lower of the batch as a regulariser, see ``penalty.py``); 0 = off. Evaluation losses
             never include it.
     """
+
+    epoch_axis = True
+    """Opt-in to the project's epoch axis (lipschitz_dd/epoch_axis.py): rows keyed by `step` = finished epochs."""
 
     net: nn.Module
 
@@ -145,7 +151,7 @@ class LipschitzModule(LightningModule):
         # epoch; nn.Module.__setattr__'s parameter/module/buffer checks cost ~4 us each time and cannot apply to
         # a str. Storing it directly is what nn.Module would do in the end (Lightning does the same for its
         # logged-metric modules).
-        if name == "_current_fx_name":
+        if name == CURRENT_FX_ATTRIBUTE:
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
@@ -298,7 +304,7 @@ class LipschitzModule(LightningModule):
         metrics = self._compute_eval_metrics()
         if self.trainer.sanity_checking:
             return
-        metrics["step"] = float(self.current_epoch + 1)
+        metrics[STEP_METRIC] = float(self.current_epoch + 1)
         self.log_dict(metrics, on_epoch=True)
 
     def test_step(self, batch: Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -367,7 +373,7 @@ class LipschitzModule(LightningModule):
         trainer = self.trainer
         if not trainer.enable_validation:  # no val loaders, or limit_val_batches=0
             return [], []
-        trainer.fit_loop.epoch_loop.val_loop.setup_data()  # no-op if already loaded (e.g. by the sanity check)
+        setup_val_data(trainer)  # no-op if already loaded (e.g. by the sanity check)
         loaders = trainer.val_dataloaders
         if loaders is None:
             return [], []
