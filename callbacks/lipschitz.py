@@ -97,12 +97,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from lipschitz_dd import _lightning_internals as internals
 from lipschitz_dd.bounds import LowerBoundStats, TopPoints, optimised_lower_bound
 from lipschitz_dd.bounds.jacobian import float32_measurement
 from lipschitz_dd.bounds.warm_lower import WARM_METHODS, MethodChoice, free_memory_bytes
 from lipschitz_dd.callbacks._distributed import reduce_across_ranks, reduce_stats
 from lipschitz_dd.callbacks._isolation import measurement_mode, preserved_rng_state
-from lipschitz_dd import _lightning_internals as internals
 from lipschitz_dd.callbacks._logging import define_epoch_axis, log_epoch_row, write_row
 from lipschitz_dd.callbacks._measurement import JacobianNorms, measure_point_sets, measured_network
 from lipschitz_dd.callbacks._mlp_bounds import REDUCTIONS as MLP_REDUCTIONS
@@ -111,7 +111,6 @@ from lipschitz_dd.callbacks._points import Key, PointSource, resolve_source
 from lipschitz_dd.callbacks._schedule import Schedule
 from lipschitz_dd.callbacks._trajectory import ParameterTrajectory, flat_parameters
 from lipschitz_dd.callbacks._upper import UpperBoundTracker
-from lipschitz_dd.epoch_axis import on_epoch_axis
 from lipschitz_dd.callbacks._warm import TrainNorms
 from lipschitz_dd.callbacks.point_sets import (
     InterpolatedPoints,
@@ -122,6 +121,7 @@ from lipschitz_dd.callbacks.point_sets import (
     TestPoints,
     TrainPoints,
 )
+from lipschitz_dd.epoch_axis import on_epoch_axis
 
 __all__ = ["LipschitzCallback", "MLPBounds"]
 

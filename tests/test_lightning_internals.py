@@ -6,8 +6,8 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 from conftest import ToyData, ToyNet, make_trainer
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from lipschitz_dd import _lightning_internals as internals
 
