@@ -3,12 +3,14 @@
 Lower bounds: per-sample Jacobian spectral norms (exact or power iteration), streamed statistics over point
 sets (data, convex combinations, perturbations, grids), an optimised bound and the pairwise bound.
 Upper bound: product of per-layer constants over the traced graph (AutoLip style), power or certified mode.
-MLPs only (nn.Sequential of Linear and activations): the exact constant of ReLU MLPs (region enumeration),
+MLPs only (nn.Sequential of Linear and activations): the exact constant of ReLU MLPs (region enumeration;
+for 1- or 2-D inputs the planar arrangement of the regions),
 ECLipsE-Fast (closed form) and LipSDP-Neuron (SDP, optional ``sdp`` extra), all certified.
 """
 
 from lipschitz_dd.bounds.eclipse import eclipse_fast
 from lipschitz_dd.bounds.exact import ExactLipschitz, exact_lipschitz
+from lipschitz_dd.bounds.exact_planar import PlanarLipschitz, PlanarRegions, exact_lipschitz_planar, planar_regions
 from lipschitz_dd.bounds.jacobian import (
     PowerIterationResult,
     SingularTriplets,
@@ -77,6 +79,10 @@ __all__ = [
     "product_bound",
     "ExactLipschitz",
     "exact_lipschitz",
+    "PlanarLipschitz",
+    "PlanarRegions",
+    "exact_lipschitz_planar",
+    "planar_regions",
     "eclipse_fast",
     "LipSDPResult",
     "lipsdp_neuron",

@@ -38,7 +38,7 @@ Numerics and what "exact" means. Everything is float64. A vertex whose signed va
 than about tol (relative) are not split off: the same convention as the branch and bound, which ignores regions
 that hold no ball of radius 1e-9. Every cell's Jacobian norm is checked a posteriori: a forward pass in float64
 at an interior point of the cell (a positive combination of its vertices) must give the same ||J(x)||_2 (to a
-relative 1e-9). ``lower`` is the largest checked value (a Jacobian norm at a real point, returned in ``point``,
+relative 1e-9), from the steepest cell down until one is confirmed. ``lower`` is that cell's value (a Jacobian norm at a real point, returned in ``point``,
 errs low), ``upper`` the largest over all cells (checked or not; equal to ``lower`` unless a thin cell failed
 its check, which is then named in ``notes``). With a time budget or a cell cap the construction stops and
 returns a certified interval instead: ``lower`` from the cells built so far, ``upper`` the largest bound
@@ -234,6 +234,87 @@ def _check_box(box) -> tuple[tuple[float, float], tuple[float, float]] | None:
     return (x0, x1), (y0, y1)
 
 
+@dataclass
+class PlanarRegions:
+    """The final cells of the arrangement: cell i has vertices ``verts[starts[i] : starts[i] + counts[i]]``
+    (homogeneous unit vectors (x, y, w), counter-clockwise, w = 0: a direction to infinity) and the constant
+    Jacobian ``jacobians[i]`` (m x 2) of f on it; ``points[i]`` is an interior point of cell i. In the input
+    plane (for 1-D input the second coordinate is a dummy on which f does not depend)."""
+
+    verts: np.ndarray
+    counts: np.ndarray
+    jacobians: np.ndarray
+    points: np.ndarray
+    layer_cells: list[int]
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.cumsum(self.counts) - self.counts
+
+    def cell(self, i: int) -> np.ndarray:
+        first = int(self.starts[i])
+        return self.verts[first : first + int(self.counts[i])].copy()
+
+
+@dataclass
+class _Build:
+    cells: _Cells
+    a: np.ndarray  # per group: the current layer's pre-activation map (or, finished, J per cell)
+    layer: int = 0  # where it stopped (0: finished)
+    neuron: int = 0
+    stopped: str = ""
+    layer_cells: list[int] = field(default_factory=list)
+
+
+def _prepare(model_or_mlp, box, who: str) -> tuple[MLP, MLP, tuple | None]:
+    mlp = model_or_mlp if isinstance(model_or_mlp, MLP) else mlp_from_module(model_or_mlp)
+    if not mlp.piecewise_linear:
+        names = sorted({a.name for a in mlp.activations if a.pieces is None})
+        raise ValueError(f"{who} needs ReLU / LeakyReLU activations, got {', '.join(names)}")
+    if mlp.input_dim > 2:
+        raise ValueError(
+            f"{who} needs an input of dimension 1 or 2, got {mlp.input_dim} "
+            "(use exact_lipschitz, which compresses the input to the rank of the first layer)"
+        )
+    return mlp, _pad_to_plane(mlp), _check_box(box)
+
+
+def _build(plane: MLP, box, start: float, time_limit: float, max_cells: int, tol: float) -> _Build:
+    """Refine the start polygons layer by layer, neuron by neuron (module docstring)."""
+    weights, biases, acts = plane.weights, plane.biases, plane.activations
+    L = len(weights)
+    verts, counts = _start_polygons(box)
+    hidden = weights[0].shape[0] if L > 1 else 0
+    cells = _Cells(verts, counts, np.zeros(counts.shape[0], dtype=np.int64), np.zeros((counts.shape[0], hidden), bool))
+    a, c = weights[0][None], biases[0][None]  # one affine map shared by every cell (group 0)
+    layer_cells: list[int] = []
+    for k in range(1, L):  # hidden layer k (1-based), between weights[k - 1] and weights[k]
+        pieces = acts[k - 1].pieces
+        for j in range(a.shape[1]):
+            stopped = ""
+            if time.perf_counter() - start > time_limit:
+                stopped = f"time limit of {time_limit:g} s"
+            elif cells.n > max_cells:
+                stopped = f"cell cap of {max_cells}"
+            if stopped:
+                return _Build(cells, a, k, j, stopped, layer_cells)
+            cells = _split(cells, a[:, j], c[:, j], j, tol)
+        layer_cells.append(cells.n)
+        a, c = _next_maps(a, c, cells, weights[k], biases[k], pieces)
+        cells.group = np.arange(cells.n)
+        cells.on = np.zeros((cells.n, weights[k].shape[0] if k < L - 1 else 0), bool)
+    return _Build(cells, a, layer_cells=layer_cells)  # a[i]: the Jacobian of cell i (m x 2)
+
+
+def planar_regions(model_or_mlp, *, box=None, tol: float = TOL) -> PlanarRegions:
+    """Every cell of the activation arrangement of a ReLU / LeakyReLU MLP with 1- or 2-D input (over all of
+    R^2, or over ``box``) with its Jacobian, without a time limit: for checks and figures."""
+    _mlp, plane, box = _prepare(model_or_mlp, box, "planar_regions")
+    built = _build(plane, box, time.perf_counter(), np.inf, np.iinfo(np.int64).max, tol)
+    points, _ = _interior_points(built.cells)
+    return PlanarRegions(built.cells.verts, built.cells.counts, built.a, points, built.layer_cells)
+
+
 def exact_lipschitz_planar(
     model_or_mlp,
     *,
@@ -253,45 +334,15 @@ def exact_lipschitz_planar(
     ``jacobian`` where the maximum is attained. Stops after ``time_limit`` seconds or ``max_cells`` cells with a
     certified interval (module docstring)."""
     start = time.perf_counter()
-    mlp = model_or_mlp if isinstance(model_or_mlp, MLP) else mlp_from_module(model_or_mlp)
-    if not mlp.piecewise_linear:
-        names = sorted({a.name for a in mlp.activations if a.pieces is None})
-        raise ValueError(f"exact_lipschitz_planar needs ReLU / LeakyReLU activations, got {', '.join(names)}")
-    if mlp.input_dim > 2:
-        raise ValueError(
-            f"exact_lipschitz_planar needs an input of dimension 1 or 2, got {mlp.input_dim} "
-            "(use exact_lipschitz, which compresses the input to the rank of the first layer)"
-        )
-    box = _check_box(box)
+    mlp, plane, box = _prepare(model_or_mlp, box, "exact_lipschitz_planar")
     input_dim = mlp.input_dim
-    plane = _pad_to_plane(mlp)
     weights, biases, acts = plane.weights, plane.biases, plane.activations
-    L = len(weights)
-    verts, counts = _start_polygons(box)
-    hidden = weights[0].shape[0] if L > 1 else 0
-    cells = _Cells(verts, counts, np.zeros(counts.shape[0], dtype=np.int64), np.zeros((counts.shape[0], hidden), bool))
-    a, c = weights[0][None], biases[0][None]  # one affine map shared by every cell (group 0)
-    layer_cells: list[int] = []
-    stopped = ""
-    for k in range(1, L):  # hidden layer k (1-based), between weights[k - 1] and weights[k]
-        pieces = acts[k - 1].pieces
-        for j in range(a.shape[1]):
-            if time.perf_counter() - start > time_limit:
-                stopped = f"time limit of {time_limit:g} s"
-            elif cells.n > max_cells:
-                stopped = f"cell cap of {max_cells}"
-            if stopped:
-                return _interrupted(mlp, plane, cells, a, k, j, start, stopped, input_dim, layer_cells)
-            cells = _split(cells, a[:, j], c[:, j], j, tol)
-        layer_cells.append(cells.n)
-        a, c = _next_maps(a, c, cells, weights[k], biases[k], pieces)
-        cells.group = np.arange(cells.n)
-        width_next = weights[k].shape[0]
-        cells.on = np.zeros((cells.n, width_next if k < L - 1 else 0), bool)
-    # after the last hidden layer: a[i] is J of cell i (m x 2), a constant Jacobian per cell
-    norms = _spectral_norms(a)
+    built = _build(plane, box, start, time_limit, max_cells, tol)
+    if built.stopped:
+        return _interrupted(plane, built, start, input_dim)
+    cells, jac = built.cells, built.a
+    norms = _spectral_norms(jac)
     points, has_finite = _interior_points(cells)
-    checked = np.zeros(cells.n, bool)
     order = np.argsort(-norms, kind="stable")
     lower, best = 0.0, -1
     notes: list[str] = []
@@ -301,9 +352,8 @@ def exact_lipschitz_planar(
         idx = idx[has_finite[idx]]
         if idx.size == 0:
             continue
-        fwd, clean = _jacobian_norms(weights, biases, acts, points[idx])
-        ok = clean & (np.abs(fwd - norms[idx]) <= CHECK_RTOL * np.maximum(norms[idx], 1e-300))
-        checked[idx] = ok
+        fwd, _ = _jacobian_norms(weights, biases, acts, points[idx])  # a neuron may be 0 on the whole cell
+        ok = np.abs(fwd - norms[idx]) <= CHECK_RTOL * np.maximum(norms[idx], 1e-300)
         if ok.any():
             best = int(idx[np.argmax(ok)])
             lower = float(norms[best])
@@ -311,7 +361,6 @@ def exact_lipschitz_planar(
     upper = float(norms.max()) if cells.n else 0.0
     if upper > lower * (1 + RTOL):
         notes.append(f"thin cell(s) with norm up to {upper:.10g} failed the forward check; lower {lower:.10g}")
-    point = None if best < 0 else points[best][:input_dim].copy()
     cell = None
     if best >= 0:
         first = int(np.cumsum(cells.counts)[best] - cells.counts[best])
@@ -320,26 +369,28 @@ def exact_lipschitz_planar(
         lower=lower,
         upper=max(upper, lower),
         exact=upper <= lower * (1 + RTOL),
-        point=point,
+        point=None if best < 0 else points[best][:input_dim].copy(),
         regions=cells.n,
         seconds=time.perf_counter() - start,
         method="planar arrangement",
         notes=notes,
         cell=cell,
         cells=cells.n,
-        jacobian=None if best < 0 else a[best][:, :input_dim].copy(),
-        layer_cells=layer_cells,
+        jacobian=None if best < 0 else jac[best][:, :input_dim].copy(),
+        layer_cells=built.layer_cells,
     )
 
 
-def _interrupted(mlp, plane, cells, a, k, j, start, why, input_dim, layer_cells) -> PlanarLipschitz:
-    """The certified interval when the construction stops in hidden layer k before neuron j."""
+def _interrupted(plane: MLP, built: _Build, start: float, input_dim: int) -> PlanarLipschitz:
+    """The certified interval when the construction stopped in hidden layer k before neuron j: lower, the
+    largest ||J(x)||_2 at the interior points of the cells built so far (real points: errs low); upper, the
+    largest bound G_k ||D_hat A_k||_2 over those cells (every region lies in one of them: errs high)."""
     weights, biases, acts = plane.weights, plane.biases, plane.activations
+    cells, a, k, j = built.cells, built.a, built.layer, built.neuron
     tails = _tail_bounds(weights, plane)
     pieces = acts[k - 1].pieces
     max_slope = max(abs(pieces[0]), abs(pieces[1]))
-    upper = float(_cell_bounds(a, cells, j, pieces, max_slope, tails[k]).max())
-    upper = min(upper, tails[0])
+    upper = min(float(_cell_bounds(a, cells, j, pieces, max_slope, tails[k]).max()), tails[0])
     points, has_finite = _interior_points(cells)
     lower, point = 0.0, None
     pts = points[has_finite]
@@ -349,7 +400,6 @@ def _interrupted(mlp, plane, cells, a, k, j, start, why, input_dim, layer_cells)
         i = int(np.argmax(fwd)) if fwd.size else 0
         if fwd.size and fwd[i] > lower:
             lower, point = float(fwd[i]), pts[lo + i][:input_dim].copy()
-    del mlp
     return PlanarLipschitz(
         lower=lower,
         upper=max(upper, lower),
@@ -358,7 +408,7 @@ def _interrupted(mlp, plane, cells, a, k, j, start, why, input_dim, layer_cells)
         regions=cells.n,
         seconds=time.perf_counter() - start,
         method="planar arrangement",
-        notes=[f"stopped at the {why} in hidden layer {k}, neuron {j}: certified interval"],
+        notes=[f"stopped at the {built.stopped} in hidden layer {k}, neuron {j}: certified interval"],
         cells=cells.n,
-        layer_cells=layer_cells,
+        layer_cells=built.layer_cells,
     )

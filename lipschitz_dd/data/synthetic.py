@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import torch
 
 from lipschitz_dd.data.base import ArrayDataModule, Arrays
@@ -86,3 +87,32 @@ class Toy2DDataModule(ArrayDataModule):
         y = torch.arange(n) % 3
         x = self.class_means()[y] + self.std * torch.randn(n, 2, generator=generator)
         return x[: self.num_train], y[: self.num_train], x[self.num_train :], y[self.num_train :]
+
+
+STUDY_TOY_ANGLES = (-90.0, 30.0, 150.0)
+
+
+def study_toy2d(
+    train_per_class: int = 15,
+    test_per_class: int = 5,
+    radius: float = 1.5,
+    angles_deg: tuple[float, ...] = STUDY_TOY_ANGLES,
+    seed: int = 0,
+) -> Arrays:
+    """The study's 2-D toy data: class k is N(mu_k, I) (identity covariance) with mean
+    mu_k = radius * (cos theta_k, sin theta_k), theta_k in ``angles_deg`` (-90, 30, 150 degrees), 15 training
+    and 5 test points per class. Returns (x_train, y_train, x_test, y_test), float32 inputs, labels sorted by
+    class. Drawn as np.random.seed(seed) followed by standard-normal draws would give (a private
+    ``RandomState(seed)``: the global NumPy state is untouched): for each class in order its training points,
+    then for each class its test points. The study seeds NumPy and torch with 0 but does not publish its draw
+    order, so the points (not the distribution) may differ from the study's."""
+    _check_sizes(train_per_class=train_per_class, test_per_class=test_per_class)
+    rng = np.random.RandomState(seed)
+    angles = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    parts = []
+    for per_class in (train_per_class, test_per_class):
+        x = np.concatenate([mean + rng.standard_normal((per_class, 2)) for mean in means])
+        y = np.repeat(np.arange(len(means)), per_class)
+        parts += [torch.from_numpy(x).float(), torch.from_numpy(y).long()]
+    return parts[0], parts[1], parts[2], parts[3]
