@@ -26,7 +26,10 @@ from lipschitz_dd.sweep.table import sweep_progress
 
 FAKE_PROGRAM = textwrap.dedent(
     """
-    import json, os, sys, time
+    import json, os, signal, sys, time
+    if os.environ.get("FAKE_IGNORE_TERM"):  # slow to stop (e.g. writing its record): SIGTERM and SIGINT ignored
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
     print("ARGS", " ".join(sys.argv[1:]), flush=True)
     run_id = os.environ["LIPSCHITZ_DD_RUN_NAME"]

@@ -73,8 +73,11 @@ def _run(options) -> int:
     except ValueError as err:  # bad sweep file, bad option, sweep busy: one line, nothing ran
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # before the loop started: nothing is running
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # outside the scheduling loop (which stops its runs itself); runs die with us
+        print(
+            "interrupted: the sweep's runs were stopped (finished runs are kept); rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     print(format_runs(result.runs))
     runs_glob = Path(result.folder) / "runs" / "*" / "*" / "wandb" / "offline-run-*"

@@ -6,8 +6,9 @@ Folder of a sweep `sweeps/x.yaml` (default out = sweeps_out):
     <out>/x/logs/<run id>.log             each run's stdout and stderr
     <out>/x/params/<run id>.json          the run's parameters ({key: value}, used for ${args_json_file})
     <out>/x/attempts/<run id>-<k>/        run folders of interrupted attempts, moved out of runs/
-Re-running the same command resumes: runs left `running` by a dead runner are queued again with the
-same id and parameters, grid points already recorded are not proposed again. Failed runs are run again only
+Re-running the same command resumes: runs left `running` by a dead runner (kill -9, a second Ctrl-C) are
+recorded as finished when their own results.json says they ended their training, else queued again with the
+same id and parameters; grid points already recorded are not proposed again. Failed runs are run again only
 with --retry_failed. When the sweep file's grid changed, runs whose parameters are no longer in it are flagged
 `outside_grid` (in sweep.db and in their results.json): they are neither run nor retried, and the report leaves
 them out. When the first SAME_FAILURE_LIMIT runs of an invocation all fail the same way (e.g. a missing config
@@ -20,10 +21,14 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import string
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -45,7 +50,16 @@ from lipschitz_dd.run_folder import (
 from .command import command_args, expand_command
 from .config import load_sweep_config
 from .lock import RunnerLock
-from .process import LiveProcesses, RunOutcome, RunSpec, execute_run, run_environment, thread_share
+from .process import (
+    LiveProcesses,
+    RunOutcome,
+    RunSpec,
+    execute_run,
+    log_tail,
+    read_results,
+    run_environment,
+    thread_share,
+)
 from .state import SweepRecord, SweepRunRow, SweepState
 
 with warnings.catch_warnings():
@@ -162,9 +176,7 @@ class SweepRunner:
                 self._say(f"note: {self.sweep_file} changed since the last run of this sweep; using the new file")
             if self.config["method"] == "grid":
                 self._flag_outside_grid(state)
-            requeued = state.requeue(("running",))
-            if requeued:
-                self._say(f"resuming: {requeued} run(s) left running by a stopped runner are queued again")
+            self._resume_left_running(state)
             if self.retry_failed:
                 retried = state.requeue(("failed", "killed"))
                 self._say(f"--retry_failed: {retried} failed run(s) queued again")
@@ -184,6 +196,24 @@ class SweepRunner:
             self.stopped_early = None
             started, interrupted = self._loop(state, sweep)
             return SweepResult(sweep, self.folder, state.runs(), started, interrupted, self.stopped_early)
+
+    def _resume_left_running(self, state: SweepState) -> None:
+        """Runs left `running` by a runner that died (kill -9, a second Ctrl-C, power loss): a run whose own
+        results.json says it ended its training (finished, stopped_converged, diverged) is recorded as finished
+        and never trained again; the others are queued again (same id and parameters)."""
+        left = state.runs("running")
+        kept = 0
+        for run in left:
+            results = read_results(self._run_dir(run.id))
+            if (results or {}).get("status") in _ENDED_STATUSES:
+                state.mark_ended(run.id, "finished", None, log_tail(self.folder / "logs" / f"{run.id}.log"), results)
+                kept += 1
+        requeued = state.requeue(("running",))
+        if left:
+            self._say(
+                f"resuming: {len(left)} run(s) left running by a stopped runner: {kept} had finished (kept, from "
+                f"their results.json), {requeued} queued again"
+            )
 
     def _flag_outside_grid(self, state: SweepState) -> None:
         """Flag the runs whose parameters are not in the sweep file's grid (the file changed since they were
@@ -245,19 +275,38 @@ class SweepRunner:
                         bar.set_postfix(failed=counts["failed"] + counts["killed"])
             except KeyboardInterrupt:
                 interrupted = True
-                self._say("\ninterrupted: stopping the running runs; they stay queued for the next invocation")
-                self.live.terminate_all()
-                if wait(futures, timeout=KILL_DELAY_S).not_done:
-                    self.live.kill_all()
-                for future in futures:
-                    outcome = future.result()
-                    if (outcome.results or {}).get("status") in _ENDED_STATUSES:
-                        # it had ended its training (results.json written) before or while being stopped: keep it
-                        self._record(state, replace(outcome, state="finished"))
-                    else:
-                        state.mark_interrupted(outcome.run_id, outcome.exit_code, outcome.log_tail)
+                self._stop_runs(state, futures)
         bar.close()
         return started, interrupted
+
+    def _stop_runs(self, state: SweepState, futures: dict[Future, tuple[str, int]]) -> None:
+        """After Ctrl-C (or SIGTERM): SIGTERM every run, SIGKILL those still alive after KILL_DELAY_S or at once at
+        a further Ctrl-C / SIGTERM, then record each: kept as finished when its results.json says it ended its
+        training, else queued again for the next invocation."""
+        with _kill_on_signal(self.live) as again:
+            self._say(
+                f"\ninterrupted: stopping {len(futures)} running run(s) (SIGTERM; SIGKILL after {KILL_DELAY_S} s "
+                "or at another Ctrl-C)"
+            )
+            self.live.terminate_all()
+            if wait(futures, timeout=KILL_DELAY_S).not_done:
+                self.live.kill_all()
+            kept = requeued = 0
+            for future in futures:
+                outcome = future.result()
+                if (outcome.results or {}).get("status") in _ENDED_STATUSES:
+                    # it had ended its training (results.json written) before or while being stopped: keep it
+                    self._record(state, replace(outcome, state="finished"))
+                    kept += 1
+                else:
+                    state.mark_interrupted(outcome.run_id, outcome.exit_code, outcome.log_tail)
+                    requeued += 1
+            if again:
+                self._say("interrupted again: the runs still alive were killed (SIGKILL)")
+            self._say(
+                f"stopped: {requeued} run(s) stopped and queued again, {kept} that had finished kept; "
+                "rerun the same command to resume"
+            )
 
     def _stop_on_repeated_failure(self, failures: list[str | None]) -> None:
         """Start no more runs when the first SAME_FAILURE_LIMIT runs ended this time all failed for the same
@@ -350,6 +399,28 @@ class SweepRunner:
 
     def _say(self, message: str) -> None:
         tqdm.write(message, file=self.stream)
+
+
+@contextmanager
+def _kill_on_signal(live: LiveProcesses) -> Iterator[list[int]]:
+    """While stopping the runs: a further SIGINT or SIGTERM kills every live run at once (SIGKILL) instead of
+    raising KeyboardInterrupt in the middle of recording them; yields the list of signals received. Only the main
+    thread can set handlers: elsewhere nothing changes."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def kill_now(signum, frame):
+        received.append(signum)
+        live.kill_all()
+
+    previous = {signum: signal.signal(signum, kill_now) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def run_sweep(sweep_file: str | Path, **options: Any) -> SweepResult:
