@@ -6,19 +6,23 @@ The schema, the file names and the statuses are those of :mod:`lipschitz_dd.run_
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import platform
 import time
 import warnings
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lipschitz_dd.run_folder import (
+    COMPLETED_STATUSES,
     DIVERGED,
     DIVERGENCE_FACTOR,
     DIVERGENCE_METRIC,
@@ -27,16 +31,24 @@ from lipschitz_dd.run_folder import (
     INTERRUPTED,
     STATUSES,
     STOPPED_CONVERGED,
+    ResultsFileError,
     RunResults,
     loss_diverged,
+    read_results,
     write_json_atomic,
     write_results,
 )
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "ENDED_STATUSES",
     "STATUSES",
+    "RecordWriteError",
     "ResultsWriter",
     "RunRecord",
+    "cpu_model",
+    "machine_info",
     "package_versions",
     "read_metric_rows",
     "summarise",
@@ -83,6 +95,45 @@ def summarise(rows: list[dict[str, float]]) -> tuple[dict[str, float], dict[str,
     return final, maximum
 
 
+#: Statuses of a run that ended (trained to its end, stopped by a rule or diverged): such a record is only
+#: replaced by a newer state of the same run.
+ENDED_STATUSES = (*COMPLETED_STATUSES, DIVERGED)
+_UNREAD = "unread"
+
+
+class RecordWriteError(OSError):
+    """results.json (or the run folder) cannot be written; the message names the path (one line)."""
+
+
+def _os_reason(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
+def cpu_model() -> str:
+    """The CPU model: /proc/cpuinfo's "model name" (Linux), else platform.processor(), else platform.machine()."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")) and ":" in line:
+                    name = " ".join(line.split(":", 1)[1].split())
+                    if name:
+                        return name
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info(threads: int | None = None) -> dict[str, Any]:
+    """{"threads": torch's intra-op thread count (the given one, else the current one), "cpu": cpu_model(),
+    "cpus": os.cpu_count()}: CPU results depend on the thread count (the order of floating-point sums), so two
+    runs' numbers are comparable when these agree."""
+    return {
+        "threads": int(threads if threads is not None else torch.get_num_threads()),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+    }
+
+
 def interruption_signal(exception: BaseException) -> str | None:
     """ "SIGINT" for Ctrl-C (KeyboardInterrupt), "SIGTERM" for Lightning's SIGTERMException, else None."""
     if isinstance(exception, KeyboardInterrupt):
@@ -103,22 +154,48 @@ class ResultsWriter(Callback):
     callback set `converged = True`; "interrupted" on Ctrl-C (SIGINT) or SIGTERM (`signal` says which);
     "failed" on any other exception; else "finished". A callback with a `results_extra()` method adds the
     top-level entries it returns (LipschitzCallback: "measurement", the method its lower bounds used).
+
+    A record that ended (:data:`ENDED_STATUSES`: finished, stopped_converged, diverged) already in the run folder is
+    only replaced by a newer state of the same run: never by a ``failed`` one (a resume whose checkpoint is missing
+    or corrupt, whose data cannot be read, ...), and on a resume (``resumed``, else auto-detected from
+    ``trainer.ckpt_path``) only by a state that got further (more epochs, or more optimiser steps at the same
+    epoch). Otherwise the earlier results.json is left as it was and ``kept_earlier`` holds its status.
+    A resumed run's ``seconds`` is the sum over its attempts (the earlier record's seconds plus this fit's wall
+    time; ``attempts`` counts them). ``machine`` records the torch thread count the fit ran with and the CPU model
+    (:func:`machine_info`). ``before_write`` (if given) is called right before results.json is written (the CLI
+    writes the resumed run's config.yaml there, so both change together or neither does).
     """
 
-    def __init__(self, run_dir: str | None = None, config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: str | None = None,
+        config: dict[str, Any] | None = None,
+        resumed: bool | None = None,
+        before_write: Callable[[], None] | None = None,
+    ) -> None:
         self.run_dir = run_dir
         self.config = dict(config or {})
+        self.resumed = resumed
+        self.before_write = before_write
         self._start = time.time()
         self._written = False
+        self._earlier: RunResults | None | str = _UNREAD
         self.error: str | None = None
         #: "SIGINT" or "SIGTERM" when fit was interrupted by one, else None
         self.signal: str | None = None
         #: the status of the last results.json written, None before
         self.status: str | None = None
+        #: the status of an earlier record left in place instead of this fit's state (see the class doc), else None
+        self.kept_earlier: str | None = None
+        self._threads: int | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._threads = torch.get_num_threads()
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.time()
         self._written = False
+        self._threads = torch.get_num_threads()
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.write(trainer, pl_module, self._status(trainer, pl_module))
@@ -131,7 +208,12 @@ class ResultsWriter(Callback):
         else:
             self.error = f"{type(exception).__name__}: {exception}"
             status = FAILED
-        self.write(trainer, pl_module, status)
+        if isinstance(exception, RecordWriteError):  # writing the record is what failed: no second try
+            return
+        try:
+            self.write(trainer, pl_module, status)
+        except OSError as error:  # say so in one line, and let the exception that ended fit be the one raised
+            log.warning(f"{error}")
 
     @staticmethod
     def _status(trainer: Trainer, pl_module: LightningModule) -> str:
@@ -161,7 +243,10 @@ class ResultsWriter(Callback):
         if run_dir is None:
             rank_zero_warn("ResultsWriter: no run directory (no logger and no run_dir); results.json not written")
             return
-        os.makedirs(run_dir, exist_ok=True)
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+        except OSError as error:
+            raise RecordWriteError(f"{run_dir}: cannot create the run folder: {_os_reason(error)}") from error
         metrics_csv = self._metrics_csv(trainer)
         rows = read_metric_rows(metrics_csv) if metrics_csv else []
         final, maximum = summarise(rows)
@@ -172,26 +257,71 @@ class ResultsWriter(Callback):
                 f"{DIVERGENCE_METRIC} went from {losses[0]:.4g} to {losses[-1]:.4g} "
                 f"(> {DIVERGENCE_FACTOR:g} x its first value): counted as diverged"
             )
+        epochs, global_step = int(trainer.current_epoch), int(trainer.global_step)
+        earlier = self._earlier_record(run_dir)
+        resumed = self.resumed if self.resumed is not None else trainer.ckpt_path is not None
+        if not self._may_replace(earlier, status, epochs, global_step, resumed):
+            assert isinstance(earlier, RunResults)
+            self.kept_earlier = earlier.status
+            self.status = earlier.status
+            return
+        seconds = time.time() - self._start
+        attempts = 1
+        if resumed and isinstance(earlier, RunResults) and earlier.seconds is not None:
+            seconds += earlier.seconds
+            attempts = int(earlier.extra.get("attempts", 1) or 1) + 1
         results = RunResults(
             status=status,
             config=self.config,
             final=final,
             max=maximum,
-            epochs=int(trainer.current_epoch),
-            global_step=int(trainer.global_step),
-            seconds=round(time.time() - self._start, 3),
+            epochs=epochs,
+            global_step=global_step,
+            seconds=round(seconds, 3),
             versions=package_versions(),
             error=self.error,
         )
+        results.extra["machine"] = machine_info(self._threads)
+        if attempts > 1:
+            results.extra["attempts"] = attempts
         if self.signal is not None:
             results.extra["signal"] = self.signal
         for callback in trainer.callbacks:  # entries other callbacks add, e.g. LipschitzCallback's "measurement"
             extra = getattr(callback, "results_extra", None)
             if callable(extra) and callback is not self:
                 results.extra.update(extra())
-        write_results(run_dir, results)
+        if self.before_write is not None:
+            self.before_write()
+        path = os.path.join(run_dir, "results.json")
+        try:
+            write_results(run_dir, results)
+        except OSError as error:
+            raise RecordWriteError(f"{path}: cannot write the run's record: {_os_reason(error)}") from error
         self.status = status
+        self.kept_earlier = None
         self._written = True
+
+    def _earlier_record(self, run_dir: str) -> RunResults | None:
+        """The record in the folder before this fit wrote one (read once per fit; None: none, or unreadable)."""
+        if self._written:
+            return None if isinstance(self._earlier, str) else self._earlier
+        try:
+            self._earlier = read_results(run_dir)
+        except ResultsFileError:
+            self._earlier = None
+        return self._earlier
+
+    @staticmethod
+    def _may_replace(earlier: Any, status: str, epochs: int, global_step: int, resumed: bool) -> bool:
+        """Whether this fit's state may replace the earlier record (see the class doc)."""
+        if not isinstance(earlier, RunResults) or earlier.status not in ENDED_STATUSES:
+            return True
+        if status == FAILED:
+            return False
+        if not resumed:
+            return True
+        before = (earlier.epochs or 0, earlier.global_step or 0)
+        return (epochs, global_step) > before
 
 
 class RunRecord(ResultsWriter):

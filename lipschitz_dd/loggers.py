@@ -3,36 +3,56 @@
 from __future__ import annotations
 
 import configparser
+import csv
+import io
 import netrc
 import os
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 
+from lipschitz_dd.run_folder import write_atomic
+
 
 class _RowMergingWriter(ExperimentWriter):
-    """Merges consecutive `log_metrics` calls with the same step into one CSV row.
+    """Merges consecutive `log_metrics` calls with the same step into one CSV row, and never loses metrics.csv.
 
     Lightning flushes metrics logged in different hooks separately (e.g. the module's and a callback's epoch-0
     values); the report wants one row per epoch. The row of the current step stays in memory until a row with
     another step arrives or `flush()` is called, so at most one row is ever pending.
+
+    metrics.csv is never removed (Lightning's writer deletes it when it opens, which lost a resumed run's whole
+    history when the process died before its first save). The first save and every save that adds a column
+    rewrite the whole file through a temporary file and `os.replace`; other saves append their rows in one
+    write. hparams.yaml is written through a temporary file too.
     """
 
     def __init__(self, log_dir: str, resume: bool = False) -> None:
-        # A resumed run keeps its earlier rows: read them before Lightning's writer deletes metrics.csv.
-        self._history = _read_rows(os.path.join(log_dir, self.NAME_METRICS_FILE)) if resume else []
+        path = os.path.join(log_dir, self.NAME_METRICS_FILE)
+        # The rows the first save writes before the new ones: a resumed run's earlier rows (as written, every
+        # cell a string), none for a new run (its first save replaces any file already there).
+        self._earlier: list[dict[str, str]] | None = _read_raw_rows(path) if resume else []
         super().__init__(log_dir)
+        self.metrics_keys = sorted({key for row in self._earlier for key in row})
         self._pending: dict[str, Any] | None = None
         self._drop_through: int | None = None
+        self._truncate_after: int | None = None
+
+    def _check_log_dir_exists(self) -> None:
+        """Lightning's check removes metrics.csv; here the file stays until a complete new one replaces it."""
 
     def keep_rows_through(self, step: int) -> None:
         """Resume at `step`: the earlier run's rows after it are dropped (the checkpoint does not hold them) and
         rows logged now for steps up to it (e.g. an epoch-0 row measured on the loaded weights) are ignored."""
-        self._history = [row for row in self._history if row["step"] <= step]
+        if self._earlier is not None:
+            self._earlier = [row for row in self._earlier if _row_step(row) <= step]
+        else:  # already written: the next save rewrites the file without them
+            self._truncate_after = step
         self._drop_through = step
 
     def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
@@ -48,11 +68,48 @@ class _RowMergingWriter(ExperimentWriter):
             self.metrics.append(self._pending)
         self._pending = {**values, "step": step}
 
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        self.hparams.update(params)
+        path = os.path.join(self.log_dir, self.NAME_HPARAMS_FILE)
+        write_atomic(path, lambda tmp: save_hparams_to_yaml(tmp, self.hparams), suffix=".yaml")
+
     def save(self) -> None:
-        if self._history:  # a resumed run: the earlier rows go first, once
-            self.metrics[:0] = self._history
-            self._history = []
-        super().save()
+        """Write the rows logged since the last save (nothing before the first new row: a resumed run's file
+        stays as it is until then)."""
+        if not self.metrics:
+            return
+        new_keys = self._record_new_keys()
+        exists = os.path.isfile(self.metrics_file_path)
+        if self._earlier is not None or new_keys or self._truncate_after is not None or not exists:
+            if self._earlier is not None:
+                earlier = self._earlier
+            else:
+                earlier = _read_raw_rows(self.metrics_file_path)
+                if self._truncate_after is not None:
+                    earlier = [row for row in earlier if _row_step(row) <= self._truncate_after]
+            self._rewrite([*earlier, *self.metrics])
+            self._earlier, self._truncate_after = None, None
+        else:
+            with open(self.metrics_file_path, "a", newline="") as f:
+                f.write(self._csv_text(self.metrics, header=False))  # one write: a whole row block or none
+        self.metrics = []
+
+    def _csv_text(self, rows: list[dict[str, Any]], header: bool) -> str:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.metrics_keys)
+        if header:
+            writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue()
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        text = self._csv_text(rows, header=True)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                f.write(text)
+
+        write_atomic(self.metrics_file_path, write, suffix=".csv")
 
     def flush(self) -> None:
         """Write every row, the pending one included."""
@@ -62,17 +119,16 @@ class _RowMergingWriter(ExperimentWriter):
         self.save()
 
 
-def _read_rows(path: str) -> list[dict[str, Any]]:
-    """The rows of a metrics.csv as {column: float} without empty cells; [] when there is no file."""
-    import csv
+def _row_step(row: Mapping[str, Any]) -> int:
+    return int(float(row.get("step", 0)))
 
+
+def _read_raw_rows(path: str) -> list[dict[str, str]]:
+    """The rows of a metrics.csv as {column: cell text} without empty cells; [] when there is no file."""
     if not os.path.isfile(path):
         return []
     with open(path, newline="") as f:
-        rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
-    for row in rows:
-        row["step"] = int(row.get("step", 0))
-    return rows
+        return [{k: v for k, v in row.items() if k and v not in ("", None)} for row in csv.DictReader(f)]
 
 
 class EpochCSVLogger(CSVLogger):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lipschitz_dd.callbacks import FunctionSnapshot, GradNormStopping, LipschitzCallback, ResultsWriter
@@ -28,7 +28,14 @@ from lipschitz_dd.loggers import (
     sweep_id,
     sweep_params,
 )
-from lipschitz_dd.run_folder import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, RUN_RECORD_FILES, read_results
+from lipschitz_dd.run_folder import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    RESULTS_FILE,
+    RUN_RECORD_FILES,
+    read_results,
+    write_atomic,
+)
 
 ENV_SAVE_DIR = "LIPSCHITZ_DD_SAVE_DIR"
 ENV_EXPERIMENT = "LIPSCHITZ_DD_EXPERIMENT"
@@ -78,6 +85,34 @@ class _ResumedRows(Callback):
                 logger.keep_rows_through(trainer.current_epoch)
 
 
+class _RunConfigSaver(SaveConfigCallback):
+    """Writes config.yaml through a temporary file and os.replace (Lightning's writes the file in place).
+
+    While `deferred` (a resumed fit), `setup` writes nothing: the CLI calls `write` right before the run's new
+    results.json is written, so a resume that fails or trains nothing leaves the earlier config.yaml with the
+    earlier record it describes."""
+
+    deferred = False
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.already_saved or self.deferred:
+            return
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks
+        if trainer.is_global_zero and log_dir is not None:
+            self.write(log_dir)
+            self.save_config(trainer, pl_module, stage)
+        self.already_saved = trainer.strategy.broadcast(True)
+
+    def write(self, log_dir: str) -> None:
+        text = self.parser.dump(self.config, skip_none=False)
+
+        def dump(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                f.write(text)
+
+        write_atomic(os.path.join(log_dir, self.config_filename), dump, suffix=".yaml")
+
+
 class LipschitzCLI(LightningCLI):
     """LightningCLI with the run folder, the loggers, the Lipschitz callback, the function snapshot and the run
     record wired in.
@@ -93,6 +128,9 @@ class LipschitzCLI(LightningCLI):
         self.argv = [str(a) for a in given] if isinstance(given, list) else sys.argv[1:]
         try:
             super().__init__(*args, **kwargs)
+        except Exception:
+            self._say_earlier_record_kept("this attempt failed before getting further")
+            raise
         except (KeyboardInterrupt, SystemExit) as stop:
             writer = self.results_writer
             if writer is None or writer.signal is None:
@@ -103,6 +141,15 @@ class LipschitzCLI(LightningCLI):
                 f"{os.path.join(self.run_dir, RESULTS_FILE)}\n"
             )
             raise SystemExit(code) from stop
+
+    def _say_earlier_record_kept(self, why: str) -> None:
+        """One line when ResultsWriter left the run's earlier record in place (see ResultsWriter)."""
+        writer = self.results_writer
+        if writer is not None and writer.kept_earlier and rank_zero_only.rank == 0:
+            sys.stderr.write(
+                f"lipschitz-dd: {why}: the earlier {writer.kept_earlier} record is kept "
+                f"({os.path.join(self.run_dir, RESULTS_FILE)}, with its {CONFIG_FILE})\n"
+            )
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -198,6 +245,25 @@ class LipschitzCLI(LightningCLI):
             "`dataloader_idx: int = 0` and log test/loss for loader 0, or subclass lipschitz_dd.models.LipschitzModule"
         )
 
+    def _bounded(self, trainer_cfg: Any) -> bool:
+        """Whether something other than max_epochs ends a fit: trainer.max_steps or max_time, an enabled
+        GradNormStopping with a target (the `stopping` option or one in trainer.callbacks), or an EarlyStopping."""
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        if trainer_cfg.get("max_steps") not in (None, -1) or trainer_cfg.get("max_time") is not None:
+            return True
+        callbacks = trainer_cfg.get("callbacks") or []
+        callbacks = [
+            *(callbacks if isinstance(callbacks, list) else [callbacks]),
+            self._get(self.config_init, "stopping"),
+        ]
+        for callback in callbacks:
+            if isinstance(callback, EarlyStopping):
+                return True
+            if isinstance(callback, GradNormStopping) and callback.enabled and callback.target is not None:
+                return True
+        return False
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         self._check_validation_convention()
         save_dir, experiment, run_name = self._run_location()
@@ -218,6 +284,11 @@ class LipschitzCLI(LightningCLI):
             raise ValueError(
                 "trainer.max_epochs=0 trains nothing and records no epoch; to measure the untrained "
                 "network, run `lipschitz-dd validate` with the same arguments"
+            )
+        if self.subcommand == "fit" and trainer_cfg.get("max_epochs") == -1 and not self._bounded(trainer_cfg):
+            raise ValueError(
+                "trainer.max_epochs=-1 trains until the process is killed: give trainer.max_epochs N, "
+                "trainer.max_steps or trainer.max_time, or a stopping rule (--stopping.target T, stopping.enabled)"
             )
         if trainer_cfg.get("logger") in (None, True) and "logger" not in kwargs:
             csv_logger = EpochCSVLogger(save_dir=save_dir, name=experiment, version=run_name, resume=resuming)
@@ -240,8 +311,13 @@ class LipschitzCLI(LightningCLI):
                     )
                 )
             kwargs["logger"] = loggers
-        self.results_writer = ResultsWriter(run_dir=self.run_dir, config=self.flat_config)
+        self.results_writer = ResultsWriter(run_dir=self.run_dir, config=self.flat_config, resumed=resuming)
         trainer = super().instantiate_trainer(**kwargs)
+        savers = [c for c in trainer.callbacks if isinstance(c, _RunConfigSaver)]
+        if resuming and savers:  # config.yaml changes with results.json, or not at all (_RunConfigSaver)
+            saver, run_dir = savers[0], self.run_dir
+            saver.deferred = True
+            self.results_writer.before_write = lambda: saver.write(run_dir)
         use_epoch_axis(trainer)  # every row of the run folder on the epoch axis (lipschitz_dd/epoch_axis.py)
         if cfg.get("snapshot", True):  # before ResultsWriter: results.json is the last file a run writes
             trainer.callbacks.append(FunctionSnapshot(run_dir=self.run_dir))
@@ -251,6 +327,8 @@ class LipschitzCLI(LightningCLI):
         return trainer
 
     def after_fit(self) -> None:
+        epoch = self.trainer.current_epoch
+        self._say_earlier_record_kept(f"this attempt trained no further than epoch {epoch}")
         results = os.path.join(self.run_dir, RESULTS_FILE)
         self._write_wandb_summary(results)
         final = self._final_metrics(self.run_dir)
@@ -289,6 +367,7 @@ def run_training_cli(args: list[str] | None = None) -> LipschitzCLI:
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=_RunConfigSaver,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "max_epochs": 100,
