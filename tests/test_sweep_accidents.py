@@ -1,9 +1,11 @@
 """The sweep runner after accidents: kill -9 of the runner, a double Ctrl-C, an earlier attempt that cannot be moved,
 and what it prints (the `wandb sync` hint on paths with spaces). The fake training program is test_sweep_runner's."""
 
+import errno
 import io
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -11,13 +13,14 @@ import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from test_sweep_runner import make_sweep, wait_for
 
 from lipschitz_dd.sweep import SweepState, run_sweep
 from lipschitz_dd.sweep.cli import main
-from lipschitz_dd.sweep.runner import KILL_DELAY_S
+from lipschitz_dd.sweep.runner import KILL_DELAY_S, AttemptMoveError, move_aside
 
 TWO = {"width": {"values": [2, 4]}}
 
@@ -129,3 +132,119 @@ def test_an_interrupt_outside_the_loop_says_runs_stopped_and_how_to_resume(tmp_p
     assert err == (
         "interrupted: the sweep's runs were stopped (finished runs are kept); rerun the same command to resume"
     )
+
+
+# ---------------------------------------------------------------- item 6: moving an earlier attempt aside
+def failing_rename(monkeypatch, fails, error=errno.EACCES):
+    """os.rename raising `error` for the paths `fails(source)` picks (tests run as root, which ignores file modes:
+    a read-only folder is simulated); every other rename goes through."""
+    real_rename = os.rename
+
+    def rename(source, target, *args, **kwargs):
+        if fails(Path(source)):
+            raise OSError(error, os.strerror(error), str(source))
+        return real_rename(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", rename)
+
+
+def tree(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("unmovable", ["run folder", "log"])
+def test_an_earlier_attempt_that_cannot_be_moved_stays_whole_and_the_run_waits(
+    tmp_path, monkeypatch, capsys, unmovable
+):
+    sweep_file = make_sweep(tmp_path, TWO, name="two")
+    fail_once = tmp_path / "fail_once"
+    fail_once.mkdir()
+    monkeypatch.setenv("FAKE_FAIL_ONCE", str(fail_once))
+    monkeypatch.setenv("FAKE_VARY", "1")
+    out = tmp_path / "out"
+    assert main([str(sweep_file), "--out", str(out), "--no_progress"]) == 1  # both first attempts fail
+    folder = out / "two"
+    with SweepState(folder / "sweep.db") as state:
+        stuck = next(r for r in state.runs() if r.values["width"] == 2).id
+    run_dir, log = folder / "runs" / "two" / stuck, folder / "logs" / f"{stuck}.log"
+    before = {"run": tree(run_dir), "log": log.read_bytes()}
+    capsys.readouterr()
+
+    failing_rename(monkeypatch, lambda source: source == (run_dir if unmovable == "run folder" else log))
+    assert main([str(sweep_file), "--out", str(out), "--no_progress", "--retry_failed"]) == 1
+    captured = capsys.readouterr()
+    said = [line for line in captured.err.splitlines() if stuck in line]
+    moved = run_dir if unmovable == "run folder" else log
+    assert said == [
+        f"run {stuck} not started: cannot move the earlier attempt {moved} to {folder / 'attempts' / f'{stuck}-1'}/ "
+        "(Permission denied); nothing was moved"
+    ]
+    assert "Traceback" not in captured.err and "1 run(s) not started" in captured.out
+    assert tree(run_dir) == before["run"] and log.read_bytes() == before["log"]  # all of it where it was
+    assert not (folder / "attempts" / f"{stuck}-1").exists()
+    with SweepState(folder / "sweep.db") as state:
+        runs = {r.id: r for r in state.runs()}
+    assert (runs[stuck].state, runs[stuck].attempts) == ("queued", 1)  # waits for the next invocation
+    assert [r.state for r in runs.values() if r.id != stuck] == ["finished"]  # the other run went on
+
+    monkeypatch.undo()  # the folder is writable again: the same command resumes
+    monkeypatch.setenv("FAKE_FAIL_ONCE", str(fail_once))
+    assert main([str(sweep_file), "--out", str(out), "--no_progress"]) == 0
+    assert tree(folder / "attempts" / f"{stuck}-1" / stuck) == before["run"]
+    assert (folder / "attempts" / f"{stuck}-1" / f"{stuck}.log").read_bytes() == before["log"]
+
+
+def _attempt_folder(tmp_path):
+    run_dir = tmp_path / "runs" / "x" / "abcd1234"
+    (run_dir / "wandb").mkdir(parents=True)
+    (run_dir / "results.json").write_text('{"status": "failed"}')
+    (run_dir / "metrics.csv").write_text("step,train/loss\n0,2.3\n")
+    (run_dir / "wandb" / "run-abcd1234.wandb").write_bytes(b":W&B\xe1\xbe\x00")
+    log = tmp_path / "logs" / "abcd1234.log"
+    log.parent.mkdir()
+    log.write_text("boom\n")
+    return run_dir, log
+
+
+def test_move_aside_across_file_systems_copies_then_removes(tmp_path, monkeypatch):
+    run_dir, log = _attempt_folder(tmp_path)
+    before = tree(run_dir)
+    failing_rename(monkeypatch, lambda source: source in (run_dir, log), error=errno.EXDEV)
+    attempt = tmp_path / "attempts" / "abcd1234-1"
+    move_aside([run_dir, log], attempt)
+    assert not run_dir.exists() and not log.exists()
+    assert tree(attempt / "abcd1234") == before and (attempt / "abcd1234.log").read_text() == "boom\n"
+    assert sorted(p.name for p in attempt.iterdir()) == ["abcd1234", "abcd1234.log"]  # no .partial left
+
+
+def test_move_aside_undoes_a_removal_that_fails_half_way(tmp_path, monkeypatch):
+    """Across file systems the original is removed after the copy; when that fails half-way (a read-only file),
+    the removed files are put back from the copy and the copy is removed: nothing is half-moved."""
+    run_dir, log = _attempt_folder(tmp_path)
+    before = tree(run_dir)
+    failing_rename(monkeypatch, lambda source: source == run_dir, error=errno.EXDEV)
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, ignore_errors=False, **kwargs):
+        if Path(path) == run_dir and not ignore_errors:
+            (run_dir / "results.json").unlink()  # removed before the read-only file stops the removal
+            raise PermissionError(errno.EACCES, "Permission denied", str(run_dir / "metrics.csv"))
+        return real_rmtree(path, ignore_errors=ignore_errors, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    attempt = tmp_path / "attempts" / "abcd1234-1"
+    with pytest.raises(AttemptMoveError, match=r"cannot move the earlier attempt .*abcd1234 .*nothing was moved"):
+        move_aside([run_dir, log], attempt)
+    assert tree(run_dir) == before and log.read_text() == "boom\n"
+    assert not attempt.exists()
+
+
+def test_move_aside_refuses_to_overwrite_an_attempt(tmp_path):
+    run_dir, log = _attempt_folder(tmp_path)
+    attempt = tmp_path / "attempts" / "abcd1234-1"
+    (attempt / "abcd1234.log").parent.mkdir(parents=True)
+    (attempt / "abcd1234.log").write_text("an older log\n")
+    with pytest.raises(AttemptMoveError, match="already holds it"):
+        move_aside([run_dir, log], attempt)
+    assert run_dir.is_dir() and log.read_text() == "boom\n"
+    assert (attempt / "abcd1234.log").read_text() == "an older log\n" and not (attempt / "abcd1234").exists()

@@ -83,9 +83,14 @@ def _run(options) -> int:
     runs_glob = Path(result.folder) / "runs" / "*" / "*" / "wandb" / "offline-run-*"
     print(f"\nsweep {result.sweep.name} (id {result.sweep.id}): state in {result.folder / 'sweep.db'}")
     print(f"upload to W&B later with: wandb sync {runs_glob}")
+    if result.skipped:
+        print(
+            f"{len(result.skipped)} run(s) not started: an earlier attempt could not be moved aside (see above); "
+            "fix that and rerun the same command"
+        )
     if result.interrupted:
         return 130
-    return 1 if result.failed_this_time() else 0
+    return 1 if result.failed_this_time() or result.skipped else 0
 
 
 def _raise_keyboard_interrupt(signum, frame):

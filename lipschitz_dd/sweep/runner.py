@@ -5,7 +5,8 @@ Folder of a sweep `sweeps/x.yaml` (default out = sweeps_out):
     <out>/x/runs/x/<run id>/              each run's record (results.json, metrics.csv, wandb/, ...)
     <out>/x/logs/<run id>.log             each run's stdout and stderr
     <out>/x/params/<run id>.json          the run's parameters ({key: value}, used for ${args_json_file})
-    <out>/x/attempts/<run id>-<k>/        run folders of interrupted attempts, moved out of runs/
+    <out>/x/attempts/<run id>-<k>/        run folders and logs of earlier attempts, moved out of runs/ (all or
+                                          nothing: when they cannot be moved, the run is not started this time)
 Re-running the same command resumes: runs left `running` by a dead runner (kill -9, a second Ctrl-C) are
 recorded as finished when their own results.json says they ended their training, else queued again with the
 same id and parameters; grid points already recorded are not proposed again. Failed runs are run again only
@@ -17,6 +18,7 @@ file), the runner starts no more runs and says why in one line.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -29,7 +31,7 @@ import warnings
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -95,6 +97,7 @@ class SweepResult:
     started: list[str]
     interrupted: bool
     stopped_early: str | None = None  # the one-line reason when the runner stopped on a repeated failure
+    skipped: list[str] = field(default_factory=list)  # runs not started: their earlier attempt could not be moved
 
     def failed_this_time(self) -> list[SweepRunRow]:
         started = set(self.started)
@@ -164,6 +167,7 @@ class SweepRunner:
         self.gpus = _visible_gpus()
         self.live = LiveProcesses()
         self.stopped_early: str | None = None
+        self.skipped: list[str] = []
 
     def run(self) -> SweepResult:
         """Resume or start the sweep; returns when the grid is done, `count` runs have ended, or Ctrl-C."""
@@ -193,9 +197,11 @@ class SweepRunner:
                     state.add_run(new_id(), params)
             elif self.count is None:
                 self._say(f"method {self.config['method']} has no end: stop with Ctrl-C or give --count")
-            self.stopped_early = None
+            self.stopped_early, self.skipped = None, []
             started, interrupted = self._loop(state, sweep)
-            return SweepResult(sweep, self.folder, state.runs(), started, interrupted, self.stopped_early)
+            return SweepResult(
+                sweep, self.folder, state.runs(), started, interrupted, self.stopped_early, list(self.skipped)
+            )
 
     def _resume_left_running(self, state: SweepState) -> None:
         """Runs left `running` by a runner that died (kill -9, a second Ctrl-C, power loss): a run whose own
@@ -255,12 +261,16 @@ class SweepRunner:
                         record = self._next_run(state)
                         if record is None:
                             break
-                        slot = free_slots.pop(0)
+                        slot = free_slots[0]
+                        try:
+                            spec = self._spec(record, sweep, slot)  # moves an earlier attempt aside first
+                        except AttemptMoveError as err:  # nothing moved: the run stays queued for a later invocation
+                            self._say(f"run {record.id} not started: {err}")
+                            self.skipped.append(record.id)
+                            continue
+                        free_slots.pop(0)
                         state.mark_running(record.id)
-                        futures[pool.submit(execute_run, self._spec(record, sweep, slot), self.live)] = (
-                            record.id,
-                            slot,
-                        )
+                        futures[pool.submit(execute_run, spec, self.live)] = (record.id, slot)
                         started.append(record.id)
                     if not futures:
                         break
@@ -322,7 +332,7 @@ class SweepRunner:
             )
 
     def _next_run(self, state: SweepState) -> SweepRunRow | None:
-        queued = state.runs("queued", outside_grid=False)
+        queued = [run for run in state.runs("queued", outside_grid=False) if run.id not in self.skipped]
         if queued:
             return queued[0]
         if self.config["method"] == "grid":
@@ -371,11 +381,7 @@ class SweepRunner:
         run_dir = self._run_dir(record.id)
         log_path = self.folder / "logs" / f"{record.id}.log"
         if run_dir.exists() or log_path.exists():  # an earlier attempt: keep it, out of the report's way
-            attempt = self.folder / "attempts" / f"{record.id}-{record.attempts}"
-            attempt.mkdir(parents=True, exist_ok=True)
-            for path in (run_dir, log_path):
-                if path.exists():
-                    shutil.move(str(path), str(attempt / path.name))
+            move_aside([run_dir, log_path], self.folder / "attempts" / f"{record.id}-{record.attempts}")
         json_path = self.folder / "params" / f"{record.id}.json"  # also the ${args_json_file}
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(command_args(record.params)["args_json"][0])
@@ -399,6 +405,86 @@ class SweepRunner:
 
     def _say(self, message: str) -> None:
         tqdm.write(message, file=self.stream)
+
+
+class AttemptMoveError(ValueError):
+    """An earlier attempt could not be moved aside; nothing was moved (one-line message naming the path)."""
+
+
+def move_aside(paths: list[Path], attempt: Path) -> None:
+    """Move ``paths`` (an earlier attempt's run folder and log) into the folder ``attempt``, all or nothing.
+
+    Each path is renamed (os.rename: atomic on one file system; across file systems it is copied to a temporary
+    name, renamed into place, then the original removed, and a failed removal is undone from the copy). When any
+    step fails, the paths already moved are moved back and an ``attempt`` folder made here is removed, so each path
+    is either in ``attempt`` or where it was, never half in both; then AttemptMoveError names the path."""
+    paths = [Path(path) for path in paths if os.path.lexists(path)]
+    made = not attempt.exists()
+    moved: list[tuple[Path, Path]] = []
+    current = attempt
+    try:
+        attempt.mkdir(parents=True, exist_ok=True)
+        for current in paths:
+            target = attempt / current.name
+            if os.path.lexists(target):
+                raise FileExistsError(errno.EEXIST, "the attempts folder already holds it", str(target))
+            _move(current, target)
+            moved.append((current, target))
+    except OSError as err:
+        for source, target in reversed(moved):
+            try:
+                _move(target, source)
+            except OSError as back:
+                raise AttemptMoveError(
+                    f"cannot move the earlier attempt {current} to {attempt}/ ({err.strerror or err}), nor {target} "
+                    f"back ({back.strerror or back}): move {target} to {source} by hand"
+                ) from None
+        if made:
+            shutil.rmtree(attempt, ignore_errors=True)
+        raise AttemptMoveError(
+            f"cannot move the earlier attempt {current} to {attempt}/ ({err.strerror or err}); nothing was moved"
+        ) from None
+
+
+def _move(source: Path, target: Path) -> None:
+    """os.rename, or across file systems copy (to ``<target>.partial``, then renamed) and remove ``source``; a
+    removal that fails half-way is undone from the copy and the copy removed before the error is raised."""
+    try:
+        os.rename(source, target)
+        return
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+    partial = target.with_name(target.name + ".partial")
+    try:
+        if source.is_dir() and not source.is_symlink():
+            shutil.copytree(source, partial, symlinks=True)
+        else:
+            shutil.copy2(source, partial, follow_symlinks=False)
+        os.rename(partial, target)
+    except OSError:
+        _remove(partial)
+        raise
+    try:
+        _remove(source, strict=True)
+    except OSError:
+        if target.is_dir():
+            shutil.copytree(target, source, symlinks=True, dirs_exist_ok=True)
+        elif not os.path.lexists(source):
+            shutil.copy2(target, source, follow_symlinks=False)
+        _remove(target)
+        raise
+
+
+def _remove(path: Path, strict: bool = False) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=not strict)
+    elif os.path.lexists(path):
+        try:
+            path.unlink()
+        except OSError:
+            if strict:
+                raise
 
 
 @contextmanager
