@@ -248,3 +248,25 @@ def test_move_aside_refuses_to_overwrite_an_attempt(tmp_path):
         move_aside([run_dir, log], attempt)
     assert run_dir.is_dir() and log.read_text() == "boom\n"
     assert (attempt / "abcd1234.log").read_text() == "an older log\n" and not (attempt / "abcd1234").exists()
+
+
+# ---------------------------------------------------------------- item 9: the `wandb sync` hint
+def test_wandb_sync_hint_works_in_a_save_dir_with_spaces_and_quotes(tmp_path, capsys):
+    sweep_file = make_sweep(tmp_path, {"width": {"values": [2]}}, name="one")
+    out = tmp_path / "my sweeps 'v2'"
+    assert main([str(sweep_file), "--out", str(out), "--no_progress"]) == 0
+    (hint,) = [line for line in capsys.readouterr().out.splitlines() if "wandb sync" in line]
+    command = hint.removeprefix("upload to W&B later with: ")
+    assert command.startswith("wandb sync ")
+    (run_dir,) = (out / "one" / "runs" / "one").iterdir()
+    offline = [run_dir / "wandb" / f"offline-run-2026010{i}_000000-{run_dir.name}" for i in (1, 2)]
+    for folder in offline:
+        folder.mkdir(parents=True)
+    # the shell gives `wandb sync` exactly the offline run folders, one argument each
+    printed = subprocess.run(
+        ["bash", "-c", "printf '%s\\n' " + command.removeprefix("wandb sync ")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert printed == [str(folder) for folder in offline]

@@ -12,6 +12,7 @@ Exit status: 0 when every run started this time finished, 1 when some failed (th
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -80,9 +81,8 @@ def _run(options) -> int:
         )
         return 130
     print(format_runs(result.runs))
-    runs_glob = Path(result.folder) / "runs" / "*" / "*" / "wandb" / "offline-run-*"
     print(f"\nsweep {result.sweep.name} (id {result.sweep.id}): state in {result.folder / 'sweep.db'}")
-    print(f"upload to W&B later with: wandb sync {runs_glob}")
+    print(f"upload to W&B later with: {wandb_sync_command(result.folder)}")
     if result.skipped:
         print(
             f"{len(result.skipped)} run(s) not started: an earlier attempt could not be moved aside (see above); "
@@ -91,6 +91,12 @@ def _run(options) -> int:
     if result.interrupted:
         return 130
     return 1 if result.failed_this_time() or result.skipped else 0
+
+
+def wandb_sync_command(folder: str | Path) -> str:
+    """The shell command that uploads every offline W&B run of a sweep folder: the folder quoted for a POSIX shell
+    (spaces, quotes), the wildcards left unquoted so that the shell expands them (`wandb sync` does not)."""
+    return f"wandb sync {shlex.quote(str(Path(folder) / 'runs'))}/*/*/wandb/offline-run-*"
 
 
 def _raise_keyboard_interrupt(signum, frame):
