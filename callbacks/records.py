@@ -212,8 +212,9 @@ class ResultsWriter(Callback):
             return
         try:
             self.write(trainer, pl_module, status)
-        except OSError as error:  # say so in one line, and let the exception that ended fit be the one raised
-            log.warning(f"{error}")
+        except OSError as error:  # the exception that ended fit is the one raised; this one is said in a line,
+            if not isinstance(exception, OSError):  # unless that one is an OSError too (a read-only folder...)
+                log.warning(f"{error}")
 
     @staticmethod
     def _status(trainer: Trainer, pl_module: LightningModule) -> str:

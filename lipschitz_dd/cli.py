@@ -275,9 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bad_input = (
         ValueError,
-        FileNotFoundError,
-        NotADirectoryError,
-        FileExistsError,
+        OSError,  # FileNotFoundError, PermissionError (read-only folder), disk full, ...: each names its path
         DownloadError,
         MisconfigurationException,
         ArgumentError,

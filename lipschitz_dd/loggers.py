@@ -90,8 +90,13 @@ class _RowMergingWriter(ExperimentWriter):
             self._rewrite([*earlier, *self.metrics])
             self._earlier, self._truncate_after = None, None
         else:
-            with open(self.metrics_file_path, "a", newline="") as f:
-                f.write(self._csv_text(self.metrics, header=False))  # one write: a whole row block or none
+            try:
+                with open(self.metrics_file_path, "a", newline="") as f:
+                    f.write(self._csv_text(self.metrics, header=False))  # one write: a whole row block or none
+            except OSError as error:  # disk full: name the file
+                if error.errno is None or error.filename is not None:
+                    raise
+                raise OSError(error.errno, error.strerror, self.metrics_file_path) from error
         self.metrics = []
 
     def _csv_text(self, rows: list[dict[str, Any]], header: bool) -> str:

@@ -144,16 +144,25 @@ def results_path(run_dir: str | Path) -> Path:
 def write_atomic(path: str | Path, write: Callable[[str], None], suffix: str = "") -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path`` (atomic on POSIX): a
     reader sees the old file or the new one, never half of one. ``suffix`` ends the temporary name (np.savez
-    appends ".npz" to names without it). The temporary file is removed if ``write`` raises."""
+    appends ".npz" to names without it). The temporary file is removed if ``write`` raises. An OSError (read-only
+    folder, disk full) names ``path``, not the temporary file: ``[Errno 28] No space left on device: '<path>'``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}{suffix}"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except BaseException as error:
+        try:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        except OSError:
+            pass
+        about_tmp = isinstance(error, OSError) and (
+            error.filename is None or os.path.abspath(os.fsdecode(error.filename)) == os.path.abspath(tmp)
+        )
+        if about_tmp and error.errno is not None:
+            raise OSError(error.errno, error.strerror, str(path)) from error  # OSError(13, ...) is a PermissionError
         raise
     return path
 

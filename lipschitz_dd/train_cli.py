@@ -74,6 +74,34 @@ def resumed_run_dir(ckpt_path: str | None) -> str | None:
     return None
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read as a Lightning checkpoint (one line naming it)."""
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """torch.load(path, weights_only=True) on the CPU, checked to be a Lightning checkpoint (a dict with
+    "pytorch-lightning_version"). Raises CheckpointError, naming the file, for a truncated or corrupt file
+    (UnpicklingError, RuntimeError, EOFError, ...), anything else, or one the operating system refuses."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    except (PermissionError, IsADirectoryError, FileNotFoundError) as error:
+        raise CheckpointError(f"checkpoint {path}: cannot be read: {error.strerror or error}") from None
+    except Exception as error:  # UnpicklingError, RuntimeError (zip reader), EOFError, IndexError, ... on bad bytes
+        reason = str(error).strip().split("\n")[0].split(". ")[0][:120] or "empty file"
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read: truncated, corrupt or not a PyTorch checkpoint "
+            f"({type(error).__name__}: {reason})"
+        ) from None
+    if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
+        raise CheckpointError(
+            f"checkpoint {path} is not a Lightning checkpoint (no 'pytorch-lightning_version'); "
+            "resume from a file of <run dir>/checkpoints/"
+        )
+    return checkpoint
+
+
 class _ResumedRows(Callback):
     """On `fit --ckpt_path`: tells the loggers the epoch the run resumes at, before the module logs its epoch-0
     row (callbacks' on_train_start runs first), so the checkpoint's already-recorded rows are neither
@@ -150,6 +178,27 @@ class LipschitzCLI(LightningCLI):
                 f"lipschitz-dd: {why}: the earlier {writer.kept_earlier} record is kept "
                 f"({os.path.join(self.run_dir, RESULTS_FILE)}, with its {CONFIG_FILE})\n"
             )
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning 2.6's: the model hyperparameters a checkpoint holds go into the config (so `--ckpt_path`
+        alone rebuilds the model), but a file that is not a readable Lightning checkpoint (truncated, garbage,
+        a plain `torch.save`) is refused in one line naming it (CheckpointError) instead of a long traceback."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return  # a missing file: Lightning's own "Checkpoint file not found: <path>" later
+        checkpoint = read_checkpoint(ckpt_path)
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
