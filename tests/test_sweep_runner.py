@@ -1,5 +1,5 @@
 """The local runner end to end with a fast fake training program: records, SQLite state, exit codes,
-failures, resume after SIGKILL, thread limits."""
+failures, resume after SIGKILL, the run environment (threads: tests/test_sweep_threads.py)."""
 
 import io
 import json
@@ -20,7 +20,7 @@ import yaml
 from lipschitz_dd.sweep import SweepState, run_sweep
 from lipschitz_dd.sweep.cli import main
 from lipschitz_dd.sweep.lock import RunnerLock, SweepBusyError
-from lipschitz_dd.sweep.process import run_environment, thread_share
+from lipschitz_dd.sweep.process import run_environment
 from lipschitz_dd.sweep.runner import SAME_FAILURE_LIMIT, engine_history, gpu_ids
 from lipschitz_dd.sweep.table import sweep_progress
 
@@ -105,7 +105,7 @@ def test_grid_end_to_end(tmp_path):
         assert env["WANDB_SWEEP_ID"] is None  # a local id would break `wandb sync` (see process.py)
         assert env["WANDB_RUN_GROUP"] == env["WANDB_TAGS"] == env["LIPSCHITZ_DD_EXPERIMENT"] == "grid2x2"
         assert env["WANDB_MODE"] in ("offline", "disabled")
-        assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["TORCH_NUM_THREADS"] == str(thread_share(2))
+        assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["TORCH_NUM_THREADS"] == "1"  # the default
         assert json.loads((folder / "params" / f"{run.id}.json").read_text()) == run.values
         assert run.seconds is not None and run.seconds > 0
     # the database, read independently with sqlite3
@@ -253,11 +253,7 @@ def test_engine_history_carries_states_and_final_metrics(tmp_path):
     assert history[0].summary_metric("test/loss") == 0.25 and history[1].config == {"width": {"value": 2 * 2}}
 
 
-def test_thread_share_and_environment(monkeypatch):
-    assert thread_share(1, cores=2) == 2 and thread_share(2, cores=2) == 1 and thread_share(3, cores=2) == 1
-    assert thread_share(2, cores=16) == 8
-    with pytest.raises(ValueError, match="workers"):
-        thread_share(0)
+def test_run_environment(monkeypatch):
     env = run_environment(
         {"WANDB_MODE": "online", "PATH": "/bin"},
         sweep_id="s",

@@ -31,7 +31,13 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="lipschitz-dd sweep", description="Run W&B sweep files locally, no server.")
     run = ArgumentParser(description="Run or resume a sweep file (W&B format) with N worker processes.")
     run.add_argument("sweep_file", type=str, help="a sweep YAML file, or a shipped sweep's name (e.g. fcn_mnist1d_dd)")
-    run.add_argument("--workers", type=int, default=1, help="runs in parallel; CPU threads are divided")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs in parallel, at most cores // threads (each run uses its own "
+        "thread count: the sweep's `threads` parameter, default 1)",
+    )
     run.add_argument("--count", type=int | None, default=None, help="start at most this many runs now")
     run.add_argument("--retry_failed", action=ActionYesNo, default=False, help="queue failed runs again")
     run.add_argument("--out", type=str, default="sweeps_out", help="parent of the sweep folder")

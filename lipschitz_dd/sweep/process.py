@@ -1,7 +1,12 @@
 """Start one sweep run as its own process and collect what it leaves behind.
 
 The process gets W&B's run variables (offline, run id, group and tags = the sweep's name), the
-run-folder variables of lipschitz-dd and a share of the CPU threads (one GPU each if present).
+run-folder variables of lipschitz-dd and its own CPU thread count (one GPU each if present).
+
+Threads: CPU results depend on the torch thread count, so a run's thread count is its own setting (the training
+CLI's `threads`, default 1), never derived from how many workers share the machine: the same config gives the
+same numbers alone or in a sweep. The runner sets OMP_NUM_THREADS/MKL_NUM_THREADS (and TORCH_NUM_THREADS) to it
+and limits the workers instead, so that workers x threads never exceeds the cores.
 """
 
 from __future__ import annotations
@@ -45,13 +50,58 @@ class RunOutcome:
     results: dict[str, Any] | None
 
 
-def thread_share(workers: int, cores: int | None = None) -> int:
-    """CPU threads per worker so that `workers` parallel runs never use more than `cores` in total."""
+#: A run's CPU thread count when its sweep does not set the `threads` parameter (the training CLI's default).
+DEFAULT_THREADS = 1
+THREADS_KEY = "threads"
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one, else os.cpu_count())."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def run_threads(values: dict[str, Any]) -> int:
+    """A run's own CPU thread count: its `threads` parameter ({key: value} of the run), else DEFAULT_THREADS."""
+    return _threads(values.get(THREADS_KEY, DEFAULT_THREADS))
+
+
+def sweep_threads(parameters: dict[str, Any]) -> int:
+    """The most CPU threads any run of a sweep may use: its `threads` parameter (a fixed `value`, the largest of
+    `values`, or the `max` of a distribution), else DEFAULT_THREADS. Raises ValueError (one line) for a thread
+    count that is not a positive integer."""
+    entry = parameters.get(THREADS_KEY)
+    if entry is None:
+        return DEFAULT_THREADS
+    if not isinstance(entry, dict):
+        return _threads(entry)
+    if "value" in entry:
+        return _threads(entry["value"])
+    if "values" in entry and entry["values"]:
+        return max(_threads(value) for value in entry["values"])
+    if "max" in entry:
+        return _threads(entry["max"])
+    raise ValueError(f"sweep parameter {THREADS_KEY!r} needs a value, values or a max, got {entry!r}")
+
+
+def worker_limit(workers: int, threads: int, cores: int) -> int:
+    """The most workers such that workers x threads <= cores (at least 1: a run never waits for a free core)."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // workers)
+    return max(1, min(workers, cores // max(1, threads)))
+
+
+def _threads(value: Any) -> int:
+    try:
+        threads = int(value)
+    except (TypeError, ValueError):
+        threads = 0
+    if threads < 1 or (isinstance(value, float) and value != threads) or isinstance(value, bool):
+        raise ValueError(
+            f"the thread count (sweep parameter {THREADS_KEY!r}) must be a positive integer, got {value!r}"
+        )
+    return threads
 
 
 def run_environment(

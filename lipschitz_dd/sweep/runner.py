@@ -56,11 +56,14 @@ from .process import (
     LiveProcesses,
     RunOutcome,
     RunSpec,
+    available_cores,
     execute_run,
     log_tail,
     read_results,
     run_environment,
-    thread_share,
+    run_threads,
+    sweep_threads,
+    worker_limit,
 )
 from .state import SweepRecord, SweepRunRow, SweepState
 
@@ -163,7 +166,19 @@ class SweepRunner:
         self.workers, self.count, self.retry_failed = workers, count, retry_failed
         self.progress = progress
         self.stream = stream or sys.stderr
-        self.threads = thread_share(workers)
+        self.threads = sweep_threads(self.config.get("parameters") or {})  # the most any of its runs uses
+        cores = available_cores()
+        if self.threads > cores:
+            self._say(
+                f"warning: runs of {self.sweep_file} use {self.threads} threads each, more than the {cores} cores"
+            )
+        allowed = worker_limit(workers, self.threads, cores)
+        if allowed < workers:
+            self._say(
+                f"warning: --workers {workers} reduced to {allowed}: {workers} x {self.threads} thread(s) per run "
+                f"would exceed the {cores} cores (set the sweep's `threads` parameter to change the per-run count)"
+            )
+        self.workers = allowed
         self.gpus = _visible_gpus()
         self.live = LiveProcesses()
         self.stopped_early: str | None = None
@@ -391,7 +406,7 @@ class SweepRunner:
             sweep_name=self.name,
             run_id=record.id,
             save_dir=save_dir,
-            threads=self.threads,
+            threads=run_threads(record.values),
             gpu=self.gpus[slot % len(self.gpus)] if self.gpus else None,
         )
         argv = expand_command(
