@@ -169,3 +169,26 @@ def test_a_real_checkpoint_rebuilds_the_network_it_saved(tmp_path):
     rebuilt, x, _ = load_trained(record)
     model.eval()
     assert torch.equal(rebuilt(x), model(x))
+
+
+def test_a_data_dir_named_by_a_run_folder_cannot_unpickle_code(tmp_path):
+    """A foreign config.yaml also names the data_dir, and CIFAR batches are pickles: a batch whose unpickling
+    would open (create) a file is refused in one line, the file never created."""
+    import pickle
+
+    from lipschitz_dd.data import CIFAR10DataModule
+
+    marker = tmp_path / "opened"
+
+    class Hostile:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps({"data": Hostile(), "labels": [0]}))
+    module = CIFAR10DataModule(data_dir=str(tmp_path / "data"))
+    with pytest.raises(ValueError, match=r"data_batch_1: not a data batch \(refusing (io|builtins)\.open") as error:
+        module.setup("fit")
+    assert "\n" not in str(error.value) and not marker.exists()

@@ -74,9 +74,30 @@ def _idx_file(folder: Path, name: str) -> Path | None:
     return None
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only (what the CIFAR batches hold): a data_dir may come from a
+    run folder made elsewhere, and a pickle naming any other global (a function to call) is refused."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing {module}.{name} (a data batch holds arrays and lists only)")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     with open(path, "rb") as handle:
-        return pickle.load(handle, encoding="latin1")
+        try:
+            return _ArrayUnpickler(handle, encoding="latin1").load()
+        except pickle.UnpicklingError as error:
+            raise ValueError(f"{path}: not a data batch ({error})") from None
 
 
 class VisionDataModule(ArrayDataModule):
