@@ -5,13 +5,16 @@ figures and a summary.md. See registry.py for how to add one.
 """
 
 from lipschitz_dd.reproduce.registry import SCALES, Analysis, Finding, findings, get_finding, register
-from lipschitz_dd.reproduce.run import NotAvailable, run_finding, scaled_sweep
+from lipschitz_dd.reproduce.run import MissingData, NotAvailable, Outcome, analyse_folder, run_finding, scaled_sweep
 
 __all__ = [
     "SCALES",
     "Analysis",
     "Finding",
+    "MissingData",
     "NotAvailable",
+    "Outcome",
+    "analyse_folder",
     "findings",
     "get_finding",
     "register",
