@@ -1,34 +1,47 @@
 """Lightning callbacks of lipschitz_dd. They work on any LightningModule: they import only lipschitz_dd.bounds
-(and the package's plain-Python contracts, lipschitz_dd.run_folder and lipschitz_dd.epoch_axis)."""
+(and the package's plain-Python contracts, lipschitz_dd.run_folder and lipschitz_dd.epoch_axis).
 
-from lipschitz_dd.callbacks.evolution import EvolutionBound
-from lipschitz_dd.callbacks.lipschitz import LipschitzCallback, MLPBounds
-from lipschitz_dd.callbacks.point_sets import (
-    InterpolatedPoints,
-    NoisePoints,
-    PGDPoints,
-    PointSet,
-    SoftmaxTrainPoints,
-    TestPoints,
-    TrainPoints,
-)
-from lipschitz_dd.callbacks.records import ResultsWriter, RunRecord  # RunRecord: ResultsWriter's deprecated name
-from lipschitz_dd.callbacks.snapshot import FunctionSnapshot
-from lipschitz_dd.callbacks.stopping import GradNormStopping
+Names are loaded on first use, so `from lipschitz_dd.callbacks import LipschitzMeter` (the measurement engine,
+callbacks/meter.py) works in a plain PyTorch loop without importing Lightning.
+"""
 
-__all__ = [
-    "EvolutionBound",
-    "FunctionSnapshot",
-    "GradNormStopping",
-    "InterpolatedPoints",
-    "LipschitzCallback",
-    "MLPBounds",
-    "NoisePoints",
-    "PGDPoints",
-    "PointSet",
-    "ResultsWriter",
-    "RunRecord",
-    "TestPoints",
-    "TrainPoints",
-    "SoftmaxTrainPoints",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "EvolutionBound": "evolution",
+    "LipschitzCallback": "lipschitz",
+    "MLPBounds": "_mlp_bounds",
+    "OptimisedBound": "options",
+    "PointOptions": "options",
+    "UpperBound": "options",
+    "LipschitzMeter": "meter",
+    "Measurement": "meter",
+    "InterpolatedPoints": "point_sets",
+    "NoisePoints": "point_sets",
+    "PGDPoints": "point_sets",
+    "PointSet": "point_sets",
+    "SoftmaxTrainPoints": "point_sets",
+    "TestPoints": "point_sets",
+    "TrainPoints": "point_sets",
+    "ResultsWriter": "records",
+    "RunRecord": "records",  # ResultsWriter's deprecated name
+    "FunctionSnapshot": "snapshot",
+    "GradNormStopping": "stopping",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

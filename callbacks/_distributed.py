@@ -64,3 +64,19 @@ def reduce_stats(trainer: Trainer, stats: dict[str, LowerBoundStats]) -> dict[st
             )
         merged[name] = total
     return merged
+
+
+class TrainerRanks:
+    """The `Ranks` of a Trainer (see callbacks/meter.py): its global rank, world size and root device, and the
+    reductions above over its strategy. Every rank must call the reductions."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.rank, self.world_size = trainer.global_rank, trainer.world_size
+        self.device = trainer.strategy.root_device
+
+    def reduce_scalars(self, values: dict[str, float], ops: dict[str, Reduction]) -> dict[str, float]:
+        return reduce_across_ranks(self.trainer, values, ops)
+
+    def reduce_stats(self, stats: dict[str, LowerBoundStats]) -> dict[str, LowerBoundStats]:
+        return reduce_stats(self.trainer, stats)

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any
 
 import torch
-from lightning.pytorch import Trainer
-from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
-Key = Union[int, str]  # noqa: UP007 (a runtime alias for jsonargparse); int first: a YAML `input_key: 0` stays an index
+from lipschitz_dd.callbacks.options import Key
+
+if TYPE_CHECKING:  # Lightning is imported only by the functions that read a Trainer: PointSource works without it
+    from lightning.pytorch import Trainer
+
 BatchFn = Callable[[Any], Tensor]
 
 INPUT_KEYS = ("x", "input", "inputs", "image", "images")
@@ -87,6 +88,8 @@ def first_loader(loaders: Any) -> Any:
 
 def train_loader(trainer: Trainer) -> Any:
     """The fit's training loader: the datamodule's `train_dataloader()`, else the trainer's."""
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
     datamodule = getattr(trainer, "datamodule", None)
     if datamodule is not None and is_overridden("train_dataloader", datamodule):
         return first_loader(datamodule.train_dataloader())
@@ -96,6 +99,9 @@ def train_loader(trainer: Trainer) -> Any:
 def test_loader(trainer: Trainer) -> Any:
     """The first validation loader (design: index 0 = the test set), else the test loader; under
     `trainer.test` the test loader first. The datamodule's hooks first, then the loaders the trainer holds."""
+    from lightning.pytorch.trainer.states import TrainerFn
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
     hooks = ["val_dataloader", "test_dataloader"]
     if trainer.state.fn == TrainerFn.TESTING:
         hooks.reverse()

@@ -11,8 +11,8 @@ the vectors it kept for that point last time. Which way the numbers err:
 * the mean and rms (`lipschitz/avg`, `lipschitz/rms`) of warm estimates err low by about `avg_tol` (the
   mean relative change of the last iteration; 0 when the exact method ran).
 
-`method` "auto" takes the exact method (K VJPs per point) for K <= 16 logits, where it is as fast, and the
-warm one above; the choice is decided on the first batch of each measurement and kept in `choice`.
+`method` "auto" takes the exact method (K VJPs per point) for K <= `exact_max_outputs` (16) logits, where it
+is as fast, and the warm one above; the choice is decided on the first batch of each measurement and kept in `choice`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from lipschitz_dd.bounds import LowerBoundStats
-from lipschitz_dd.bounds.warm_lower import MethodChoice, WarmLowerBound, WarmLowerResult
+from lipschitz_dd.bounds.warm_lower import DEFAULT_EXACT_MAX_OUTPUTS, MethodChoice, WarmLowerBound, WarmLowerResult
 
 Warn = Callable[[str, str], None]
 
@@ -53,8 +53,18 @@ class TrainNorms:
     "auto" | "exact" | "warm" (see the module doc); chunk_size: points per exact Jacobian batch (the
     callback's batch_size); seed: of the estimator's own generator."""
 
-    def __init__(self, method: str = "auto", *, chunk_size: int = 1024, seed: int = 0, warn: Warn | None = None):
-        self.estimator = WarmLowerBound(method=method, chunk_size=chunk_size, seed=seed)
+    def __init__(
+        self,
+        method: str = "auto",
+        *,
+        chunk_size: int = 1024,
+        seed: int = 0,
+        warn: Warn | None = None,
+        exact_max_outputs: int = DEFAULT_EXACT_MAX_OUTPUTS,
+    ):
+        self.estimator = WarmLowerBound(
+            method=method, chunk_size=chunk_size, seed=seed, exact_max_outputs=exact_max_outputs
+        )
         self.warn = warn or (lambda key, message: None)
         self.choice: MethodChoice | None = None  # of the last finished measurement
         self.result: WarmLowerResult | None = None  # of the last finished measurement

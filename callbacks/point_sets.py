@@ -3,8 +3,12 @@
 The max of ||J(x)||_2 over any set of real inputs is a guaranteed lower bound of the Lipschitz constant (L2
 norms on the flattened input and output), so every point set gives one: `lipschitz/lower_<name>`. A point
 set makes its points from the batches of a data source ("train": the training points, "test": the test
-points), one batch at a time; the callback computes ||J|| at those points, accumulates a `LowerBoundStats`
-per set (reduced across DDP ranks) and asks the set which metrics to log.
+points), one batch at a time. Each measurement asks every set for a fresh accumulator (`accumulator()`), feeds
+it the source's batches (`Batch`: the inputs, labels, stable indices, and ||J|| at the inputs themselves,
+computed once per batch and shared) and takes its `LowerBoundStats` at the end (reduced across DDP ranks); the
+set then says which metrics to log. The built-in sets of the data themselves (`TrainPoints`, `TestPoints`)
+accumulate the shared norms: on the training points those of the warm-started estimator, whose refined
+statistics they return.
 
 A new point set is one class (and one test):
 
@@ -33,6 +37,7 @@ never from the global RNG: then a resumed run draws the same points and training
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
@@ -51,6 +56,9 @@ from lipschitz_dd.bounds import (
 from lipschitz_dd.callbacks._warm import WarmStats
 
 __all__ = [
+    "Accumulator",
+    "Batch",
+    "DataAccumulator",
     "InterpolatedPoints",
     "NoisePoints",
     "PGDPoints",
@@ -61,6 +69,73 @@ __all__ = [
 ]
 
 Source = Literal["train", "test"]
+
+
+class Batch:
+    """One batch of a source during a measurement: inputs x [b, ...], labels y [b] or None, stable point
+    indices [b], the measured model, the measurement's generator and `jacobian_norms` (the estimator for new
+    points). `labels()`: y, else the model's predicted classes (computed once); `norms()`: ||J(x_i)||_2 at the
+    inputs themselves (computed once per batch, by `data_norms(x, indices)`, and shared by every set)."""
+
+    def __init__(self, x, y, indices, model, generator, jacobian_norms, data_norms) -> None:
+        self.x, self.y, self.indices, self.model, self.generator = x, y, indices, model, generator
+        self.jacobian_norms = jacobian_norms
+        self._data_norms = data_norms
+        self._predicted: Tensor | None = None
+        self._norms: Tensor | None = None
+
+    def labels(self) -> Tensor:
+        if self.y is not None:
+            return self.y
+        if self._predicted is None:
+            with torch.no_grad():
+                self._predicted = self.model(self.x).argmax(dim=-1)
+        return self._predicted
+
+    def norms(self) -> Tensor:
+        if self._norms is None:
+            self._norms = self._data_norms(self.x, self.indices)
+        return self._norms
+
+
+class Accumulator:
+    """Statistics of one point set over one measurement: `add` each batch, then `finish`. `finish(data_stats)`
+    gets the source's own statistics of the data points (the warm estimator's refined ones on the training
+    points, None elsewhere). Default: ||J|| at the points the set makes from each batch."""
+
+    def __init__(self, point_set: PointSet) -> None:
+        self.point_set = point_set
+        self.stats = LowerBoundStats()
+        self._data: DataAccumulator | None = None
+
+    def add(self, batch: Batch) -> None:
+        point_set = self.point_set
+        labels = batch.labels() if point_set.labels else batch.y
+        made = point_set.points(batch.x, labels, batch.model, batch.generator)
+        if made is batch.x and type(point_set).norms is PointSet.norms:  # a user's set of the data themselves
+            self._data = self._data or DataAccumulator()
+            self._data.add(batch)
+            return
+        for chunk in [made] if isinstance(made, Tensor) else made:
+            if len(chunk):
+                self.stats.update(point_set.norms(batch.model, chunk, batch.jacobian_norms))
+
+    def finish(self, data_stats: LowerBoundStats | None) -> LowerBoundStats:
+        return self._data.finish(data_stats) if self._data is not None else self.stats
+
+
+class DataAccumulator(Accumulator):
+    """The data points themselves: the shared per-batch norms; on a source with its own statistics (the
+    training points' warm estimator) those statistics."""
+
+    def __init__(self) -> None:
+        self.stats = LowerBoundStats()
+
+    def add(self, batch: Batch) -> None:
+        self.stats.update(batch.norms())
+
+    def finish(self, data_stats: LowerBoundStats | None) -> LowerBoundStats:
+        return copy.copy(data_stats) if data_stats is not None else self.stats
 
 
 class PointSet:
@@ -84,12 +159,16 @@ class PointSet:
         """Called before each pass over the source with this rank's number of source points (None if the
         source is a stream of unknown length). Default: nothing."""
 
+    def accumulator(self) -> Accumulator:
+        """A fresh accumulator for one measurement (see `Accumulator`). Default: ||J|| at `points`."""
+        return Accumulator(self)
+
     def points(
         self, x: Tensor, y: Tensor | None, model: nn.Module, generator: torch.Generator
     ) -> Tensor | Iterable[Tensor]:
         """The points made from one batch x [b, ...] (labels y [b] or None; see `labels`): a tensor of inputs
-        [n, ...] or an iterable of such chunks (to bound memory). Returning `x` itself reuses its norms (unless
-        the set overrides `norms`)."""
+        [n, ...] or an iterable of such chunks (to bound memory). Returning `x` itself reuses the batch's shared
+        norms and statistics, as `TrainPoints` / `TestPoints` do (unless the set overrides `norms`)."""
         raise NotImplementedError(f"{type(self).__name__} must define points(x, y, model, generator)")
 
     def norms(self, model: nn.Module, points: Tensor, jacobian_norms: Callable[[Tensor], Tensor]) -> Tensor:
@@ -129,6 +208,9 @@ class TrainPoints(PointSet):
     def points(self, x, y, model, generator):
         return x
 
+    def accumulator(self) -> Accumulator:
+        return DataAccumulator()
+
     def metrics(self, stats: LowerBoundStats) -> dict[str, float]:
         metrics = {"lipschitz/lower": stats.max} if self.lower else {}
         if self.average:
@@ -148,6 +230,9 @@ class TestPoints(PointSet):
 
     def points(self, x, y, model, generator):
         return x
+
+    def accumulator(self) -> Accumulator:
+        return DataAccumulator()
 
 
 class InterpolatedPoints(PointSet):

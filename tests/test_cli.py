@@ -91,7 +91,7 @@ def test_config_smoke_fast_dev_run(config, tmp_path, monkeypatch):
         str(tmp_path / "runs"),
         "--run_name",
         "smoke",
-        "--lipschitz.max_samples=16",
+        "--lipschitz.points.max_samples=16",
         "--wandb=false",
     ]
     if "vit" in config.stem:

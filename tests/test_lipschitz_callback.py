@@ -462,11 +462,15 @@ def test_configurable_from_a_lightning_cli_style_config():
         [
             "--callback",
             '{"class_path": "lipschitz_dd.callbacks.lipschitz.LipschitzCallback", "init_args": '
-            '{"every_n_epochs": 5, "test": true, "input_key": 0, "data_box": [0, 1], '
-            '"interp_lambdas": [0.1, 0.3]}}',
+            '{"every_n_epochs": 5, "points": {"input_key": 0, "max_samples": 7}, "upper": {"certified": true}, '
+            '"optimised": {"every": 2, "data_box": [0, 1]}, "point_sets": ['
+            '{"class_path": "lipschitz_dd.callbacks.TestPoints"}, '
+            '{"class_path": "lipschitz_dd.callbacks.InterpolatedPoints", "init_args": {"lambdas": [0.1, 0.3]}}]}}',
         ]
     )
     callback = parser.instantiate(config).callback
     assert isinstance(callback, LipschitzCallback)
-    assert (callback.every_n_epochs, callback.test, callback.input_key) == (5, True, 0)
-    assert callback.data_box == (0.0, 1.0) and callback.interp_lambdas == (0.1, 0.3)
+    assert (callback.every_n_epochs, callback.points.input_key, callback.points.max_samples) == (5, 0, 7)
+    assert callback.upper.certified and callback.optimised.every == 2 and callback.optimised.data_box == (0.0, 1.0)
+    assert [s.name for s in callback.measured_point_sets()] == ["train", "test", "interp"]
+    assert callback.measured_point_sets()[2].lambdas == (0.1, 0.3)

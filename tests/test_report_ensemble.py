@@ -177,7 +177,7 @@ def sweep(tmp_path_factory) -> Path:
                 f"--model.width={width}",
                 f"--seed_everything={seed}",
                 "--trainer.max_epochs=2",
-                "--lipschitz.max_samples=32",
+                "--lipschitz.points.max_samples=32",
                 "--save_dir",
                 str(root / "runs"),
                 "--experiment",

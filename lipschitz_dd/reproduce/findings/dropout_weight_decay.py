@@ -93,7 +93,7 @@ TINY = {
     "trainer.max_epochs": 1,
     "data.train_subset": 64,
     "data.test_subset": 64,
-    "lipschitz.max_samples": 32,
+    "lipschitz.points.max_samples": 32,
     SEED: 0,
 }
 

@@ -184,7 +184,7 @@ register(
                 "trainer.max_epochs": 1,
                 "data.train_subset": 100,
                 "data.test_subset": 100,
-                "lipschitz.max_samples": 50,
+                "lipschitz.points.max_samples": 50,
             },
             "cpu": {},
             "full": {"sweep": "cnn_cifar10_adversarial"},
