@@ -15,7 +15,6 @@ command works from any directory. Lightning is imported only for fit/validate/te
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import warnings
@@ -248,11 +247,6 @@ def main(argv: list[str] | None = None) -> int:
         from lipschitz_dd.reproduce.cli import main as reproduce_main
 
         return reproduce_main(argv[1:]) or 0
-    threads = os.environ.get("TORCH_NUM_THREADS")
-    if threads:
-        import torch
-
-        torch.set_num_threads(max(1, int(threads)))
     if argv[0] not in TRAINING_SUBCOMMANDS and not argv[0].startswith("-"):
         sys.stderr.write(
             f"lipschitz-dd: error: unknown command {argv[0]!r}; one of: fit, validate, test, sweep, report, "

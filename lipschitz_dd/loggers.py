@@ -282,6 +282,7 @@ _NOT_IN_NAME = (
     "ckpt_path",
     "wandb",
     "snapshot",
+    "threads",
     "print_config",
 )
 

@@ -6,6 +6,7 @@ results.json, wandb/). See docs/architecture.md.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -37,6 +38,8 @@ from lipschitz_dd.run_folder import (
     write_atomic,
 )
 
+log = logging.getLogger(__name__)
+
 ENV_SAVE_DIR = "LIPSCHITZ_DD_SAVE_DIR"
 ENV_EXPERIMENT = "LIPSCHITZ_DD_EXPERIMENT"
 ENV_RUN_NAME = "LIPSCHITZ_DD_RUN_NAME"
@@ -60,6 +63,23 @@ def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
     else:
         flat[prefix] = config if isinstance(config, (int, float, str, bool, type(None))) else str(config)
     return flat
+
+
+def apply_threads(threads: int | None) -> int:
+    """torch.set_num_threads(threads) (None: 1), at most os.cpu_count() (more is clamped, with a logged warning);
+    returns the count applied. ValueError (one line) below 1. CPU results depend on the thread count (the order of
+    floating-point sums), so it is a setting of the run, never derived from what else shares the machine."""
+    import torch
+
+    threads = 1 if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    cores = os.cpu_count() or 1
+    if threads > cores:
+        log.warning(f"threads={threads} is more than this machine's {cores} cores: using {cores}")
+        threads = cores
+    torch.set_num_threads(threads)
+    return threads
 
 
 def resumed_run_dir(ckpt_path: str | None) -> str | None:
@@ -238,10 +258,23 @@ class LipschitzCLI(LightningCLI):
             help="at the end of fit, save logits and input Jacobians at fixed points to "
             "<run dir>/snapshot.npz (the report's seed-ensemble bias-variance bound)",
         )
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=1,
+            help="torch's CPU thread count for this run (set before the model is built; at most the machine's "
+            "cores). CPU results depend on it: same config, same thread count, same machine type, same numbers",
+        )
         # GradNormStopping first: when it stops the run, the Lipschitz callback then measures the final epoch.
         parser.add_lightning_class_args(GradNormStopping, "stopping")
         parser.add_lightning_class_args(LipschitzCallback, "lipschitz")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """Set torch's thread count (`--threads`) before the model and data are built."""
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        threads = apply_threads(cfg.get("threads"))
+        cfg["threads"] = threads  # as applied (clamped): config.yaml and results.json say what ran
 
     # --- the run folder -------------------------------------------------------------------------------------
     def _run_location(self) -> tuple[str, str, str]:
