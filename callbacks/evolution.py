@@ -59,6 +59,7 @@ class EvolutionBound(Callback):
         self.previous: dict[str, Tensor] = {}
         self.c_x0 = self.radius = float("nan")
         self._logged_epoch = -1
+        self._resumed = False
 
     def _points(self, trainer: Trainer, device: torch.device) -> Tensor:
         x = self.points if self.points is not None else datamodule_tensors(trainer, "train")[0]
@@ -67,6 +68,9 @@ class EvolutionBound(Callback):
         return x[seeded_subset(len(x), self.max_samples, self.seed)].to(device)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if getattr(self, "_resumed", False):  # C_x0, r and C_theta so far come from the checkpoint
+            self.previous = {name: p.to(pl_module.device) for name, p in self.previous.items()}
+            return
         x = self._points(trainer, pl_module.device)
         self.previous = {name: p.detach().clone() for name, p in pl_module.named_parameters()}
         self.radius = data_radius(x)
@@ -117,6 +121,28 @@ class EvolutionBound(Callback):
             metrics["evolution/bound2"] = bound2
         for name, value in metrics.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue the bounds: the per-update path length, update count, largest lr,
+        C_theta so far, C_x0, r, the parameters after the last update and the last logged epoch."""
+        return {
+            "path_length": self.path_length,
+            "steps": self.steps,
+            "max_lr": self.max_lr,
+            "c_theta": self.c_theta,
+            "c_x0": self.c_x0,
+            "radius": self.radius,
+            "previous": {name: p.detach().cpu().clone() for name, p in self.previous.items()},
+            "logged_epoch": self._logged_epoch,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.path_length, self.steps = float(state["path_length"]), int(state["steps"])
+        self.max_lr, self.c_theta = float(state["max_lr"]), float(state["c_theta"])
+        self.c_x0, self.radius = float(state["c_x0"]), float(state["radius"])
+        self.previous = dict(state["previous"])
+        self._logged_epoch = int(state["logged_epoch"])
+        self._resumed = True
 
     def _c_theta(self, pl_module: LightningModule, x: Tensor) -> float:
         return max(float(parameter_jacobian_norms(pl_module, b).max()) for b in x.split(self.batch_size))
