@@ -11,8 +11,10 @@ One run = one folder ``<save_dir>/<experiment>/<run name>/`` holding
     checkpoints/     model checkpoints (when enabled)
 
 The training side writes ``results.json`` (the ``ResultsWriter`` callback; the sweep runner writes a minimal one
-for a run that died before it could); the sweep runner and the report read it. Every file of the folder is
-written atomically (to a temporary file beside it, then renamed over it), so a reader never sees half a file.
+for a run that died before it could); the sweep runner and the report read it. Every file lipschitz_dd writes into
+the folder is written atomically (:func:`write_atomic`: to a temporary file beside it, then renamed over it), so a
+reader never sees half a file; metrics.csv is never removed (between its atomic rewrites, rows are appended in one
+write each). wandb/ and checkpoints/ are written by W&B and Lightning.
 
 This module is plain Python (json, os, dataclasses): the report and the sweep runner import it without torch or
 Lightning.
