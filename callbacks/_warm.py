@@ -5,9 +5,12 @@ One `WarmLowerBound` per process lives as long as the run: at each measurement i
 points batch by batch with their stable indices (see `PointSource.indexed_batches`) and starts each point from
 the vectors it kept for that point last time. Which way the numbers err:
 
-* the max over the points (`lipschitz/lower`) is the exact method's max: the candidates for the max are
-  refined and the largest computed exactly (see `lipschitz_dd.bounds.warm_lower`), and every value is
-  ||J v|| for an explicit v, so it is a guaranteed lower bound of the Lipschitz constant either way;
+* the max over the points (`lipschitz/lower`): every value is ||J v|| for an explicit v, so it is a guaranteed
+  lower bound of the Lipschitz constant either way. The candidates for the max are refined and, for K <= 128
+  outputs, the largest recomputed exactly (see `lipschitz_dd.bounds.warm_lower`): then it equals the exact
+  method's max whenever the exact maximiser is among the candidates (checked by tests, not guaranteed); for
+  K > 128 nothing is recomputed exactly and the max is a warm estimate erring low (`Measurement.lower_exact`
+  and results.json's "measurement".lower_exact say which);
 * the mean and rms (`lipschitz/avg`, `lipschitz/rms`) of warm estimates err low by about `avg_tol` (the
   mean relative change of the last iteration; 0 when the exact method ran).
 

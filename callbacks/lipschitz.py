@@ -12,8 +12,7 @@ training is bit-identical with and without the callback. The measurement itself 
                             for K <= 128 outputs, a warm estimate above (results.json "measurement".lower_exact)
     lipschitz/avg, /rms     mean and root-mean-square of ||J(x)||_2    over train; not bounds (warm: err low)
     lipschitz/avg_tol       mean relative change of the warm estimates' last iteration (0 = exact values)
-    lipschitz/lower_test    max over the test points                   a lower bound
-    lipschitz/lower_<name>  max over the points of a point set (interp, noise, pgd, a user's)   a lower bound
+    lipschitz/lower_<name>  max over a point set's points (test, interp, noise, pgd, a user's)   a lower bound
     lipschitz/lower_opt     the optimised lower bound (gradient ascent on ||J(x)||_2)       a lower bound
     lipschitz/upper         product of per-layer constants             an upper bound (absent if unavailable);
                             power iteration may err slightly low unless upper.certified
@@ -22,18 +21,16 @@ training is bit-identical with and without the callback. The measurement itself 
     lipschitz/lower_softmax, /avg_softmax, /upper_softmax   with output_transform="softmax" (the softmax is
                             1/2-Lipschitz in L2, so upper_softmax = 1/2 x lipschitz/upper)
     lipschitz/seconds       wall time of the measurement (max over ranks)
-    params/dist_init        ||theta - theta_0||_2
-    params/path_length      sum of ||theta_{t+1} - theta_t||_2 over consecutive measurements
+    params/dist_init, /path_length   ||theta - theta_0||_2, sum of ||theta_{t+1} - theta_t||_2 over measurements
 
 When and at which step: epoch 0 (before the first update) at `on_train_start`, written straight to the loggers;
 then the end of every epoch e <= dense_epochs, every every_n_epochs-th epoch and the last epoch, logged with
 `pl_module.log` in `on_validation_epoch_end` (the row of the test loss) or in `on_train_epoch_end` without
 validation; a stop decided after those hooks gets the final weights at `on_train_end`. The callback logs only its
 own keys into Lightning's rows (a user's steps and columns stay as they are); on the project's epoch axis
-(`epoch_axis.on_epoch_axis`) it also logs `step` = the epoch. Under `trainer.validate` / `trainer.test` it
-measures once. A model the bounds cannot handle gets one warning and no lipschitz/* metrics; training goes on.
-Under DDP each rank measures its share of the points and the statistics are reduced across ranks.
-`callback.last_metrics` holds the latest values, `callback.history` all of them; resuming restores them.
+(`epoch_axis.on_epoch_axis`) it also logs `step` = the epoch. Under `trainer.validate` / `test` it measures once.
+An unmeasurable model gets one warning and no lipschitz/* metrics. Under DDP each rank measures its share of the
+points. `last_metrics` holds the latest values, `history` all of them; resuming restores them.
 
     trainer = Trainer(callbacks=[LipschitzCallback(every_n_epochs=5, point_sets=[TestPoints()])])
 """
@@ -138,17 +135,6 @@ class LipschitzCallback(Callback):
         self._module: weakref.ref | None = None  # the LightningModule of the current run
         self._reset_run_state()
 
-    def __getattr__(self, name: str) -> Any:  # the earlier flat attributes, read from the groups
-        for group in ("points", "upper", "optimised"):
-            options = self.__dict__.get(group)
-            field = {"upper": {"upper_certified": "certified"}}.get(group, {}).get(name, name)
-            if group == "optimised" and name.startswith("optimised_"):
-                field = name.removeprefix("optimised_")
-            if options is not None and field in getattr(options, "__dataclass_fields__", {}):
-                return getattr(options, field)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    # ------------------------------------------------------------------ what is measured
     def measured_point_sets(self) -> list[PointSet]:
         """The point sets of a measurement: the training points (unless `point_sets` holds a `TrainPoints`),
         the built-ins of the deprecated flags, `point_sets`, and the softmax set with output_transform="softmax"."""
@@ -212,11 +198,10 @@ class LipschitzCallback(Callback):
         )
 
     def is_scheduled(self, epoch: int, last: bool = False) -> bool:
-        """Whether the parameters after `epoch` finished epochs are measured: epoch 0, epochs 1..dense_epochs,
-        multiples of every_n_epochs, and the last epoch."""
+        """Whether the parameters after `epoch` finished epochs are measured (0, 1..dense_epochs, multiples of
+        every_n_epochs, the last)."""
         return Schedule(self.every_n_epochs, self.dense_epochs).is_scheduled(epoch, last)
 
-    # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # A fit is a new run (a resumed one gets its state back from the checkpoint after this hook), and so is
         # any stage on another model; validate/test of the model just fitted keep the run's state.
@@ -273,7 +258,6 @@ class LipschitzCallback(Callback):
         if metrics or log_step:
             log_epoch_row(pl_module, metrics, epoch=finished if on_epoch_axis(trainer) else None)
 
-    # ------------------------------------------------------------------ measurement
     def measure(
         self, trainer: Trainer, pl_module: LightningModule, epoch: int, record_trajectory: bool = False, last=False
     ) -> dict[str, float]:
@@ -300,15 +284,12 @@ class LipschitzCallback(Callback):
         return measurement.metrics
 
     def _progress(self, trainer: Trainer):
-        if not (self.progress_bar and trainer.is_global_zero and trainer.progress_bar_callback):
-            return None
-
         @contextmanager
         def bar(total: int | None) -> Iterator[Any]:
             with tqdm(total=total, desc="Lipschitz", unit="pt", leave=False, delay=2.0) as progress:
                 yield progress.update
 
-        return bar
+        return bar if self.progress_bar and trainer.is_global_zero and trainer.progress_bar_callback else None
 
     def _points(self, trainer: Trainer):
         """kind -> this rank's training ("train") or test ("test") points, resolved once per fit/validate/test."""
@@ -330,16 +311,12 @@ class LipschitzCallback(Callback):
                     **readers,
                 )
                 if self._sources[kind] is None:
-                    self._warn_once(
-                        f"no-{kind}",
-                        f"LipschitzCallback: no {kind} points found (no datamodule or "
-                        f"loader, no {kind}_points); skipping the {kind}-set bounds",
-                    )
+                    message = f"no {kind} points found (no datamodule or loader, no {kind}_points); skipping them"
+                    self._warn_once(f"no-{kind}", f"LipschitzCallback: {message}")
             return self._sources[kind]
 
         return source
 
-    # ------------------------------------------------------------------ warnings, state
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
@@ -358,9 +335,8 @@ class LipschitzCallback(Callback):
         choice = self.last_method
         if choice is None:
             return {}
-        entry = {"method": choice.method, "reason": choice.reason, "requested": self.method}
-        entry.update(n_outputs=choice.n_outputs, lower_exact=getattr(self, "_lower_exact", None))
-        return {"measurement": entry}
+        entry = dict(method=choice.method, reason=choice.reason, requested=self.method, n_outputs=choice.n_outputs)
+        return {"measurement": {**entry, "lower_exact": getattr(self, "_lower_exact", None)}}
 
     def state_dict(self) -> dict[str, Any]:
         """The meter's state (`LipschitzMeter.state_dict`: path, upper bound, counters, history, point sets'

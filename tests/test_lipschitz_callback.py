@@ -222,7 +222,7 @@ def test_state_dict_round_trip():
     state = copy.deepcopy(callback.state_dict())
     clone = LipschitzCallback(train_points=toy_arrays()[0], progress_bar=False)
     clone.load_state_dict(state)
-    assert clone.seed == 9 and clone.history == callback.history
+    assert clone.points.seed == 9 and clone.history == callback.history
     with torch.no_grad():
         model.net[0].weight.add_(0.1)
     a = callback.measure(trainer, model, epoch=2, record_trajectory=True)
