@@ -106,10 +106,10 @@ def main() -> None:
         (f"grid max [-5,5]^2 ({grid_points}^2)", g_max),
         ("C_upper (product)", c_upper),
     ]
-    print(f"{'quantity':38s} {'study':>10s} {'ours':>12s}")
+    print(f"{'quantity':38s} {'study':>10s} {'ours':>14s}")
     for name, value in rows:
         key = "grid max [-5,5]^2" if name.startswith("grid") else name
-        print(f"{name:38s} {STUDY[key]:10.4g} {value:12.6g}")
+        print(f"{name:38s} {STUDY[key]:10.4g} {value:14.9g}")
     print(
         f"exact global constant (planar):        {exact.lower:.6f}  [{exact.lower:.9g}, {exact.upper:.9g}] "
         f"exact={exact.exact}  {exact.seconds:.2f} s, {exact.cells} cells (per layer {exact.layer_cells})"
