@@ -270,3 +270,32 @@ def test_wandb_sync_hint_works_in_a_save_dir_with_spaces_and_quotes(tmp_path, ca
         check=True,
     ).stdout.splitlines()
     assert printed == [str(folder) for folder in offline]
+
+
+# ---------------------------------------------------------------- item 3, end to end
+@pytest.mark.slow
+def test_report_after_kill_9_during_start_up_counts_each_grid_point_once(tmp_path):
+    """The runner is killed (SIGKILL) while its first run is starting (only wandb/ written); the same command
+    finishes the grid, the earlier attempt lands in attempts/ and the report counts each grid point once."""
+    from lipschitz_dd.report.build import build_report
+
+    sweep_file = make_sweep(tmp_path, {"width": {"values": [2, 4]}, "noise": {"values": [0.0, 0.5]}}, name="grid")
+    marks = tmp_path / "started"
+    marks.mkdir()
+    env = dict(os.environ, FAKE_WANDB_ONLY_ONCE=str(marks), WANDB_MODE="disabled")
+    command = [sys.executable, "-m", "lipschitz_dd.sweep.cli", str(sweep_file), "--out", str(tmp_path / "out")]
+    runner = subprocess.Popen(
+        [*command, "--no_progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(lambda: list(tmp_path.glob("out/grid/runs/grid/*/wandb/offline-run-*/run-*.wandb")), "a start-up")
+    finally:
+        runner.kill()
+        runner.wait(timeout=30)
+    (stuck,) = [p.name for p in marks.iterdir()]
+    result = run_sweep(sweep_file, out=tmp_path / "out", progress=False)
+    assert Counter(r.state for r in result.runs) == {"finished": 4}
+    assert (result.folder / "attempts" / f"{stuck}-1" / stuck / "wandb").is_dir()
+
+    summary = build_report(result.folder, out=tmp_path / "report", x="width", hue="noise", seed_key="seed")
+    assert summary.runs == 4 and summary.statuses == {"finished": 4}

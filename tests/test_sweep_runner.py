@@ -39,6 +39,16 @@ FAKE_PROGRAM = textwrap.dedent(
         if len(os.listdir(gate)) == int(os.environ.get("FAKE_BLOCK_AT", "0")):
             while True:  # until killed
                 time.sleep(0.05)
+    start_once = os.environ.get("FAKE_WANDB_ONLY_ONCE")  # a folder: a first attempt hangs in start-up, wandb/ only
+    if start_once and not os.path.exists(os.path.join(start_once, run_id)):
+        open(os.path.join(start_once, run_id), "w").close()
+        offline = os.path.join(os.environ["LIPSCHITZ_DD_SAVE_DIR"], os.environ["LIPSCHITZ_DD_EXPERIMENT"], run_id,
+                               "wandb", "offline-run-20260101_000000-" + run_id)
+        os.makedirs(offline)
+        with open(os.path.join(offline, "run-" + run_id + ".wandb"), "wb") as f:
+            f.write(b":W&B\\xe1\\xbe\\x00")  # what W&B has written when a start-up is killed: the header only
+        while True:  # until killed
+            time.sleep(0.05)
     fail_once = os.environ.get("FAKE_FAIL_ONCE")  # a folder: a run's first attempt fails
     if fail_once and not os.path.exists(os.path.join(fail_once, run_id)):
         open(os.path.join(fail_once, run_id), "w").close()
