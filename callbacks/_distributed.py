@@ -8,7 +8,6 @@ import torch
 from lightning.pytorch import Trainer
 
 from lipschitz_dd.bounds import LowerBoundStats
-from lipschitz_dd.callbacks._warm import WarmStats
 
 Reduction = Literal["max", "min", "sum"]
 
@@ -28,42 +27,22 @@ def reduce_across_ranks(trainer: Trainer, values: dict[str, float], ops: dict[st
 
 
 def reduce_stats(trainer: Trainer, stats: dict[str, LowerBoundStats]) -> dict[str, LowerBoundStats]:
-    """Each rank's `LowerBoundStats` of every point set -> the statistics of all ranks' points together
-    (`LowerBoundStats.merge` in rank order: counts and sums add, the max is the max, NaN propagates). One
-    all_gather of a [sets, 6] float64 tensor (count, sum, sum_sq, max, tol_sum, tol_count; the last two 0 for
-    plain statistics); every rank must pass the same names. A set for which some rank sent `WarmStats` (tol_count
-    > 0) comes back as `WarmStats` with the summed tol_sum / tol_count, so avg_tol is the mean over all
-    points. The merged objects carry no argmax point (points stay on their rank); with one process `stats` is
-    returned as it is."""
+    """Each rank's `LowerBoundStats` of every point set -> the statistics of all ranks' points together: one
+    all_gather of the sets' `state_vector`s ([sets, len(STATE)] float64), then `LowerBoundStats.merge` in rank
+    order (counts, sums and tolerance sums add, the max is the max, NaN propagates). Every rank must pass the
+    same names. The merged objects carry no argmax point (points stay on their rank) and none of the warm
+    estimator's diagnostics; with one process `stats` is returned as it is."""
     if trainer.world_size <= 1:
         return dict(stats)
     names = sorted(stats)
-    rows = []
-    for n in names:
-        tol = (stats[n].tol_sum, stats[n].tol_count) if isinstance(stats[n], WarmStats) else (0.0, 0)
-        rows.append([stats[n].count, stats[n].sum, stats[n].sum_sq, stats[n].max, *tol])
-    local = torch.tensor(rows, dtype=torch.float64, device=trainer.strategy.root_device).reshape(len(names), 6)
-    gathered = trainer.strategy.all_gather(local).reshape(trainer.world_size, len(names), 6).cpu()
-    merged: dict[str, LowerBoundStats] = {}
-    for i, name in enumerate(names):
-        total = LowerBoundStats()
-        for count, sum_, sum_sq, max_, _, _ in gathered[:, i].tolist():
-            part = LowerBoundStats(count=int(count), sum=sum_, sum_sq=sum_sq, max=max_)
-            part.argmax_index = 0 if part.count else None  # position within the rank's points is not kept
-            total = total.merge(part)
-        tol_sum, tol_count = float(gathered[:, i, 4].sum()), int(gathered[:, i, 5].sum())
-        if tol_count > 0:
-            total = WarmStats(
-                total.count,
-                total.sum,
-                total.sum_sq,
-                total.max,
-                total.argmax_index,
-                tol_sum=tol_sum,
-                tol_count=tol_count,
-            )
-        merged[name] = total
-    return merged
+    width = len(LowerBoundStats.STATE)
+    rows = [stats[n].state_vector() for n in names]
+    local = torch.tensor(rows, dtype=torch.float64, device=trainer.strategy.root_device).reshape(len(names), width)
+    gathered = trainer.strategy.all_gather(local).reshape(trainer.world_size, len(names), width).cpu()
+    return {
+        name: LowerBoundStats.merge_all(LowerBoundStats.from_state_vector(row) for row in gathered[:, i].tolist())
+        for i, name in enumerate(names)
+    }
 
 
 class TrainerRanks:

@@ -1,5 +1,6 @@
-"""The training points' ||J(x_i)||_2 by a warm-started estimator kept across measurements (`TrainNorms`), and the
-statistics it returns (`WarmStats`: `LowerBoundStats` plus the convergence of the estimates).
+"""The training points' ||J(x_i)||_2 by a warm-started estimator kept across measurements (`TrainNorms`); it
+returns the estimator's `WarmLowerResult`, a `LowerBoundStats` whose tol_sum / tol_count carry the convergence
+of the estimates (reduced across ranks like every other set's statistics).
 
 One `WarmLowerBound` per process lives as long as the run: at each measurement it gets this rank's training
 points batch by batch with their stable indices (see `PointSource.indexed_batches`) and starts each point from
@@ -20,9 +21,7 @@ is as fast, and the warm one above; the choice is decided on the first batch of 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,21 +31,6 @@ from lipschitz_dd.bounds import LowerBoundStats
 from lipschitz_dd.bounds.warm_lower import DEFAULT_EXACT_MAX_OUTPUTS, MethodChoice, WarmLowerBound, WarmLowerResult
 
 Warn = Callable[[str, str], None]
-
-
-@dataclass
-class WarmStats(LowerBoundStats):
-    """`LowerBoundStats` of estimates that carry a convergence measure: tol_sum = sum over the points of the
-    relative change of their last iteration (0 for exact values), tol_count = how many points it covers.
-    Across ranks: sums add. argmax_index is the maximiser's stable point index (not its stream position)."""
-
-    tol_sum: float = 0.0
-    tol_count: int = 0
-
-    @property
-    def avg_tol(self) -> float:
-        """Mean relative change of the last iteration over the points (0 = exact; nan when empty)."""
-        return self.tol_sum / self.tol_count if self.tol_count else math.nan
 
 
 class TrainNorms:
@@ -101,27 +85,18 @@ class TrainNorms:
         self._measured += len(x)
         return norms
 
-    def finish(self, model: nn.Module) -> WarmStats:
-        """This rank's statistics of the measurement (refined max, sums, avg_tol); NaN if a batch failed."""
-        stats = WarmStats()
+    def finish(self, model: nn.Module) -> LowerBoundStats:
+        """This rank's statistics of the measurement (refined max, sums, tolerances: the estimator's
+        `WarmLowerResult`); NaN if a batch failed."""
+        stats = LowerBoundStats()
         if self._measured:
-            result = self.estimator.finish(model)
-            self.result, self.choice = result, self.estimator.last_choice
-            stats = WarmStats(
-                count=result.count,
-                sum=result.sum,
-                sum_sq=result.sum_sq,
-                max=result.max,
-                argmax_index=result.argmax_index,
-                argmax_point=result.argmax_point,
-                tol_sum=result.avg_tol * result.count,
-                tol_count=result.count,
-            )
+            stats = self.result = self.estimator.finish(model)
+            self.choice = self.estimator.last_choice
         else:
             self.estimator.begin()
         if self._failed:
             nan = float("nan")
-            stats = WarmStats(stats.count + self._failed, nan, nan, nan, argmax_index=0, tol_sum=nan, tol_count=1)
+            stats = LowerBoundStats(stats.count + self._failed, nan, nan, nan, argmax_index=0, tol_sum=nan, tol_count=1)
         return stats
 
     def state_dict(self) -> dict[str, Any]:

@@ -53,7 +53,6 @@ from lipschitz_dd.bounds import (
     jacobian_spectral_norms,
     pgd_perturbations,
 )
-from lipschitz_dd.callbacks._warm import WarmStats
 
 __all__ = [
     "Accumulator",
@@ -215,7 +214,7 @@ class TrainPoints(PointSet):
         metrics = {"lipschitz/lower": stats.max} if self.lower else {}
         if self.average:
             metrics["lipschitz/avg"], metrics["lipschitz/rms"] = stats.mean, stats.rms
-        if isinstance(stats, WarmStats) and metrics:
+        if stats.has_tol and metrics:
             metrics["lipschitz/avg_tol"] = stats.avg_tol
         return metrics
 

@@ -84,6 +84,20 @@ def test_merge_with_empty_and_ties():
     assert combined.rms == pytest.approx(math.sqrt((1 + 9 + 9 + 9) / 4))
 
 
+def test_tolerances_add_in_merge_and_survive_the_state_vector():
+    plain = LowerBoundStats()
+    plain.update(torch.tensor([1.0, 2.0]))
+    warm = LowerBoundStats(count=3, sum=6.0, sum_sq=14.0, max=3.0, argmax_index=2, tol_sum=0.3, tol_count=3)
+    assert not plain.has_tol and math.isnan(plain.avg_tol)
+    merged = plain.merge(warm)
+    assert merged.has_tol and (merged.tol_sum, merged.tol_count) == (0.3, 3)
+    assert merged.avg_tol == pytest.approx(0.1) and (merged.count, merged.max) == (5, 3.0)
+    again = LowerBoundStats.from_state_vector(merged.state_vector())
+    assert again.state_vector() == merged.state_vector() and again.argmax_index == 0
+    assert LowerBoundStats.from_state_vector(LowerBoundStats().state_vector()).argmax_index is None
+    assert LowerBoundStats.merge_all([plain, warm]).state_vector() == merged.state_vector()
+
+
 def test_nan_norms_propagate_to_max_mean_and_rms():
     stats = LowerBoundStats()
     stats.update(torch.tensor([1.0, 2.0]))

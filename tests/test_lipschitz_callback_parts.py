@@ -134,6 +134,25 @@ def test_reduce_stats_equals_the_statistics_of_all_ranks_points():
     )
     assert merged["set"].rms == pytest.approx(float(norms.square().mean().sqrt()))
     assert merged["diverged"].count == 3 and math.isnan(merged["diverged"].max)  # a diverged rank shows
+    assert not merged["set"].has_tol and math.isnan(merged["set"].avg_tol)
+
+
+def test_reduce_stats_averages_the_warm_tolerance_over_all_ranks_points():
+    """One statistic type: a rank's warm result (tolerances) and a plain rank reduce to the mean tolerance over
+    the points that carry one; the warm estimator's diagnostics stay on their rank."""
+    from lipschitz_dd.bounds.warm_lower import WarmLowerResult
+
+    warm = WarmLowerResult(count=4, sum=8.0, sum_sq=20.0, max=3.0, argmax_index=7, tol_sum=0.4, tol_count=4)
+    warm.method, warm.refined = "warm", 2
+    other = WarmLowerResult(count=6, sum=6.0, sum_sq=7.0, max=5.0, argmax_index=1, tol_sum=0.2, tol_count=6)
+    ranks = [{"train": warm}, {"train": other}]
+    sent = [torch.tensor([r["train"].state_vector()], dtype=torch.float64) for r in ranks]
+    gather = SimpleNamespace(root_device="cpu", all_gather=lambda t: torch.stack(sent))
+    merged = reduce_stats(SimpleNamespace(world_size=2, strategy=gather), ranks[0])["train"]
+    assert type(merged) is LowerBoundStats and merged.has_tol
+    assert (merged.count, merged.max, merged.sum, merged.sum_sq) == (10, 5.0, 14.0, 27.0)
+    assert merged.avg_tol == pytest.approx(0.6 / 10)
+    assert warm.merge(other).avg_tol == pytest.approx(merged.avg_tol)
 
 
 def test_top_points_keeps_the_largest_norms_over_a_stream():

@@ -2,7 +2,10 @@
 
 C_lower = max_i ||J(x_i)||_2 is a valid lower bound of the Lipschitz constant (L2 norms) of the model;
 C_avg (mean) and the RMS are not bounds, they describe the distribution. Statistics are kept as raw sums
-(count, sum, sum of squares, max), so partial results from chunks, data sets or DDP ranks combine exactly.
+(count, sum, sum of squares, max, and the warm estimator's tolerance sum), so partial results from chunks,
+data sets or DDP ranks combine exactly (`LowerBoundStats.merge`; `state_vector` / `from_state_vector` carry
+them across processes). `LowerBoundStats` is the one statistic type of the package: the warm-started
+estimator's result (`WarmLowerResult`) is a subclass that only adds diagnostics.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ class LowerBoundStats:
     """Running statistics of per-sample norms n_i = ||J(x_i)||_2 over a stream of points.
 
     count, sum (sum n_i), sum_sq (sum n_i^2), max (max n_i: the lower bound C_lower; 0.0 when empty),
-    argmax_index (position of the maximiser in the stream, first one on ties), argmax_point (that input,
-    detached, on the CPU), norms (all n_i in stream order when created with keep_norms=True, else None).
-    Reduce across processes with: count, sum, sum_sq -> sum; max -> max. A NaN norm (diverged model)
-    propagates: max, mean and rms become NaN.
+    argmax_index (position of the maximiser in the stream, first one on ties; the warm estimator gives the
+    stable point index), argmax_point (that input, detached, on the CPU), norms (all n_i in stream order when
+    created with keep_norms=True, else None). tol_sum / tol_count: for estimates that carry a convergence
+    measure (the warm estimator), the sum over tol_count points of the relative change of their last
+    iteration (0 for exact values); both 0 for plain norms (then `avg_tol` is nan and `has_tol` False).
+    Reduce across processes (`merge`): count, sum, sum_sq, tol_sum, tol_count add; max -> max. A NaN norm
+    (diverged model) propagates: max, mean and rms become NaN.
     """
 
     count: int = 0
@@ -38,6 +44,11 @@ class LowerBoundStats:
     argmax_point: Tensor | None = None
     keep_norms: bool = False
     _norm_chunks: list = field(default_factory=list, repr=False)
+    tol_sum: float = 0.0
+    tol_count: int = 0
+
+    STATE = ("count", "sum", "sum_sq", "max", "tol_sum", "tol_count")
+    """The fields that cross processes, in `state_vector` order; all add except max (the max)."""
 
     @property
     def mean(self) -> float:
@@ -48,6 +59,17 @@ class LowerBoundStats:
     def rms(self) -> float:
         """sqrt(sum_sq / count); nan when empty."""
         return math.sqrt(self.sum_sq / self.count) if self.count else math.nan
+
+    @property
+    def avg_tol(self) -> float:
+        """Mean relative change of the last iteration over the points with a tolerance (0 = exact values; nan
+        when no point carries one)."""
+        return self.tol_sum / self.tol_count if self.tol_count else math.nan
+
+    @property
+    def has_tol(self) -> bool:
+        """Whether some point carries a convergence measure (the norms came from the warm estimator)."""
+        return self.tol_count > 0
 
     @property
     def norms(self) -> Tensor | None:
@@ -87,6 +109,8 @@ class LowerBoundStats:
             argmax_index=self.argmax_index,
             argmax_point=self.argmax_point,
             keep_norms=self.keep_norms and other.keep_norms,
+            tol_sum=self.tol_sum + other.tol_sum,
+            tol_count=self.tol_count + other.tol_count,
         )
         if other.argmax_index is not None and (self.argmax_index is None or _beats(other.max, self.max)):
             merged.max = other.max
@@ -95,6 +119,33 @@ class LowerBoundStats:
         if merged.keep_norms:
             merged._norm_chunks = self._norm_chunks + other._norm_chunks
         return merged
+
+    def state_vector(self) -> list[float]:
+        """The fields of `STATE` as floats (to gather across processes; argmax point and norms stay local)."""
+        return [float(getattr(self, name)) for name in self.STATE]
+
+    @classmethod
+    def from_state_vector(cls, values) -> LowerBoundStats:
+        """Statistics from a `state_vector` (e.g. another rank's); argmax_index is 0 when it has points (its
+        position among that rank's points is not carried), argmax_point None."""
+        count, sum_, sum_sq, max_, tol_sum, tol_count = (float(v) for v in values)
+        return LowerBoundStats(
+            count=int(count),
+            sum=sum_,
+            sum_sq=sum_sq,
+            max=max_,
+            argmax_index=0 if count else None,
+            tol_sum=tol_sum,
+            tol_count=int(tol_count),
+        )
+
+    @staticmethod
+    def merge_all(parts: Iterable[LowerBoundStats]) -> LowerBoundStats:
+        """`merge` of the parts in order (empty statistics when there are none)."""
+        total = LowerBoundStats()
+        for part in parts:
+            total = total.merge(part)
+        return total
 
 
 def _beats(value: float, best: float) -> bool:

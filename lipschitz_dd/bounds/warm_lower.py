@@ -51,6 +51,7 @@ from lipschitz_dd.bounds.jacobian import (
     jacobian_rows,
     top_singular_from_jacobians,
 )
+from lipschitz_dd.bounds.lower import LowerBoundStats
 from lipschitz_dd.bounds.method_choice import (
     BYTES_PER_NUMBER,
     DEFAULT_EXACT_MAX_OUTPUTS,
@@ -118,39 +119,25 @@ def _float32(method):
 
 
 @dataclass
-class WarmLowerResult:
-    """Statistics of one measurement over all points given to :meth:`WarmLowerBound.update`.
+class WarmLowerResult(LowerBoundStats):
+    """Statistics of one measurement over all points given to :meth:`WarmLowerBound.update`: a
+    :class:`LowerBoundStats` (merged and reduced across processes like any other) plus diagnostics.
 
     max: the lower bound (refined points exact); argmax_index: point index of the maximiser, argmax_point
     its input (CPU); mean / rms of the per-point values (warm values err low, refined ones exact);
-    avg_tol: mean over points of the relative change of their last iteration (0 for exact);
-    iterations: mean iterations per point (refinement excluded); refined: how many points were refined,
-    refine_iterations: the iterations of their (batched) refinement, refined_exactly: how many of them were
-    then computed exactly; cold: how many points had no stored vectors (see ``cold_*`` of
-    :class:`WarmLowerBound`); method: "exact" / "warm".
+    tol_sum / tol_count: the relative changes of the points' last iteration (0 for exact) summed over all
+    count points, so avg_tol is their mean. Diagnostics (not merged): iterations: mean iterations per point
+    (refinement excluded); refined: how many points were refined, refine_iterations: the iterations of their
+    (batched) refinement, refined_exactly: how many of them were then computed exactly; cold: how many points
+    had no stored vectors (see ``cold_*`` of :class:`WarmLowerBound`); method: "exact" / "warm".
     """
 
-    count: int
-    sum: float
-    sum_sq: float
-    max: float
-    argmax_index: int | None
-    argmax_point: Tensor | None
-    avg_tol: float
-    iterations: float
-    refined: int
-    refine_iterations: int
-    refined_exactly: int
-    cold: int
-    method: str
-
-    @property
-    def mean(self) -> float:
-        return self.sum / self.count if self.count else math.nan
-
-    @property
-    def rms(self) -> float:
-        return math.sqrt(self.sum_sq / self.count) if self.count else math.nan
+    iterations: float = 0.0
+    refined: int = 0
+    refine_iterations: int = 0
+    refined_exactly: int = 0
+    cold: int = 0
+    method: str = ""
 
 
 class WarmLowerBound(CandidateRefinement):
@@ -317,7 +304,8 @@ class WarmLowerBound(CandidateRefinement):
             max=best_value,
             argmax_index=best_index,
             argmax_point=best_point,
-            avg_tol=self._change_sum / self._count,
+            tol_sum=self._change_sum,
+            tol_count=self._count,
             iterations=self._iter_sum / self._count,
             refined=refined,
             refine_iterations=self._refine_iterations,
