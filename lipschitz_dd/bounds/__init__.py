@@ -22,6 +22,7 @@ from lipschitz_dd.bounds.jacobian import (
     top_singular_triplets,
 )
 from lipschitz_dd.bounds.lipsdp import LipSDPResult, lipsdp_neuron
+from lipschitz_dd.bounds.lipsdp_fo import FirstOrderLipSDPResult, lipsdp_first_order
 from lipschitz_dd.bounds.lower import LowerBoundStats, iterate_batches, lower_bound
 from lipschitz_dd.bounds.mlp import MLP, Activation, is_mlp, mlp_from_module, product_bound
 from lipschitz_dd.bounds.operator_norms import NormEstimate, conv_operator_norm, linear_operator_norm
@@ -86,6 +87,8 @@ __all__ = [
     "eclipse_fast",
     "LipSDPResult",
     "lipsdp_neuron",
+    "FirstOrderLipSDPResult",
+    "lipsdp_first_order",
     "LeftVectorStore",
     "MethodChoice",
     "WarmBatchResult",

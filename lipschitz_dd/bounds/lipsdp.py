@@ -129,6 +129,34 @@ def _certify(weights, ranges, mults, rho_hint: float) -> tuple[float, list[np.nd
     raise RuntimeError("LipSDP certificate: could not certify F >= 0")
 
 
+@dataclass
+class _Prepared:
+    """The LMI's data: compressed (W_1 -> U S) weights normalised to unit spectral norm, the activations'
+    slope ranges, the norms and factor = their product (Lip = factor * sqrt(rho)). When status is set
+    ("closed form": no hidden layer; "zero first layer") there is no LMI and factor is the constant itself."""
+
+    weights: list[np.ndarray]
+    ranges: list[tuple[float, float]]
+    factor: float
+    status: str | None = None
+    norms: list[float] | None = None
+
+
+def _prepare(mlp: MLP) -> _Prepared:
+    """Input compression and normalisation (module docstring), shared by every LipSDP solver here."""
+    ranges = [a.slope_range for a in mlp.activations]
+    if not ranges:
+        return _Prepared([], [], float(np.linalg.norm(mlp.weights[0], 2)), "closed form")
+    u, s, _ = np.linalg.svd(mlp.weights[0], full_matrices=False)
+    keep = s > s[0] * 1e-13 if s.size and s[0] > 0 else np.zeros_like(s, dtype=bool)
+    if not keep.any():
+        return _Prepared([], ranges, 0.0, "zero first layer")
+    weights = [u[:, keep] * s[keep], *mlp.weights[1:]]
+    norms = [float(np.linalg.norm(w, 2)) or 1.0 for w in weights]
+    weights = [w / n for w, n in zip(weights, norms, strict=True)]
+    return _Prepared(weights, ranges, float(np.prod(norms)), norms=norms)
+
+
 def lipsdp_neuron(model_or_mlp, *, solver: str = "CLARABEL", verbose: bool = False) -> LipSDPResult:
     """LipSDP-Neuron certified upper bound of the L2 Lipschitz constant (global, all inputs) of an MLP
     (nn.Sequential of Linear / ReLU / LeakyReLU / Tanh / Sigmoid, or an :class:`MLP`): sqrt of the least rho
@@ -141,18 +169,10 @@ def lipsdp_neuron(model_or_mlp, *, solver: str = "CLARABEL", verbose: bool = Fal
     except ImportError as err:
         raise ImportError("lipsdp_neuron needs cvxpy and clarabel: pip install 'lipschitz_dd[sdp]'") from err
     mlp = model_or_mlp if isinstance(model_or_mlp, MLP) else mlp_from_module(model_or_mlp)
-    ranges = [a.slope_range for a in mlp.activations]
-    if not ranges:
-        value = float(np.linalg.norm(mlp.weights[0], 2))
-        return LipSDPResult(value, value, "closed form", 0, [])
-    u, s, _ = np.linalg.svd(mlp.weights[0], full_matrices=False)
-    keep = s > s[0] * 1e-13 if s.size and s[0] > 0 else np.zeros_like(s, dtype=bool)
-    if not keep.any():
-        return LipSDPResult(0.0, 0.0, "zero first layer", 0, [])
-    weights = [u[:, keep] * s[keep], *mlp.weights[1:]]
-    norms = [float(np.linalg.norm(w, 2)) or 1.0 for w in weights]
-    weights = [w / n for w, n in zip(weights, norms, strict=True)]
-    factor = float(np.prod(norms))
+    prepared = _prepare(mlp)
+    if prepared.status is not None:
+        return LipSDPResult(prepared.factor, prepared.factor, prepared.status, 0, [])
+    weights, ranges, factor = prepared.weights, prepared.ranges, prepared.factor
 
     sizes = [weights[0].shape[1], *[w.shape[0] for w in weights[:-1]]]
     rho = cp.Variable(nonneg=True)
