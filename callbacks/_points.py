@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset, Subset
+from torch.utils.data import DataLoader, IterableDataset, Subset, default_collate
 
 from lipschitz_dd.callbacks.options import Key
 
@@ -293,3 +293,56 @@ def resolve_source(
                 f"first {STREAM_SAMPLES} samples (set max_samples to choose)",
             )
     return PointSource.from_loader(loader, max_batches=max_batches, **readers, **common)
+
+
+class IndexedInputs:
+    """The inputs of a data set, addressable by row index: an in-memory tensor, or a map-style dataset whose
+    items are collated into a batch and reduced to its input with `batch_input`."""
+
+    def __init__(self, size: int, rows: Callable[[Tensor], Tensor]) -> None:
+        self.size = size
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return self.size
+
+    def rows(self, indices: Tensor) -> Tensor:
+        """Inputs at the given row indices, [len(indices), ...], floating point, on the CPU or where they are."""
+        x = self._rows(indices)
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise ValueError(f"inputs must be a floating-point Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+        return x.detach()
+
+    def mean_sq_norm(self, batch_size: int) -> float:
+        """E||x||^2 over every row (flattened input, Euclidean norm), accumulated in float64. Exact."""
+        total = 0.0
+        for chunk in torch.arange(self.size).split(batch_size):
+            total += float(self.rows(chunk).flatten(1).double().pow(2).sum())
+        return total / self.size
+
+    @classmethod
+    def from_tensor(cls, x: Tensor) -> IndexedInputs:
+        return cls(len(x), lambda indices: x[indices.to(x.device)])
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, collate_fn: Callable | None, key: Key | None) -> IndexedInputs:
+        collate = collate_fn or default_collate
+        return cls(len(dataset), lambda indices: batch_input(collate([dataset[i] for i in indices.tolist()]), key))
+
+
+def indexed_inputs(trainer: Trainer, kind: str, key: Key | None = None) -> IndexedInputs:
+    """All training ("train") or test ("test") inputs of the fit, addressable by row: the datamodule's in-memory
+    `{kind}_x`, else the map-style dataset of `train_loader` / `test_loader` (batches collated with the loader's
+    collate_fn, input = `batch_input(batch, key)`). A ValueError when there are none or only a stream."""
+    x, _ = datamodule_tensors(trainer, kind)
+    if x is not None:
+        return IndexedInputs.from_tensor(x)
+    loader = train_loader(trainer) if kind == "train" else test_loader(trainer)
+    dataset = getattr(loader, "dataset", None)
+    if is_streamed(loader):
+        raise ValueError(
+            f"no {kind} inputs: the datamodule has no `{kind}_x` tensor and no loader with a map-style dataset"
+        )
+    if len(dataset) == 0:
+        raise ValueError(f"the {kind} set is empty")
+    return IndexedInputs.from_dataset(dataset, getattr(loader, "collate_fn", None), key)

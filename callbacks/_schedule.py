@@ -1,5 +1,6 @@
-"""When `LipschitzCallback` measures: epoch 0, every epoch up to `dense_epochs`, every `every_n_epochs`-th
-epoch, and the last epoch (epochs counted as finished epochs; 0 = before the first update)."""
+"""When a callback measures (see `PackageCallback.is_due`): `LipschitzCallback` at epoch 0, every epoch up to
+`dense_epochs`, every `every_n_epochs`-th epoch and the last epoch; `EvolutionBound` every n-th and the last;
+`GradNormStopping` every n-th (epochs counted as finished epochs; 0 = before the first update)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ from lightning.pytorch import Trainer
 
 @dataclass(frozen=True)
 class Schedule:
+    """Measure after epoch e when e <= dense_epochs, e % every_n_epochs == 0, or (with `measure_last`) the fit
+    ends after e."""
+
     every_n_epochs: int = 10
     dense_epochs: int = 10
+    measure_last: bool = True
 
     def is_scheduled(self, epoch: int, last: bool = False) -> bool:
         """Whether the parameters after `epoch` finished epochs are measured."""
-        return last or epoch <= self.dense_epochs or epoch % self.every_n_epochs == 0
+        return (last and self.measure_last) or epoch <= self.dense_epochs or epoch % self.every_n_epochs == 0
 
     @staticmethod
     def is_last_epoch(trainer: Trainer, finished_epochs: int) -> bool:

@@ -8,14 +8,18 @@
     evolution/radius       r = max ||x - x'||_2 over the training points
     evolution/bound1       (2 / r) c_theta path_length + c_x0
     evolution/bound2       (2 / r) c_theta B eta t + c_x0 (B = clip_norm, eta = the largest lr seen, t updates)
-The formulas are in lipschitz_dd.bounds.evolution. Points: the datamodule's in-memory `train_x` (or the
-`points` argument), a seeded subset of `max_samples` of them.
+The formulas are in lipschitz_dd.bounds.evolution. Points: the `points` argument, else the datamodule's
+in-memory `train_x`, else the map-style dataset of the training loader; a seeded subset of `max_samples` of them.
+Measurements run with the model isolated (eval mode, parameters frozen, the global RNG restored: see
+`PackageCallback.isolated`), so training is the same with and without the callback.
 """
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
@@ -26,10 +30,12 @@ from lipschitz_dd.bounds.evolution import (
     path_length_step,
 )
 from lipschitz_dd.bounds.jacobian import jacobian_spectral_norms
-from lipschitz_dd.callbacks._points import datamodule_tensors, seeded_subset
+from lipschitz_dd.callbacks._base import PackageCallback
+from lipschitz_dd.callbacks._points import seeded_subset
+from lipschitz_dd.callbacks._schedule import Schedule
 
 
-class EvolutionBound(Callback):
+class EvolutionBound(PackageCallback):
     """Logs evolution/* (see the module doc) every `every_n_epochs` epochs, in `on_validation_epoch_end`
     (the row of the test loss) or, without validation, in `on_train_epoch_end`.
 
@@ -40,7 +46,21 @@ class EvolutionBound(Callback):
         batch_size: points per parameter-Jacobian batch (memory ~ batch_size x K x P numbers).
         points: explicit training points (default: the datamodule's train_x).
         seed: seed of the subset.
+
+    State across a checkpoint (`state_attributes`): the per-update path length, update count, largest lr,
+    C_theta so far, C_x0, r, the parameters after the last update and the last logged epoch.
     """
+
+    state_attributes: ClassVar[dict[str, str]] = {
+        "path_length": "path_length",
+        "steps": "steps",
+        "max_lr": "max_lr",
+        "c_theta": "c_theta",
+        "c_x0": "c_x0",
+        "radius": "radius",
+        "previous": "previous",
+        "logged_epoch": "_logged_epoch",
+    }
 
     def __init__(
         self,
@@ -55,6 +75,7 @@ class EvolutionBound(Callback):
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.every_n_epochs, self.clip_norm, self.max_samples = every_n_epochs, clip_norm, max_samples
         self.batch_size, self.points, self.seed = batch_size, points, seed
+        self.schedule = Schedule(every_n_epochs, dense_epochs=0)
         self.path_length, self.steps, self.max_lr, self.c_theta = 0.0, 0, 0.0, 0.0
         self.previous: dict[str, Tensor] = {}
         self.c_x0 = self.radius = float("nan")
@@ -62,10 +83,13 @@ class EvolutionBound(Callback):
         self._resumed = False
 
     def _points(self, trainer: Trainer, device: torch.device) -> Tensor:
-        x = self.points if self.points is not None else datamodule_tensors(trainer, "train")[0]
-        if x is None:
-            raise ValueError("EvolutionBound needs training points: a datamodule with train_x, or `points`")
-        return x[seeded_subset(len(x), self.max_samples, self.seed)].to(device)
+        try:
+            inputs = self.indexed_inputs(trainer, "train", explicit=self.points)
+        except ValueError as error:
+            raise ValueError(
+                f"EvolutionBound needs training points ({error}): a datamodule with train_x, or `points`"
+            ) from error
+        return inputs.rows(seeded_subset(len(inputs), self.max_samples, self.seed)).to(device)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if getattr(self, "_resumed", False):  # C_x0, r and C_theta so far come from the checkpoint
@@ -74,12 +98,9 @@ class EvolutionBound(Callback):
         x = self._points(trainer, pl_module.device)
         self.previous = {name: p.detach().clone() for name, p in pl_module.named_parameters()}
         self.radius = data_radius(x)
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.enable_grad():
+        with self.isolated(pl_module):
             self.c_x0 = max(float(jacobian_spectral_norms(pl_module, b).max()) for b in x.split(self.batch_size))
             self.c_theta = self._c_theta(pl_module, x)
-        pl_module.train(was_training)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         self.path_length += path_length_step(self.previous, pl_module)
@@ -98,15 +119,11 @@ class EvolutionBound(Callback):
 
     def _measure_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
-        if self._logged_epoch == epoch or (epoch % self.every_n_epochs and not last and not trainer.should_stop):
+        if self._logged_epoch == epoch or not self.is_due(trainer, epoch):
             return
         self._logged_epoch = epoch
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.enable_grad():
+        with self.isolated(pl_module):
             self.c_theta = max(self.c_theta, self._c_theta(pl_module, self._points(trainer, pl_module.device)))
-        pl_module.train(was_training)
         bound1, bound2 = evolution_bounds(
             self.c_theta, self.path_length, self.radius, self.c_x0, self.clip_norm, self.max_lr, self.steps
         )
@@ -122,26 +139,8 @@ class EvolutionBound(Callback):
         for name, value in metrics.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
 
-    def state_dict(self) -> dict:
-        """What a resumed run needs to continue the bounds: the per-update path length, update count, largest lr,
-        C_theta so far, C_x0, r, the parameters after the last update and the last logged epoch."""
-        return {
-            "path_length": self.path_length,
-            "steps": self.steps,
-            "max_lr": self.max_lr,
-            "c_theta": self.c_theta,
-            "c_x0": self.c_x0,
-            "radius": self.radius,
-            "previous": {name: p.detach().cpu().clone() for name, p in self.previous.items()},
-            "logged_epoch": self._logged_epoch,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.path_length, self.steps = float(state["path_length"]), int(state["steps"])
-        self.max_lr, self.c_theta = float(state["max_lr"]), float(state["c_theta"])
-        self.c_x0, self.radius = float(state["c_x0"]), float(state["radius"])
-        self.previous = dict(state["previous"])
-        self._logged_epoch = int(state["logged_epoch"])
+    def on_state_loaded(self, state_dict: dict[str, Any]) -> None:
+        self.previous = dict(self.previous)
         self._resumed = True
 
     def _c_theta(self, pl_module: LightningModule, x: Tensor) -> float:

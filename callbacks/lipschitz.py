@@ -40,9 +40,9 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from tqdm.auto import tqdm
@@ -50,12 +50,12 @@ from tqdm.auto import tqdm
 from lipschitz_dd import _lightning_internals as internals
 from lipschitz_dd.bounds.warm_lower import WARM_METHODS, MethodChoice
 from lipschitz_dd.callbacks._aliases import deprecated_options
+from lipschitz_dd.callbacks._base import PackageCallback
 from lipschitz_dd.callbacks._distributed import TrainerRanks
-from lipschitz_dd.callbacks._isolation import measurement_mode
 from lipschitz_dd.callbacks._logging import define_epoch_axis, log_epoch_row, write_row
 from lipschitz_dd.callbacks._measurement import measured_network
 from lipschitz_dd.callbacks._mlp_bounds import MLPBounds
-from lipschitz_dd.callbacks._points import PointSource, resolve_source
+from lipschitz_dd.callbacks._points import PointSource
 from lipschitz_dd.callbacks._schedule import Schedule
 from lipschitz_dd.callbacks.meter import JACOBIAN_METHODS, OPTIMISED, LipschitzMeter
 from lipschitz_dd.callbacks.options import Key, OptimisedBound, PointOptions, UpperBound
@@ -65,7 +65,7 @@ from lipschitz_dd.epoch_axis import on_epoch_axis
 __all__ = ["LipschitzCallback", "MLPBounds", "OptimisedBound", "PointOptions", "UpperBound"]
 
 
-class LipschitzCallback(Callback):
+class LipschitzCallback(PackageCallback):
     """Measures lower/upper bounds of the Lipschitz constant of `pl_module` during `fit` (see the module doc).
 
     Args:
@@ -91,6 +91,8 @@ class LipschitzCallback(Callback):
             options, upper_certified, optimised_*, jacobian_method, ...), mapped onto the groups with a
             DeprecationWarning (see callbacks/_aliases.py).
     """
+
+    state_attributes: ClassVar[dict[str, str]] = {"seed": "subset_seed"}  # and the meter's state (state_dict)
 
     def __init__(
         self,
@@ -124,6 +126,7 @@ class LipschitzCallback(Callback):
             raise ValueError(f"LipschitzCallback: method must be one of {WARM_METHODS}, got {method!r}")
         old = deprecated_options(deprecated, points, upper, optimised)
         self.every_n_epochs, self.dense_epochs = every_n_epochs, dense_epochs
+        self.schedule = Schedule(every_n_epochs, dense_epochs)
         self.points, self.upper, self.optimised = old.points, old.upper, old.optimised
         self.point_sets = list(point_sets or [])
         self.method, self.exact_max_outputs, self.jacobian_method = method, exact_max_outputs, old.jacobian_method
@@ -200,7 +203,7 @@ class LipschitzCallback(Callback):
     def is_scheduled(self, epoch: int, last: bool = False) -> bool:
         """Whether the parameters after `epoch` finished epochs are measured (0, 1..dense_epochs, multiples of
         every_n_epochs, the last)."""
-        return Schedule(self.every_n_epochs, self.dense_epochs).is_scheduled(epoch, last)
+        return self.schedule.is_scheduled(epoch, last)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # A fit is a new run (a resumed one gets its state back from the checkpoint after this hook), and so is
@@ -267,7 +270,7 @@ class LipschitzCallback(Callback):
         model = measured_network(pl_module, self.network, self.output, self._warn_once)
         if model is None:
             return {}
-        with measurement_mode(pl_module):
+        with self.isolated(pl_module):
             measurement = self.meter.measure(
                 model,
                 self._points(trainer),
@@ -296,20 +299,7 @@ class LipschitzCallback(Callback):
 
         def source(kind: str) -> PointSource | None:
             if kind not in self._sources:
-                p = self.points
-                explicit = (p.train_points, p.train_labels) if kind == "train" else (p.test_points, p.test_labels)
-                readers = dict(input_key=p.input_key, label_key=p.label_key, get_input=p.get_input)
-                self._sources[kind] = resolve_source(
-                    trainer,
-                    kind,
-                    *explicit,
-                    max_samples=p.max_samples,
-                    seed=p.seed,
-                    batch_size=p.batch_size,
-                    warn=self._warn_once,
-                    get_label=p.get_label,
-                    **readers,
-                )
+                self._sources[kind] = self.point_source(trainer, kind, self.points, self._warn_once)
                 if self._sources[kind] is None:
                     message = f"no {kind} points found (no datamodule or loader, no {kind}_points); skipping them"
                     self._warn_once(f"no-{kind}", f"LipschitzCallback: {message}")
@@ -338,13 +328,21 @@ class LipschitzCallback(Callback):
         entry = dict(method=choice.method, reason=choice.reason, requested=self.method, n_outputs=choice.n_outputs)
         return {"measurement": {**entry, "lower_exact": getattr(self, "_lower_exact", None)}}
 
-    def state_dict(self) -> dict[str, Any]:
-        """The meter's state (`LipschitzMeter.state_dict`: path, upper bound, counters, history, point sets'
-        state, this rank's warm-start vectors; a checkpoint holds rank 0's) and the subset seed."""
-        return {"seed": self.points.seed, **self.meter.state_dict(self._rank)}
+    @property
+    def subset_seed(self) -> int:
+        """The seed of the measured subset (`points.seed`); setting another one starts the run state afresh."""
+        return self.points.seed
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if int(state_dict["seed"]) != self.points.seed:
-            self.points = PointOptions(**{**vars(self.points), "seed": int(state_dict["seed"])})
+    @subset_seed.setter
+    def subset_seed(self, seed: int) -> None:
+        if int(seed) != self.points.seed:
+            self.points = PointOptions(**{**vars(self.points), "seed": int(seed)})
             self._reset_run_state()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The declared state (the subset seed) and the meter's (`LipschitzMeter.state_dict`: path, upper bound,
+        counters, history, point sets' state, this rank's warm-start vectors; a checkpoint holds rank 0's)."""
+        return {**super().state_dict(), **self.meter.state_dict(self._rank)}
+
+    def on_state_loaded(self, state_dict: dict[str, Any]) -> None:
         self.meter.load_state_dict(state_dict, self._rank)

@@ -34,33 +34,22 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torch.utils.data import default_collate
 
 from lipschitz_dd.bounds import jacobian_rows
-from lipschitz_dd.callbacks._isolation import measurement_mode, preserved_rng_state
-from lipschitz_dd.callbacks._points import (
-    Key,
-    batch_input,
-    datamodule_tensors,
-    is_streamed,
-    seeded_subset,
-    test_loader,
-    train_loader,
-)
+from lipschitz_dd.callbacks._base import PackageCallback
+from lipschitz_dd.callbacks._points import IndexedInputs, Key, seeded_subset
 from lipschitz_dd.run_folder import SNAPSHOT_FILE, write_atomic
 
-__all__ = ["SNAPSHOT_FILE", "FunctionSnapshot"]
+__all__ = ["SNAPSHOT_FILE", "FunctionSnapshot", "IndexedInputs"]
 
 
-class FunctionSnapshot(Callback):
+class FunctionSnapshot(PackageCallback):
     """At the end of `fit`, writes `<run_dir>/snapshot.npz`: logits at fixed test inputs, input Jacobians at
     fixed training inputs, the logits at zero and E||x||^2 over the test inputs (see the module docstring).
 
@@ -74,7 +63,8 @@ class FunctionSnapshot(Callback):
         batch_size: inputs per forward / backward pass.
         input_key: where the input is in a loader's batch (default element 0 / "x"); unused for `train_x`.
 
-    After fit, `path` is the file written (None if none) and `seconds` the time it took.
+    After fit, `path` is the file written (None if none) and `seconds` the time it took (no state across a
+    checkpoint: the snapshot is taken once, at the end of the fit).
     """
 
     def __init__(
@@ -114,11 +104,11 @@ class FunctionSnapshot(Callback):
             return
         start = time.perf_counter()
         try:
-            with preserved_rng_state(), measurement_mode(pl_module):
+            with self.isolated(pl_module):
                 arrays = self.snapshot(
                     pl_module,
-                    _inputs_of(trainer, "train", self.input_key),
-                    _inputs_of(trainer, "test", self.input_key),
+                    self.indexed_inputs(trainer, "train", self.input_key),
+                    self.indexed_inputs(trainer, "test", self.input_key),
                     pl_module.device,
                 )
             arrays["seconds"] = np.float32(time.perf_counter() - start)
@@ -176,43 +166,6 @@ class FunctionSnapshot(Callback):
         )
 
 
-class IndexedInputs:
-    """The inputs of a data set, addressable by row index: an in-memory tensor, or a map-style dataset whose
-    items are collated into a batch and reduced to its input with `batch_input`."""
-
-    def __init__(self, size: int, rows: Callable[[Tensor], Tensor]) -> None:
-        self.size = size
-        self._rows = rows
-
-    def __len__(self) -> int:
-        return self.size
-
-    def rows(self, indices: Tensor) -> Tensor:
-        """Inputs at the given row indices, [len(indices), ...], floating point, on the CPU or where they are."""
-        x = self._rows(indices)
-        if not isinstance(x, Tensor) or not x.is_floating_point():
-            raise ValueError(
-                f"FunctionSnapshot: inputs must be a floating-point Tensor, got {getattr(x, 'dtype', type(x).__name__)}"
-            )
-        return x.detach()
-
-    def mean_sq_norm(self, batch_size: int) -> float:
-        """E||x||^2 over every row (flattened input, Euclidean norm), accumulated in float64. Exact."""
-        total = 0.0
-        for chunk in torch.arange(self.size).split(batch_size):
-            total += float(self.rows(chunk).flatten(1).double().pow(2).sum())
-        return total / self.size
-
-    @classmethod
-    def from_tensor(cls, x: Tensor) -> IndexedInputs:
-        return cls(len(x), lambda indices: x[indices.to(x.device)])
-
-    @classmethod
-    def from_dataset(cls, dataset: Any, collate_fn: Callable | None, key: Key | None) -> IndexedInputs:
-        collate = collate_fn or default_collate
-        return cls(len(dataset), lambda indices: batch_input(collate([dataset[i] for i in indices.tolist()]), key))
-
-
 def _logits(model: nn.Module, x: Tensor) -> Tensor:
     """model(x), which must be one Tensor (the logits); a TypeError naming what it is otherwise."""
     out = model(x)
@@ -233,19 +186,3 @@ def _save_atomic(path: str, arrays: dict[str, np.ndarray]) -> str:
 def _sorted_subset(n: int, size: int, seed: int) -> Tensor:
     """Sorted indices of the fixed random subset of range(n) of size min(n, size) drawn with `seed`."""
     return seeded_subset(n, size, seed).sort().values
-
-
-def _inputs_of(trainer: Trainer, kind: str, key: Key | None) -> IndexedInputs:
-    """The training ("train") or test ("test") inputs of the fit (see the module docstring for the order)."""
-    x, _ = datamodule_tensors(trainer, kind)
-    if x is not None:
-        return IndexedInputs.from_tensor(x)
-    loader = train_loader(trainer) if kind == "train" else test_loader(trainer)
-    dataset = getattr(loader, "dataset", None)
-    if is_streamed(loader):
-        raise ValueError(
-            f"no {kind} inputs: the datamodule has no `{kind}_x` tensor and no loader with a map-style dataset"
-        )
-    if len(dataset) == 0:
-        raise ValueError(f"the {kind} set is empty")
-    return IndexedInputs.from_dataset(dataset, getattr(loader, "collate_fn", None), key)

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_info
 from lightning.pytorch.utilities.data import extract_batch_size
 
-from lipschitz_dd.callbacks._isolation import preserved_rng_state
+from lipschitz_dd.callbacks._base import PackageCallback
+from lipschitz_dd.callbacks._schedule import Schedule
 
 
 def _summed_loss_gradient(
@@ -63,7 +63,7 @@ def full_batch_gradient_norm(
     return float(torch.linalg.vector_norm(totals[:-2])) / count, float(totals[-2]) / count
 
 
-class GradNormStopping(Callback):
+class GradNormStopping(PackageCallback):
     """Logs `train/grad_norm`, the norm of the gradient of the mean training loss over the whole training set,
     and stops training once it is <= `target` (after `min_epochs` epochs). Maximum epochs: `Trainer(max_epochs)`.
 
@@ -81,6 +81,8 @@ class GradNormStopping(Callback):
     run ends with the same parameters with or without this callback.
     """
 
+    state_attributes: ClassVar[dict[str, str]] = {"converged": "converged", "last_grad_norm": "last_grad_norm"}
+
     def __init__(
         self,
         target: float | None = 0.01,
@@ -96,31 +98,25 @@ class GradNormStopping(Callback):
         self.min_epochs = min_epochs
         self.every_n_epochs = every_n_epochs
         self.enabled = enabled
+        self.schedule = Schedule(every_n_epochs, dense_epochs=0, measure_last=False)
         self.converged = False
         self.last_grad_norm: float | None = None
-
-    def _training_batches(self, trainer: Trainer) -> Iterable[Any]:
-        """The datamodule's `train_eval_dataloader()` if it has one, else `trainer.train_dataloader`."""
-        dm = trainer.datamodule
-        if dm is not None and hasattr(dm, "train_eval_dataloader"):
-            return dm.train_eval_dataloader()
-        return trainer.train_dataloader
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.enabled or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         epoch = trainer.current_epoch + 1
-        if epoch % self.every_n_epochs != 0:
+        if not self.is_due(trainer, epoch):
             return
         if not hasattr(pl_module, "batch_loss"):
             raise AttributeError("GradNormStopping needs the LightningModule to define batch_loss(batch) -> mean loss")
-        loader = self._training_batches(trainer)
-        was_training = pl_module.training
-        pl_module.eval()
+        loader = self.training_loader(trainer)
         device = pl_module.device
         # Under DDP every rank holds a shard (or all) of the training set: summed over ranks, it is the whole
         # set's gradient on every rank, so all ranks take the same stopping decision. One process: unchanged.
-        with _untouched_randomness(loader):
+        # The parameters stay trainable (the gradient is taken with autograd.grad, .grad untouched); the
+        # loader's own generators and the global RNG streams are restored after iterating it.
+        with self.isolated(pl_module, freeze_parameters=False, loaders=[loader]):
             batches = (move_data_to_device(b, device) for b in loader)
             grad_norm, _ = full_batch_gradient_norm(
                 pl_module,
@@ -128,7 +124,6 @@ class GradNormStopping(Callback):
                 pl_module.batch_loss,
                 reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"),
             )
-        pl_module.train(was_training)
         self.last_grad_norm = grad_norm
         pl_module.log("train/grad_norm", grad_norm, on_epoch=True, sync_dist=True)
         if (
@@ -140,35 +135,3 @@ class GradNormStopping(Callback):
             self.converged = True
             trainer.should_stop = True
             rank_zero_info(f"GradNormStopping: gradient norm {grad_norm:.3g} <= {self.target} at epoch {epoch}")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"converged": self.converged, "last_grad_norm": self.last_grad_norm}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.converged = state_dict.get("converged", False)
-        self.last_grad_norm = state_dict.get("last_grad_norm")
-
-
-def _loader_generators(loader: Any) -> list[torch.Generator]:
-    """The torch.Generators a loader draws its order or worker seeds from: `loader.generator`, its sampler's
-    and its batch sampler's sampler's (a DataLoader built with `generator=` or a seeded sampler)."""
-    sampler = getattr(loader, "sampler", None)
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    owners = (loader, sampler, getattr(batch_sampler, "sampler", None))
-    found = [getattr(owner, "generator", None) for owner in owners if owner is not None]
-    unique = {id(g): g for g in found if isinstance(g, torch.Generator)}
-    return list(unique.values())
-
-
-@contextmanager
-def _untouched_randomness(loader: Any) -> Iterator[None]:
-    """Inside, iterate `loader` freely: on exit the global RNG streams (torch CPU, every initialised CUDA
-    device, numpy, python `random`) and the loader's own generators are back where they were, so training
-    draws the same shuffles, dropout masks and worker seeds as without the iteration."""
-    generators = [(g, g.get_state()) for g in _loader_generators(loader)]
-    with preserved_rng_state():
-        try:
-            yield
-        finally:
-            for generator, state in generators:
-                generator.set_state(state)
