@@ -201,3 +201,42 @@ def test_closed_forms_and_bad_input():
         lipsdp_first_order(nn.Conv1d(1, 1, 1))
     with pytest.raises(ValueError, match="max_iter"):
         lipsdp_first_order(random_mlp((3, 4, 2), 0), memory=0)
+
+
+# ---------------------------------------------------------------- in the callback (lipschitz/upper_sdp)
+
+
+def test_callback_upper_sdp_uses_the_first_order_solver_warm_started_beyond_the_old_cap():
+    from lipschitz_dd.callbacks import MLPBounds
+    from lipschitz_dd.callbacks._mlp_bounds import MLPBoundsTracker
+
+    net = random_mlp((10, 64, 64, 3), 9)  # 128 hidden neurons: over the interior-point solver's cap of 100
+    tracker = MLPBoundsTracker(MLPBounds(sdp_every=1))
+    warnings = []
+
+    def warn(key, message):
+        warnings.append(message)
+
+    first = tracker.compute(net, lambda: None, 0, False, warn)
+    assert warnings == [] and "mlp/sdp" in first
+    assert tracker._sdp_previous is not None and not tracker._sdp_previous.warm_started
+    assert first["mlp/sdp"] == tracker._sdp_previous.value <= first["mlp/eclipse"]
+    with torch.no_grad():
+        net[0].weight.mul_(1.01)
+    second = tracker.compute(net, lambda: None, 1, True, warn)
+    assert tracker._sdp_previous.warm_started  # started from the first measurement's multipliers
+    assert second["mlp/sdp"] <= second["mlp/eclipse"]
+    assert second["mlp/sdp"] >= sampled_max(net)
+    # the interior-point solver keeps its cap
+    capped = MLPBoundsTracker(MLPBounds(sdp_every=1, sdp_solver="interior_point"))
+    assert "mlp/sdp" not in capped.compute(net, lambda: None, 0, False, warn)
+    assert "128 hidden neurons > sdp_max_neurons=100" in warnings[-1]
+
+
+def test_callback_sdp_options_are_checked():
+    from lipschitz_dd.callbacks import MLPBounds
+
+    with pytest.raises(ValueError, match="sdp_solver"):
+        MLPBounds(sdp_solver="mosek")
+    with pytest.raises(ValueError, match="sdp_time_limit"):
+        MLPBounds(sdp_time_limit=0)

@@ -201,7 +201,7 @@ def test_too_large_and_smooth_activations_are_not_available(tmp_path):
 
 def test_missing_cvxpy_is_not_available(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "cvxpy", None)  # import cvxpy raises ImportError
-    callback = LipschitzCallback(mlp_bounds=MLPBounds(sdp_every=1), progress_bar=False)
+    callback = LipschitzCallback(mlp_bounds=MLPBounds(sdp_every=1, sdp_solver="interior_point"), progress_bar=False)
     _, unavailable = fit(tmp_path, TemperedMLP(), callback)
     _one_warning_per_bound(unavailable, {"lipschitz/upper_sdp": "cvxpy"})
     assert not any("lipschitz/upper_sdp" in h for h in callback.history)

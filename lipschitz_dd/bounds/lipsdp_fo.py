@@ -87,6 +87,7 @@ class FirstOrderLipSDPResult:
 # a warm start (init=) begins at WARM_STAGE
 SMOOTHING = (1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 WARM_STAGE = 2
+WARM_RESCALE = (1.1, 1.03, 1.0, 0.97, 0.93, 0.85, 0.7, 0.5)  # factors tried on a warm start's T'
 ARMIJO = 1e-4
 
 
@@ -250,9 +251,13 @@ def lipsdp_first_order(
             raw = [np.asarray(t, np.float64) * s for t, s in zip(init.multipliers, scales, strict=True)]
             t_init = np.maximum(np.concatenate(raw), 1e-300)
             u_init = torch.log(torch.as_tensor(t_init, device=u.device))
-            state_init = problem.forward(split(u_init))
-            if state_init is not None and float(state_init[0][-1]) < float(state[0][-1]):
-                u, state, warm = u_init, state_init, True
+            # T' ~ T / rho moves against the constant as the weights change (a larger constant: smaller T',
+            # and the old T' may lie outside the domain): try it rescaled, keep the best (log rho is convex
+            # along the ray)
+            for gamma in WARM_RESCALE:
+                state_init = problem.forward(split(u_init + math.log(gamma)))
+                if state_init is not None and float(state_init[0][-1]) < float(state[0][-1]):
+                    u, state, warm = u_init + math.log(gamma), state_init, True
         best_rho, best_u = float(state[0][-1]), u.clone()
         history = [best_rho]
         iterations, stopped_by = 0, "tolerance"
