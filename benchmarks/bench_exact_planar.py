@@ -2,8 +2,7 @@
 
 Trains the study's toy as issue 22 sets it, in a plain PyTorch loop: three isotropic Gaussians (identity
 covariance), means at distance 1.5 from the origin at -90 / 30 / 150 degrees, 15 training and 5 test points
-per class (``lipschitz_dd.data.synthetic.study_toy2d``, NumPy seed 0; torch seed 0 is set before it as the
-study does), FCN 2-100-100-3 with biases (``torch.manual_seed(42)`` before building), full-batch gradient
+per class (``lipschitz_dd.data.synthetic.study_toy2d``: the study's draws, a torch generator seeded 0), FCN 2-100-100-3 with biases (``torch.manual_seed(42)`` before building), full-batch gradient
 descent on the mean cross-entropy at a constant lr 0.02 for 100,000 steps (float32, one thread). Then, in
 float64, it prints beside the study's published numbers:
 

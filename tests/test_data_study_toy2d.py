@@ -8,18 +8,22 @@ from lipschitz_dd.data.synthetic import study_toy2d
 
 
 def test_study_toy2d_has_the_studys_sizes_means_and_seed():
-    state = np.random.get_state()[1].copy()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
     x_train, y_train, x_test, y_test = study_toy2d()
-    assert np.array_equal(np.random.get_state()[1], state)  # the global NumPy state is untouched
+    assert torch.equal(torch.get_rng_state(), state)  # the global torch RNG is untouched
     assert x_train.shape == (45, 2) and x_test.shape == (15, 2) and x_train.dtype == torch.float32
     assert torch.equal(torch.bincount(y_train), torch.tensor([15, 15, 15]))
     assert torch.equal(torch.bincount(y_test), torch.tensor([5, 5, 5]))
-    # exactly np.random.seed(0) followed by standard-normal draws, class by class, training points first
-    rng = np.random.RandomState(0)
+    # the study's draws: torch.manual_seed(0), then for each class mean + a standard-normal (15, 2) float32 draw
+    # (torch.distributions.MultivariateNormal with identity covariance), training points of every class first
+    torch.manual_seed(0)
     angles = np.deg2rad([-90.0, 30.0, 150.0])
     means = 1.5 * np.stack([np.cos(angles), np.sin(angles)], 1)
-    expected = np.concatenate([m + rng.standard_normal((15, 2)) for m in means])
-    np.testing.assert_allclose(x_train.numpy(), expected, rtol=1e-6)
+    dists = [torch.distributions.MultivariateNormal(torch.Tensor(m), torch.eye(2)) for m in means]
+    expected_train = torch.vstack([d.sample((15,)) for d in dists])
+    expected_test = torch.vstack([d.sample((5,)) for d in dists])
+    assert torch.equal(x_train, expected_train) and torch.equal(x_test, expected_test)
     assert means[0] == pytest.approx([0.0, -1.5], abs=1e-12)
     again = study_toy2d()
     assert all(torch.equal(a, b) for a, b in zip(again, (x_train, y_train, x_test, y_test), strict=True))

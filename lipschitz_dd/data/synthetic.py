@@ -102,17 +102,20 @@ def study_toy2d(
     """The study's 2-D toy data: class k is N(mu_k, I) (identity covariance) with mean
     mu_k = radius * (cos theta_k, sin theta_k), theta_k in ``angles_deg`` (-90, 30, 150 degrees), 15 training
     and 5 test points per class. Returns (x_train, y_train, x_test, y_test), float32 inputs, labels sorted by
-    class. Drawn as np.random.seed(seed) followed by standard-normal draws would give (a private
-    ``RandomState(seed)``: the global NumPy state is untouched): for each class in order its training points,
-    then for each class its test points. The study seeds NumPy and torch with 0 but does not publish its draw
-    order, so the points (not the distribution) may differ from the study's."""
+    class.
+
+    The draws follow the study's published notebook: the means are computed in float64 and stored as float32, and
+    a torch generator seeded with ``seed`` (0 in the study, where it is the global generator after
+    ``torch.manual_seed(0)``) draws standard-normal float32 pairs class by class, first the training points of
+    every class, then the test points; a sample is mean + noise (the Cholesky factor of I is I, so a
+    multivariate-normal sample is exactly that). A private generator is used: the global RNG is untouched."""
     _check_sizes(train_per_class=train_per_class, test_per_class=test_per_class)
-    rng = np.random.RandomState(seed)
+    generator = torch.Generator().manual_seed(seed)
     angles = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
-    means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    means = torch.from_numpy(radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)).float()
     parts = []
     for per_class in (train_per_class, test_per_class):
-        x = np.concatenate([mean + rng.standard_normal((per_class, 2)) for mean in means])
-        y = np.repeat(np.arange(len(means)), per_class)
-        parts += [torch.from_numpy(x).float(), torch.from_numpy(y).long()]
+        x = torch.cat([mean + torch.empty(per_class, 2).normal_(generator=generator) for mean in means])
+        y = torch.arange(len(means)).repeat_interleave(per_class)
+        parts += [x, y]
     return parts[0], parts[1], parts[2], parts[3]
