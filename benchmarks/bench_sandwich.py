@@ -26,7 +26,6 @@ from lipschitz_dd.bounds import (
     eclipse_fast,
     exact_lipschitz,
     jacobian_spectral_norms,
-    mlp_from_module,
     optimised_lower_bound,
     product_bound,
 )
@@ -108,8 +107,8 @@ def main() -> None:
         sampled, t_sampled = timed(lambda net=net, x=x: float(jacobian_spectral_norms(net, x).max()))
         opt, t_opt = timed(lambda net=net, x=x: optimised_lower_bound(net, x, top_m=16, steps=100).value)
         exact, t_exact = timed(lambda net=net, budget=budget: exact_lipschitz(net, time_limit=budget))
-        ecl, t_ecl = timed(lambda net=net: eclipse_fast(net))
-        prod, t_prod = timed(lambda net=net: product_bound(mlp_from_module(net)))
+        ecl, t_ecl = timed(lambda net=net: eclipse_fast(net).value)
+        prod, t_prod = timed(lambda net=net: product_bound(net).value)
         sdp, t_sdp = None, None
         if lipsdp_neuron is not None and sum(sizes[1:-1]) <= SDP_MAX_NEURONS:
             sdp, t_sdp = timed(lambda net=net: lipsdp_neuron(net).value)

@@ -124,7 +124,7 @@ class EvolutionBound(PackageCallback):
         self._logged_epoch = epoch
         with self.isolated(pl_module):
             self.c_theta = max(self.c_theta, self._c_theta(pl_module, self._points(trainer, pl_module.device)))
-        bound1, bound2 = evolution_bounds(
+        bounds = evolution_bounds(
             self.c_theta, self.path_length, self.radius, self.c_x0, self.clip_norm, self.max_lr, self.steps
         )
         metrics = {
@@ -132,10 +132,10 @@ class EvolutionBound(PackageCallback):
             "evolution/c_theta": self.c_theta,
             "evolution/c_x0": self.c_x0,
             "evolution/radius": self.radius,
-            "evolution/bound1": bound1,
+            "evolution/bound1": bounds.bound1.value,
         }
         if self.clip_norm is not None:
-            metrics["evolution/bound2"] = bound2
+            metrics["evolution/bound2"] = bounds.bound2.value
         for name, value in metrics.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
 

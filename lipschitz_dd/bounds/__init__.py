@@ -35,6 +35,7 @@ from lipschitz_dd.bounds.points import (
     pgd_perturbations,
     project_to_box,
 )
+from lipschitz_dd.bounds.result import Bound, BoundResult
 from lipschitz_dd.bounds.upper import LayerConstant, UpperBoundEstimator, UpperBoundResult, upper_bound
 from lipschitz_dd.bounds.warm_lower import (
     LeftVectorStore,
@@ -47,6 +48,8 @@ from lipschitz_dd.bounds.warm_lower import (
 )
 
 __all__ = [
+    "Bound",
+    "BoundResult",
     "LayerConstant",
     "LowerBoundStats",
     "OptimisedLowerBound",
@@ -108,6 +111,7 @@ from lipschitz_dd.bounds.diagnostics import (  # noqa: E402
     subsample_error,
 )
 from lipschitz_dd.bounds.evolution import (  # noqa: E402
+    EvolutionBounds,
     data_radius,
     evolution_bounds,
     parameter_jacobian_norms,
@@ -122,6 +126,7 @@ from lipschitz_dd.bounds.outputs import SoftmaxOutput  # noqa: E402
 
 __all__ += [
     "CorrectnessSplit",
+    "EvolutionBounds",
     "LinearisationCheck",
     "SoftmaxOutput",
     "SubsampleError",

@@ -11,9 +11,13 @@ estimates of a bound: C_theta and C_x are maxima over measured points and checkp
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
+
+from lipschitz_dd.bounds.result import Bound
 
 
 def parameter_jacobian_norms(model: nn.Module, x: Tensor) -> Tensor:
@@ -48,6 +52,15 @@ def path_length_step(previous: dict[str, Tensor], model: nn.Module) -> float:
     return float(total.sqrt())
 
 
+class EvolutionBounds(NamedTuple):
+    """Bound 1 and Bound 2 of the module docstring, each a `Bound` (a float): kind "estimate" of an upper bound
+    on the constant after t updates, errs "low" (C_theta and C_x are maxima over measured points and
+    checkpoints), not certified. Unpacks as (bound1, bound2)."""
+
+    bound1: Bound
+    bound2: Bound
+
+
 def evolution_bounds(
     c_theta: float,
     path_length: float,
@@ -56,12 +69,16 @@ def evolution_bounds(
     clip_norm: float | None = None,
     max_lr: float | None = None,
     steps: int = 0,
-) -> tuple[float, float]:
-    """(Bound 1, Bound 2) of the module docstring; Bound 2 is NaN without a clipping norm or a learning rate."""
+) -> EvolutionBounds:
+    """(Bound 1, Bound 2) of the module docstring (see `EvolutionBounds`); Bound 2 is NaN without a clipping
+    norm or a learning rate."""
     bound1 = 2.0 / radius * c_theta * path_length + c_x0
     bound2 = (
         float("nan")
         if clip_norm is None or max_lr is None
         else 2.0 / radius * c_theta * clip_norm * max_lr * steps + c_x0
     )
-    return bound1, bound2
+    return EvolutionBounds(
+        Bound(bound1, "estimate", errs="low", certified=False, method="evolution bound 1 (path length)"),
+        Bound(bound2, "estimate", errs="low", certified=False, method="evolution bound 2 (clip norm x lr x steps)"),
+    )

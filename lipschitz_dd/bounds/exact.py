@@ -61,7 +61,9 @@ class ExactLipschitz:
     """lower: max ||J_R||_2 over verified regions (a valid lower bound: a Jacobian norm at a real interior
     point, ``point``); upper: certified upper bound (== lower when ``exact``); exact: the search finished;
     regions: full patterns evaluated (the rest pruned or empty); lps: linear programs solved; pruned: nodes
-    cut by their bound; seconds: wall time; method: "closed form", "enumeration" or "branch and bound"."""
+    cut by their bound; seconds: wall time; method: "closed form", "enumeration" or "branch and bound". As a
+    bound (`BoundResult`): value = lower, kind "exact" (errs "none") when exact else "lower" (errs "low"),
+    certified."""
 
     lower: float
     upper: float
@@ -78,6 +80,18 @@ class ExactLipschitz:
     def value(self) -> float:
         """The exact constant when the search finished, else the lower end of the interval (a lower bound)."""
         return self.lower
+
+    # the common result protocol (lipschitz_dd.bounds.result)
+    certified = True
+
+    @property
+    def kind(self) -> str:
+        """ "exact" when the search finished, else "lower" (value = the lower end; `upper` bounds it above)."""
+        return "exact" if self.exact else "lower"
+
+    @property
+    def errs(self) -> str:
+        return "none" if self.exact else "low"
 
 
 def _norm2(m: np.ndarray) -> float:

@@ -33,7 +33,8 @@ class LowerBoundStats:
     measure (the warm estimator), the sum over tol_count points of the relative change of their last
     iteration (0 for exact values); both 0 for plain norms (then `avg_tol` is nan and `has_tol` False).
     Reduce across processes (`merge`): count, sum, sum_sq, tol_sum, tol_count add; max -> max. A NaN norm
-    (diverged model) propagates: max, mean and rms become NaN.
+    (diverged model) propagates: max, mean and rms become NaN. As a bound (`BoundResult`): value = max,
+    kind "lower", errs "low", certified (each n_i is ||J v|| for an explicit unit v at a real point, or exact).
     """
 
     count: int = 0
@@ -59,6 +60,16 @@ class LowerBoundStats:
     def rms(self) -> float:
         """sqrt(sum_sq / count); nan when empty."""
         return math.sqrt(self.sum_sq / self.count) if self.count else math.nan
+
+    # the common result protocol (lipschitz_dd.bounds.result): value = max, a certified lower bound
+    kind = "lower"
+    errs = "low"
+    certified = True
+
+    @property
+    def value(self) -> float:
+        """The lower bound C_lower = max n_i (the same as `max`; 0.0 when empty)."""
+        return self.max
 
     @property
     def avg_tol(self) -> float:

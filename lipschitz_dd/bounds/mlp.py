@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+from lipschitz_dd.bounds.result import Bound
+
 PASS_THROUGH = (nn.Flatten, nn.Identity, nn.Dropout)
 
 
@@ -156,11 +158,14 @@ def is_mlp(module: nn.Module) -> bool:
     return True
 
 
-def product_bound(mlp: MLP) -> float:
-    """prod_k ||W_k||_2 * prod_k max(|alpha_k|, |beta_k|): the naive certified upper bound (L2)."""
+def product_bound(model_or_mlp: nn.Module | MLP) -> Bound:
+    """prod_k ||W_k||_2 * prod_k max(|alpha_k|, |beta_k|): the naive certified upper bound (L2) of an MLP (an
+    nn.Sequential of Linear and activations, see `mlp_from_module`, or an :class:`MLP`). A `Bound` (a float):
+    kind "upper", errs "high", certified."""
+    mlp = model_or_mlp if isinstance(model_or_mlp, MLP) else mlp_from_module(model_or_mlp)
     value = 1.0
     for w in mlp.weights:
         value *= float(np.linalg.norm(w, 2))
     for act in mlp.activations:
         value *= max(abs(act.slope_range[0]), abs(act.slope_range[1]))
-    return value
+    return Bound(value, "upper", certified=True, method="product of layer norms")

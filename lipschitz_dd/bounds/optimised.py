@@ -55,6 +55,11 @@ class OptimisedLowerBound:
     start_value: float
     values: Tensor
 
+    # the common result protocol (lipschitz_dd.bounds.result)
+    kind = "lower"
+    errs = "low"
+    certified = True
+
 
 class TopPoints:
     """The m points with the largest ||J(x)||_2 seen so far, kept while streaming (memory ~ m + one batch).

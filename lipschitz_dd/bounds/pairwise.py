@@ -11,6 +11,7 @@ from torch import Tensor
 
 from lipschitz_dd.bounds.jacobian import check_eval_mode
 from lipschitz_dd.bounds.lower import model_device
+from lipschitz_dd.bounds.result import Bound
 
 
 def _exact_distances(a: Tensor, b: Tensor) -> Tensor:
@@ -26,8 +27,8 @@ def pairwise_lipschitz(
     max_points: int = 2000,
     generator: torch.Generator | None = None,
     batch_size: int = 1024,
-) -> float:
-    """max_{i != j} ||f(x_i) - f(x_j)||_2 / ||x_i - x_j||_2 over a subsample of the rows of x.
+) -> Bound:
+    """max_{i != j} ||f(x_i) - f(x_j)||_2 / ||x_i - x_j||_2 over a subsample of the rows of x, for any nn.Module f.
 
     If x has more than ``max_points`` rows, a uniform subsample of that many (without replacement, drawn
     with ``generator``; a fresh one seeded 0 if None) is used. Inputs and logits are flattened; pairs of
@@ -38,6 +39,8 @@ def pairwise_lipschitz(
     Pairs closer than sqrt(eps) * max(||x_i||, ||x_j||) (eps: the dtype's machine epsilon, ~3e-4 relative in
     float32) are skipped too: there the rounding error of f(x_i) - f(x_j), divided by the tiny distance, could
     exceed the true ratio (float32 points one ulp apart gave 20x the Lipschitz constant).
+
+    A `Bound` (a float): kind "lower", errs "low", certified.
     """
     check_eval_mode(model)
     if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] < 2:
@@ -68,4 +71,4 @@ def pairwise_lipschitz(
             # resolved >= 0, so this also skips identical inputs
             ratio = torch.where(input_distance > resolved, output_distance / safe_distance, 0.0)
             best = torch.maximum(best, ratio.max())
-    return float(best)
+    return Bound(float(best), "lower", certified=True, method="pairwise ratios")

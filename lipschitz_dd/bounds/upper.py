@@ -47,13 +47,24 @@ class LayerConstant:
 @dataclass(frozen=True)
 class UpperBoundResult:
     """value: the upper bound on sup_x ||J(x)||_2 (None when not available); mode: "power" (layer norms
-    by power iteration: an estimate that can be slightly low) or "certified" (guaranteed >= the truth)."""
+    by power iteration: an estimate that can be slightly low) or "certified" (guaranteed >= the truth). As a
+    bound (`BoundResult`): kind "upper", errs "high", `certified` as the mode says."""
 
     value: float | None
     available: bool
     reason: str | None
     mode: str
     layers: list[LayerConstant] = field(default_factory=list)
+
+    # the common result protocol (lipschitz_dd.bounds.result)
+    kind = "upper"
+    errs = "high"
+
+    @property
+    def certified(self) -> bool:
+        """Whether value >= the Lipschitz constant is guaranteed: mode "certified" and available (the power mode
+        errs high in practice but its layer norms may be slightly low)."""
+        return self.available and self.mode == "certified"
 
 
 class UpperBoundEstimator:

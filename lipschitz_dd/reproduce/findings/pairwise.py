@@ -35,7 +35,7 @@ def bounds_at_checkpoints(record) -> list[dict]:
         model, x, _ = load_trained(record, checkpoint=path)
         c_lower = float(_norms(model, x).max())
         generator = torch.Generator().manual_seed(0)
-        c_alt = pairwise_lipschitz(model, x, max_points=MAX_PAIR_POINTS, generator=generator)
+        c_alt = pairwise_lipschitz(model, x, max_points=MAX_PAIR_POINTS, generator=generator).value
         epoch = checkpoint_epoch(path)
         rows.append(
             {
