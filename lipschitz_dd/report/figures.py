@@ -243,7 +243,8 @@ def plot_heatmap(table: pd.DataFrame, x: str, hue: str | None, path: Path) -> Pa
                 cbar_kws={"label": label(metric)},
             )
             ax.invert_yaxis()
-            ax.set(title=f"{label(metric)} (mean over seeds)", xlabel=label(x), ylabel=label(hue))
+            over = " (mean over seeds)" if _has_repeats(data, [x, hue]) else " (one seed)"
+            ax.set(title=label(metric) + over, xlabel=label(x), ylabel=label(hue))
             if log_colours:
                 tidy_log_ticks(ax.collections[0].colorbar.ax)
     return _save(figure, path)
