@@ -40,7 +40,9 @@ from torch import nn
 import lipschitz_dd.bounds.warm_iteration as warm_iteration
 import lipschitz_dd.bounds.warm_lower as warm_lower
 import lipschitz_dd.bounds.warm_refine as warm_refine
-from lipschitz_dd.bounds import WarmLowerBound, jacobian_rows, jacobian_spectral_norms, warm_spectral_norms
+from lipschitz_dd.bounds import WarmLowerBound, jacobian_spectral_norms
+from lipschitz_dd.bounds.jacobian import jacobian_rows
+from lipschitz_dd.bounds.warm_iteration import warm_spectral_norms
 from lipschitz_dd.models.cnn import build_cnn
 
 WARM_CONFIGS = [(1, 1), (2, 1), (2, 2), (3, 2), (2, 3)]  # (block r, max iterations t); 2/3 = the defaults

@@ -32,9 +32,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lipschitz_dd.bounds import LowerBoundStats, TopPoints, jacobian_spectral_norms, optimised_lower_bound
+from lipschitz_dd.bounds import LowerBoundStats, jacobian_spectral_norms, optimised_lower_bound
 from lipschitz_dd.bounds.jacobian import float32_measurement
 from lipschitz_dd.bounds.lower import model_device
+from lipschitz_dd.bounds.optimised import TopPoints
 from lipschitz_dd.bounds.warm_lower import MethodChoice, free_memory_bytes
 from lipschitz_dd.callbacks._isolation import measurement_mode, preserved_rng_state
 from lipschitz_dd.callbacks._mlp_bounds import REDUCTIONS as MLP_REDUCTIONS

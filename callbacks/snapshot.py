@@ -41,7 +41,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lipschitz_dd.bounds import jacobian_rows
+from lipschitz_dd.bounds.jacobian import jacobian_rows
 from lipschitz_dd.callbacks._base import PackageCallback
 from lipschitz_dd.callbacks._points import IndexedInputs, Key, seeded_subset
 from lipschitz_dd.run_folder import SNAPSHOT_FILE, write_atomic

@@ -15,9 +15,9 @@ from lipschitz_dd.bounds import (
     exact_lipschitz_planar,
     jacobian_spectral_norms,
     mlp_from_module,
-    planar_regions,
     product_bound,
 )
+from lipschitz_dd.bounds.exact_planar import planar_regions
 
 
 def random_mlp(sizes, seed, activation=nn.ReLU):

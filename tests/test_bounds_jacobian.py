@@ -4,12 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from lipschitz_dd.bounds import (
-    jacobian_rows,
-    jacobian_spectral_norms,
-    power_iteration_spectral_norms,
-    top_singular_triplets,
-)
+from lipschitz_dd.bounds import jacobian_spectral_norms
+from lipschitz_dd.bounds.jacobian import jacobian_rows, power_iteration_spectral_norms, top_singular_triplets
 
 
 def reference_norms(model, x):

@@ -11,13 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from lipschitz_dd.bounds import (
-    LeftVectorStore,
-    WarmLowerBound,
-    choose_method,
-    jacobian_spectral_norms,
-    warm_spectral_norms,
-)
+from lipschitz_dd.bounds import WarmLowerBound, jacobian_spectral_norms
+from lipschitz_dd.bounds.warm_lower import LeftVectorStore, choose_method, warm_spectral_norms
 
 
 @pytest.fixture

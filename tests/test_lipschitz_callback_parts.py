@@ -18,7 +18,8 @@ import torch
 from conftest import ToyData, ToyNet, dense_jacobian_norms, make_trainer, toy_arrays, without_timing
 from lightning.pytorch.callbacks import LearningRateMonitor
 
-from lipschitz_dd.bounds import LowerBoundStats, TopPoints
+from lipschitz_dd.bounds import LowerBoundStats
+from lipschitz_dd.bounds.optimised import TopPoints
 from lipschitz_dd.callbacks import LipschitzCallback
 from lipschitz_dd.callbacks._distributed import reduce_stats
 from lipschitz_dd.callbacks.point_sets import NoisePoints, PointSet
@@ -272,7 +273,7 @@ class WarmPowerPoints(PointSet):
         return x
 
     def norms(self, model, points, jacobian_norms):
-        from lipschitz_dd.bounds import power_iteration_spectral_norms
+        from lipschitz_dd.bounds.jacobian import power_iteration_spectral_norms
 
         init = self.vectors[self._batch] if self._batch < len(self.vectors) else None
         result = power_iteration_spectral_norms(model, points, init=init, max_iter=self.iterations, tol=0.0)

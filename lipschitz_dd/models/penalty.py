@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from lipschitz_dd.bounds import top_singular_triplets
+from lipschitz_dd.bounds.jacobian import top_singular_triplets
 
 
 def jacobian_norm_penalty(model: Callable[[Tensor], Tensor], x: Tensor, **method_options) -> tuple[Tensor, Tensor]:
@@ -22,7 +22,7 @@ def jacobian_norm_penalty(model: Callable[[Tensor], Tensor], x: Tensor, **method
     ``model`` over the batch ``x``, differentiable in the model's parameters, and the logits ``model(x)``
     from the same forward pass (so a loss can reuse them).
 
-    The singular vectors come from ``lipschitz_dd.bounds.top_singular_triplets`` (exact for few logits, else
+    The singular vectors come from ``lipschitz_dd.bounds.jacobian.top_singular_triplets`` (exact for few logits, else
     power iteration, whose value errs low) and are treated as constants; the returned value is
     ``u_b^T J(x_b) v_b`` at the arg-max sample b, whose parameter gradient is ``u_b^T (dJ(x_b)) v_b``.
     ``method_options`` go to top_singular_triplets.
