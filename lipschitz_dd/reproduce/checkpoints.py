@@ -135,6 +135,21 @@ def load_trained(
     model = model_class(**{k: v for k, v in arguments.items() if not k.startswith("_")})
     model.load_state_dict(state["state_dict"])
     model.eval()
+    x, y = _split(data_class, config, split)
+    return model, x, y
+
+
+def _split(data_class: type, config: dict[str, Any], split: str) -> tuple[torch.Tensor, torch.Tensor]:
     data = data_class(**(config["data"].get("init_args") or {}))
     data.setup("fit")
-    return model, getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
+    return getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
+
+
+def load_data(record: RunRecord, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's `split` ("train" or "test") points and labels, rebuilt from its config.yaml (the same subset,
+    label noise and seeds as the run) by its trusted data class; no checkpoint needed."""
+    config_path = record.path / "config.yaml"
+    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else None
+    if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
+        raise ValueError(f"{config_path}: no data section")
+    return _split(trusted_class(config["data"].get("class_path"), "data", config_path), config, split)

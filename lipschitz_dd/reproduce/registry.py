@@ -2,8 +2,9 @@
 
 A finding says what it tests (section, claim, the study's numbers), what it runs (a shipped sweep file with
 per-scale overrides of its parameters) and how its runs are read (`analyse`: run records -> figures and the
-numbers of `summary.md`). Add one by writing a module under lipschitz_dd/reproduce/findings/ that calls
-`register(Finding(...))`, and importing it in findings/__init__.py.
+numbers of `summary.md`, and the checks its verdict is derived from: reproduce/verdict.py). Add one by writing a
+module under lipschitz_dd/reproduce/findings/ that calls `register(Finding(...))`: every module of that package
+is imported (and so registered) when the catalogue is first asked for.
 
 Scales: "quick" (tens of seconds on one thread: CI smoke tests, a first look), "cpu" (the result that goes in
 docs/reproduction.md), "full" (the study's own scale, for a GPU machine or a W&B agent). A scale is only a dict
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lipschitz_dd.reproduce.verdict import MIN_SEEDS, Check, Verdict, decide
+
 SCALES = ("quick", "cpu", "full")
 
 # `Finding.data` of the findings whose runs read these sets (paths relative to the working directory, as the runs'
@@ -28,13 +31,34 @@ CIFAR10 = "CIFAR-10 (python version) in data/cifar-10-batches-py"
 
 @dataclass
 class Analysis:
-    """What `Finding.analyse` returns: the figures it wrote, Markdown lines of numbers, a short verdict; `error`
-    (one line) when the analysis raised instead (set by run.safe_analyse, never by an analysis)."""
+    """What `Finding.analyse` returns: the figures it wrote, Markdown lines of numbers, the declared checks
+    (verdict.Check) its verdict is derived from, and a note (a sentence read with the verdict, never parsed);
+    `error` (one line) when the analysis raised instead (set by run.safe_analyse, never by an analysis)."""
 
     figures: list[Path] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
-    verdict: str = ""
+    checks: list[Check] = field(default_factory=list)
+    note: str = ""
     error: str | None = None
+
+    @property
+    def verdict(self) -> Verdict | None:
+        """verdict.decide over the checks (None when the analysis raised)."""
+        return None if self.error is not None else decide(self.checks)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The last measured cpu-scale result of a finding, as the catalogue shows it: the verdict derived then, how
+    many seeds it rested on, the measured wall time in minutes on this project's 2-core machine (None: not
+    timed), the date, and whether the run shared the cores with other work (times then run long)."""
+
+    verdict: str
+    seeds: int
+    minutes: float | None
+    date: str
+    shared: bool = False
+    note: str = ""
 
 
 @dataclass
@@ -56,6 +80,9 @@ class Finding:
     prepare(scale, folder) -> {sweep parameter: value}: called by `run_finding` before the sweep runs, in the
     finding's output folder: writes what the runs need (e.g. a tiny generated data set) and returns parameter
     overrides (e.g. its path); raises FileNotFoundError with one line when the runs cannot have what they need.
+    setting: what the cpu scale runs, in a few words (the catalogue's "setting" column). compares: its verdict
+    compares widths, settings or epochs (then the cpu scale runs at least MIN_SEEDS seeds, and a recorded
+    result with fewer is shown as undecided). recorded: the last measured cpu-scale result (Recorded).
     """
 
     name: str
@@ -72,6 +99,22 @@ class Finding:
     needs: str | None = None
     data: str | None = None
     prepare: Callable[[str, Path], dict[str, Any]] | None = None
+    setting: str = ""
+    compares: bool = False
+    recorded: Recorded | None = None
+
+    def catalogue_verdict(self) -> str:
+        """The verdict the catalogue shows: the recorded one, or `undecided (n seed(s); rerun with 3)` when the
+        verdict compares across runs and the recorded result rests on fewer than MIN_SEEDS seeds."""
+        if self.needs:
+            return "not runnable here"
+        if self.recorded is None:
+            return "not run yet"
+        r = self.recorded
+        if self.compares and r.seeds < MIN_SEEDS:
+            plural = "s" if r.seeds != 1 else ""
+            return f"undecided ({r.seeds} seed{plural}; rerun with {MIN_SEEDS}); that run read: {r.verdict}"
+        return r.verdict
 
     def __post_init__(self) -> None:
         if self.needs is None and ((self.sweep is None) == (self.config is None) or self.analyse is None):
@@ -94,7 +137,7 @@ def register(finding: Finding) -> Finding:
 
 def findings() -> list[Finding]:
     """Every registered finding, in the order of their section numbers (the study's order)."""
-    import lipschitz_dd.reproduce.findings  # noqa: F401  (registers them)
+    import lipschitz_dd.reproduce.findings  # noqa: F401  (imports every module of the package: registers them)
 
     def key(finding: Finding) -> tuple[int, ...]:
         return tuple(int(part) for part in finding.number.split(".") if part.isdigit()) or (10**6,)

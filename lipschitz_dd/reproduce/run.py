@@ -3,7 +3,8 @@
 Folder of `lipschitz-dd reproduce NAME --out OUT` at scale S:
     OUT/NAME/S/<sweep>.yaml          the shipped sweep with the scale's parameters (the file the runner runs)
     OUT/NAME/S/<sweep>/              the sweep runner's folder (sweep.db, runs/, logs/): re-running resumes
-    OUT/NAME/S/summary.md            the numbers that test the claim, beside the study's
+    OUT/NAME/S/summary.md            the numbers that test the claim, beside the study's; its checks and
+                                     verdict (reproduce/verdict.py; none at quick scale: a smoke test)
     OUT/NAME/S/*.png                 the finding's figures
     OUT/NAME/S/analysis_error.txt    the traceback, when the analysis raised
 
@@ -24,6 +25,7 @@ from typing import Any
 import yaml
 
 from lipschitz_dd.reproduce.registry import SCALES, Analysis, Finding
+from lipschitz_dd.reproduce.verdict import checks_table
 from lipschitz_dd.shipped import resolve
 
 
@@ -243,7 +245,7 @@ def safe_analyse(finding: Finding, records: list, folder: Path) -> Analysis:
         text = str(error).strip()
         message = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
         (folder / "analysis_error.txt").write_text("".join(traceback.format_exception(error)))
-        return Analysis(lines=[f"analysis failed: {message}"], verdict="not analysed (error)", error=message)
+        return Analysis(lines=[f"analysis failed: {message}"], error=message)
 
 
 def analyse_folder(finding: Finding, scale: str, runs: str | Path, out: str | Path = "reproduce_out") -> Outcome:
@@ -261,6 +263,20 @@ def analyse_folder(finding: Finding, scale: str, runs: str | Path, out: str | Pa
     folder.mkdir(parents=True, exist_ok=True)
     analysis = safe_analyse(finding, load_runs(runs), folder)
     return Outcome(write_summary(finding, scale, folder, analysis), analysis_error=analysis.error)
+
+
+SMOKE_TEST = "smoke test, not evidence: a quick-scale run carries no verdict"
+
+
+def verdict_line(scale: str, analysis: Analysis) -> str:
+    """The summary's verdict: none when the analysis failed or at quick scale (a smoke test); otherwise
+    verdict.decide over the analysis's checks, then its note."""
+    if analysis.error is not None:
+        return "none: the analysis failed (see above)"
+    if scale == "quick":
+        return SMOKE_TEST
+    text = str(analysis.verdict)
+    return f"{text}. {analysis.note}" if analysis.note else text
 
 
 def write_summary(
@@ -286,7 +302,9 @@ def write_summary(
         ]
     if analysis.figures:
         lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in analysis.figures]
-    lines += ["", "## Verdict", "", analysis.verdict or "(no verdict: too few completed runs)", ""]
+    if analysis.checks:
+        lines += ["", "## Checks", "", *checks_table(analysis.checks)]
+    lines += ["", "## Verdict", "", verdict_line(scale, analysis), ""]
     path = folder / "summary.md"
     path.write_text("\n".join(lines))
     return path

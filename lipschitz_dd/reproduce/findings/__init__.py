@@ -1,20 +1,8 @@
-"""The study's findings; importing this package registers them all (listed by their section numbers)."""
+"""The study's findings: importing this package imports every module in it, and each module registers its
+findings (registry.register). A new finding is a new module here; nothing lists them a second time."""
 
-from lipschitz_dd.reproduce.findings import (  # noqa: F401
-    axes,
-    bias_variance,
-    checkpoint_measures,
-    double_descent,
-    dropout_weight_decay,
-    evolution,
-    evolution_bound,
-    heatmap,
-    imagenet,
-    linearisation,
-    pairwise,
-    pending,
-    robustness,
-    sandwich,
-    toy2d,
-    training_options,
-)
+import importlib
+import pkgutil
+
+for _module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    importlib.import_module(f"{__name__}.{_module.name}")
