@@ -6,7 +6,7 @@ from lipschitz_dd.data.imagefolder import ImageFolderDataModule
 from lipschitz_dd.data.loader import TensorBatchLoader
 from lipschitz_dd.data.mnist1d import MNIST1DDataModule
 from lipschitz_dd.data.selection import NOISE_MODES, corrupt_labels, nested_subset_indices
-from lipschitz_dd.data.synthetic import SyntheticDataModule, Toy2DDataModule
+from lipschitz_dd.data.synthetic import StudyToy2DDataModule, SyntheticDataModule, Toy2DDataModule
 from lipschitz_dd.data.vision import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -24,6 +24,7 @@ __all__ = [
     "MNIST1DDataModule",
     "MNISTDataModule",
     "NOISE_MODES",
+    "StudyToy2DDataModule",
     "SyntheticDataModule",
     "TensorBatchLoader",
     "Toy2DDataModule",

@@ -3,6 +3,7 @@
 import os
 import random
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -39,12 +40,26 @@ def generate_mnist1d(num_samples: int = 5000, train_split: float = 0.8, seed: in
     }
 
 
+ORDERS = ("stored", "study")
+
+
+def study_order(n: int, seed: int = 42) -> np.ndarray:
+    """The permutation of n points the study's MNIST-1D loader applies to each set: ``np.random.seed(seed)`` then
+    ``np.random.choice(n, n, replace=False)`` (here from a private RandomState, with the same draws)."""
+    return np.random.RandomState(seed).choice(n, size=n, replace=False)
+
+
 class MNIST1DDataModule(ArrayDataModule):
     """MNIST-1D: 40-feature 1-D signals of 10 digit classes, inputs of shape (40,).
 
     mnist1d's defaults (num_samples=5000, train_split=0.8, seed=42) give 4,000 train / 1,000 test; the cheap
     double-descent setting (docs/study.md) is num_samples=16000, train_split=0.25 (4,000 train / 12,000 test).
     The generated arrays are cached under data_dir/mnist1d/ (see mnist1d_cache_path) and reused.
+
+    `order`: "stored" (make_dataset's order) or "study" (the order the study's loader gives: each set permuted by
+    ``np.random.seed(42); np.random.choice(n, n, replace=False)``, its "subset" of all n points, then trained on
+    in that fixed order; a private RandomState, the global RNG is untouched). The generated set itself equals the
+    study's downloaded mnist1d_data.pkl in float32 (mnist1d's defaults, checked once against the file).
     """
 
     def __init__(
@@ -52,9 +67,13 @@ class MNIST1DDataModule(ArrayDataModule):
         num_samples: int = 5000,
         train_split: float = 0.8,
         seed: int = 42,
+        order: Literal["stored", "study"] = "stored",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if order not in ORDERS:
+            raise ValueError(f"order={order!r} is invalid: one of {', '.join(ORDERS)}")
+        self.order = order
         if num_samples < 10:
             raise ValueError(f"num_samples={num_samples} is invalid: MNIST-1D needs at least one sample per class")
         if not 0.0 < train_split < 1.0:
@@ -83,4 +102,8 @@ class MNIST1DDataModule(ArrayDataModule):
     def load_arrays(self) -> Arrays:
         self.prepare_data()
         with np.load(self.cache_path) as cached:
-            return cached["x"], cached["y"], cached["x_test"], cached["y_test"]
+            x, y, x_test, y_test = cached["x"], cached["y"], cached["x_test"], cached["y_test"]
+        if self.order == "study":
+            train, test = study_order(len(x)), study_order(len(x_test))
+            x, y, x_test, y_test = x[train], y[train], x_test[test], y_test[test]
+        return x, y, x_test, y_test

@@ -119,3 +119,69 @@ def study_toy2d(
         y = torch.arange(len(means)).repeat_interleave(per_class)
         parts += [x, y]
     return parts[0], parts[1], parts[2], parts[3]
+
+
+class RepeatedLoader:
+    """Iterates `loader` `passes` times per epoch: ``passes * len(loader)`` batches, the same as `passes` epochs
+    of `loader` (with a full-batch loader: `passes` full-batch gradient steps per epoch). Lightning's
+    `set_epoch(e)` gives the inner passes the epochs ``e * passes .. e * passes + passes - 1`` (only a shuffled
+    inner loader reads them)."""
+
+    batch_sampler = None  # Lightning reads `loader.batch_sampler` whenever `loader.sampler` exists
+
+    def __init__(self, loader, passes: int):
+        _check_sizes(passes=passes)
+        self.loader, self.passes = loader, int(passes)
+        self.epoch = 0
+
+    @property
+    def sampler(self) -> "RepeatedLoader":
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.passes * len(self.loader)
+
+    def __iter__(self):
+        for k in range(self.passes):
+            self.loader.set_epoch(self.epoch * self.passes + k)
+            yield from self.loader
+        self.epoch += 1
+
+
+class StudyToy2DDataModule(ArrayDataModule):
+    """The study's 2-D toy exactly (:func:`study_toy2d`): three N(mu_k, I) classes, means at distance 1.5 from the
+    origin at -90 / 30 / 150 degrees, 15 training and 5 test points per class, drawn with a torch generator
+    seeded `seed` (0: the study's draws). The default batch is the whole training set (45 points: full-batch
+    gradient descent, as in the study).
+
+    `passes_per_epoch` R: each training epoch runs R passes over the training set (R full-batch steps with the
+    default batch), so the study's 100,000 steps take 100,000 / R epochs: Lightning's per-epoch cost
+    (validation, logging, callbacks) is paid once per R steps. The updates are the same as R epochs of one pass
+    each (the passes are in stored order; only the epoch axis differs: epoch e ends after e * R updates)."""
+
+    def __init__(
+        self,
+        train_per_class: int = 15,
+        test_per_class: int = 5,
+        seed: int = 0,
+        passes_per_epoch: int = 1,
+        batch_size: int = 45,
+        **kwargs,
+    ):
+        super().__init__(batch_size=batch_size, **kwargs)
+        _check_sizes(train_per_class=train_per_class, test_per_class=test_per_class, passes_per_epoch=passes_per_epoch)
+        self.num_classes = 3
+        self.input_shape = (2,)
+        self.train_per_class, self.test_per_class, self.seed = train_per_class, test_per_class, seed
+        self.passes_per_epoch = int(passes_per_epoch)
+
+    def load_arrays(self) -> Arrays:
+        return study_toy2d(self.train_per_class, self.test_per_class, seed=self.seed)
+
+    def train_dataloader(self):
+        """The training batches of one pass (`ArrayDataModule.train_dataloader`), `passes_per_epoch` times."""
+        loader = super().train_dataloader()
+        return loader if self.passes_per_epoch == 1 else RepeatedLoader(loader, self.passes_per_epoch)
