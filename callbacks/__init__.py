@@ -27,7 +27,6 @@ _WHERE = {
     "TestPoints": "point_sets",
     "TrainPoints": "point_sets",
     "ResultsWriter": "records",
-    "RunRecord": "records",  # ResultsWriter's deprecated name
     "FunctionSnapshot": "snapshot",
     "GradNormStopping": "stopping",
 }
@@ -36,8 +35,10 @@ __all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _WHERE:  # RunRecord, ResultsWriter's deprecated name: see lipschitz_dd/compat.py
+        from lipschitz_dd.compat import deprecated_name
+
+        return deprecated_name(__name__, name)
     value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
     globals()[name] = value
     return value

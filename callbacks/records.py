@@ -11,7 +11,6 @@ import math
 import os
 import platform
 import time
-import warnings
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any
@@ -46,7 +45,6 @@ __all__ = [
     "STATUSES",
     "RecordWriteError",
     "ResultsWriter",
-    "RunRecord",
     "cpu_model",
     "machine_info",
     "package_versions",
@@ -325,13 +323,8 @@ class ResultsWriter(Callback):
         return (epochs, global_step) > before
 
 
-class RunRecord(ResultsWriter):
-    """Deprecated name of :class:`ResultsWriter` (kept so existing configs and imports keep working)."""
+def __getattr__(name: str):
+    """Deprecated names (see lipschitz_dd/compat.py)."""
+    from lipschitz_dd.compat import deprecated_name
 
-    def __init__(self, run_dir: str | None = None, config: dict[str, Any] | None = None) -> None:
-        warnings.warn(
-            "lipschitz_dd.callbacks.RunRecord is deprecated; use lipschitz_dd.callbacks.ResultsWriter",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        super().__init__(run_dir=run_dir, config=config)
+    return deprecated_name(__name__, name)

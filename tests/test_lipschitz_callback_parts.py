@@ -241,12 +241,12 @@ def test_wandb_rows_are_plotted_against_the_epoch(tmp_path):
 def test_checkpoint_name_and_results_count_the_same_epochs(tmp_path):
     import json
 
-    from lipschitz_dd.callbacks import RunRecord
+    from lipschitz_dd.callbacks import ResultsWriter
 
     for validate in (True, False):  # the step comes from the validation row, or from the training epoch's end
         folder = tmp_path / f"validate_{validate}"
         callback = LipschitzCallback(every_n_epochs=5, dense_epochs=0, upper=False, progress_bar=False)
-        record = RunRecord(run_dir=str(folder))
+        record = ResultsWriter(run_dir=str(folder))
         options = {} if validate else {"limit_val_batches": 0}
         trainer = make_trainer(folder, [callback, record], max_epochs=3, enable_checkpointing=True, **options)
         use_epoch_axis(trainer)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lipschitz_dd.report.records import RunRecord
+from lipschitz_dd.report.records import LoadedRun
 from lipschitz_dd.report.sandwich import bound_curves, exact_coverage, plot_sandwich, ratio_table, run_label
 
 
-def record(tmp_path: Path) -> RunRecord:
+def record(tmp_path: Path) -> LoadedRun:
     nan = math.nan
     metrics = pd.DataFrame(
         {
@@ -30,7 +30,7 @@ def record(tmp_path: Path) -> RunRecord:
         index=pd.Index([0, 1, 5], name="step"),
     )
     config = {"model.class_path": "lipschitz_dd.models.FCN", "model.widths": [8, 8]}
-    return RunRecord(tmp_path, "r", "sandwich", "finished", config=config, metrics=metrics)
+    return LoadedRun(tmp_path, "r", "sandwich", "finished", config=config, metrics=metrics)
 
 
 def test_ratios_are_to_the_exact_constant_where_it_is_known(tmp_path):

@@ -111,12 +111,24 @@ def test_contract_module_imports_nothing_heavy():
 
 def test_the_three_classes_have_their_own_names_and_old_names_still_work():
     from lipschitz_dd.callbacks import ResultsWriter, RunRecord
+    from lipschitz_dd.compat import DEPRECATED
     from lipschitz_dd.report import LoadedRun
-    from lipschitz_dd.report import RunRecord as ReportRunRecord
-    from lipschitz_dd.sweep import RunRecord as SweepRunRecord
     from lipschitz_dd.sweep import SweepRunRow
 
-    assert ReportRunRecord is LoadedRun and SweepRunRecord is SweepRunRow
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from lipschitz_dd.report import RunRecord as ReportRunRecord
+        from lipschitz_dd.report.records import RunRecord as RecordsRunRecord
+        from lipschitz_dd.sweep import RunRecord as SweepRunRecord
+    assert {str(w.message).split(" is ")[0] for w in caught if w.category is DeprecationWarning} == {
+        "lipschitz_dd.report.RunRecord",
+        "lipschitz_dd.report.records.RunRecord",
+        "lipschitz_dd.sweep.RunRecord",
+    }
+    assert ReportRunRecord is RecordsRunRecord is LoadedRun and SweepRunRecord is SweepRunRow
+    assert {name for _, name in DEPRECATED} == {"RunRecord"}  # every deprecated alias lives in lipschitz_dd.compat
+    with pytest.raises(ImportError, match="NoSuchName"):
+        from lipschitz_dd.sweep import NoSuchName  # noqa: F401
     assert issubclass(RunRecord, ResultsWriter)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -6,13 +6,13 @@ Imports nothing of the training code: run folders and W&B runs are the only inpu
 from lipschitz_dd.report.bias_variance import bias_variance_table, output_at_zero_variance, variance_bound
 from lipschitz_dd.report.build import ReportSummary, build_report
 from lipschitz_dd.report.power_law import PowerLawFit, fit_power_law, power_law_table
-from lipschitz_dd.report.records import RunRecord, find_run_folders, load_run, load_runs, read_metrics_csv
+from lipschitz_dd.report.records import LoadedRun, find_run_folders, load_run, load_runs, read_metrics_csv
 from lipschitz_dd.report.tables import aggregate_over_seeds, config_axes, runs_table, to_markdown
 
 __all__ = [
+    "LoadedRun",
     "PowerLawFit",
     "ReportSummary",
-    "RunRecord",
     "aggregate_over_seeds",
     "bias_variance_table",
     "build_report",
@@ -29,6 +29,9 @@ __all__ = [
     "variance_bound",
 ]
 
-from lipschitz_dd.report.records import LoadedRun  # noqa: E402  (RunRecord: its deprecated name)
 
-__all__ += ["LoadedRun"]
+def __getattr__(name: str):
+    """Deprecated names (see lipschitz_dd/compat.py)."""
+    from lipschitz_dd.compat import deprecated_name
+
+    return deprecated_name(__name__, name)

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from lipschitz_dd.report.records import RunRecord
+from lipschitz_dd.report.records import LoadedRun
 
 MEAN_SQ_NORM = "data/mean_sq_norm"
 F0_PREFIX = "f0/"
@@ -62,7 +62,7 @@ def output_at_zero_variance(f0: np.ndarray) -> float:
 
 
 def bias_variance_table(
-    records: Sequence[RunRecord], axes: Sequence[str], seed_key: str
+    records: Sequence[LoadedRun], axes: Sequence[str], seed_key: str
 ) -> tuple[pd.DataFrame, list[str]]:
     """One row per grid point (``axes`` without ``seed_key``) with at least two completed seeds:
     the axes, ``seeds``, ``test loss variance over seeds`` (sample variance, ddof=1), ``mean C_lower^2``,
@@ -82,11 +82,11 @@ def bias_variance_table(
     return pd.DataFrame(rows), notes
 
 
-def seed_groups(records: Sequence[RunRecord], axes: Sequence[str], seed_key: str) -> list[list[RunRecord]]:
+def seed_groups(records: Sequence[LoadedRun], axes: Sequence[str], seed_key: str) -> list[list[LoadedRun]]:
     """The completed runs grouped by grid point (equal config values on ``axes`` other than ``seed_key``),
     in order of first appearance; only groups with at least two runs (seeds)."""
     group_keys = [axis for axis in axes if axis != seed_key]
-    groups: dict[tuple, list[RunRecord]] = {}
+    groups: dict[tuple, list[LoadedRun]] = {}
     for record in records:
         if record.completed:
             key = tuple(repr(record.config.get(axis)) for axis in group_keys)
@@ -94,7 +94,7 @@ def seed_groups(records: Sequence[RunRecord], axes: Sequence[str], seed_key: str
     return [runs for runs in groups.values() if len(runs) >= 2]
 
 
-def _group_quantities(runs: Sequence[RunRecord], missing: set[str]) -> dict[str, float]:
+def _group_quantities(runs: Sequence[LoadedRun], missing: set[str]) -> dict[str, float]:
     def per_run(metric: str) -> np.ndarray:
         values = np.array([run.final_value(metric) for run in runs])
         if np.isnan(values).any():
@@ -121,7 +121,7 @@ def _group_quantities(runs: Sequence[RunRecord], missing: set[str]) -> dict[str,
     }
 
 
-def _f0_variance(runs: Sequence[RunRecord], missing: set[str]) -> float:
+def _f0_variance(runs: Sequence[LoadedRun], missing: set[str]) -> float:
     keys = sorted(k for k in runs[0].final if k.startswith(F0_PREFIX))
     if not keys or any(sorted(k for k in run.final if k.startswith(F0_PREFIX)) != keys for run in runs):
         missing.add(f"{F0_PREFIX}<k> (logits at the zero input)")

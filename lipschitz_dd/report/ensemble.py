@@ -34,7 +34,7 @@ from lipschitz_dd.report.bias_variance import (
     output_at_zero_variance,
     seed_groups,
 )
-from lipschitz_dd.report.records import RunRecord
+from lipschitz_dd.report.records import LoadedRun
 from lipschitz_dd.run_folder import SNAPSHOT_FILE  # written by callbacks.snapshot.FunctionSnapshot
 
 _INDEX_KEYS = ("test_indices", "train_indices")
@@ -127,8 +127,8 @@ def ensemble_from_snapshots(paths: Sequence[str | Path]) -> EnsembleQuantities:
 
 
 def with_ensemble_quantities(
-    records: Sequence[RunRecord], axes: Sequence[str], seed_key: str
-) -> tuple[list[RunRecord], list[str]]:
+    records: Sequence[LoadedRun], axes: Sequence[str], seed_key: str
+) -> tuple[list[LoadedRun], list[str]]:
     """Copies of ``records`` whose ``final`` also holds ``ensemble/lipschitz_lower`` (C_bar) and
     ``ensemble/function_variance`` (V) of their grid point (``axes`` without ``seed_key``, grouped exactly as
     :func:`bias_variance.bias_variance_table` does), and ``data/mean_sq_norm``, ``f0/<k>`` from the snapshot
@@ -169,7 +169,7 @@ def with_ensemble_quantities(
     return updated, notes
 
 
-def _missing_run_constants(run: RunRecord, path: Path) -> dict[str, float]:
+def _missing_run_constants(run: LoadedRun, path: Path) -> dict[str, float]:
     """E||x||^2 and the logits at zero from the snapshot, for the keys the run's ``final`` lacks."""
     with np.load(path) as snapshot:
         constants = {MEAN_SQ_NORM: float(snapshot["mean_sq_norm"])}

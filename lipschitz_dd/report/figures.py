@@ -27,7 +27,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 from lipschitz_dd.report.bias_variance import GUARANTEED_BOUND, PAPER_BOUND, PLOTTED_COLUMNS, PROXY_BOUND
 from lipschitz_dd.report.power_law import BOUND_METRICS
-from lipschitz_dd.report.records import COMPLETED_STATUSES, RunRecord
+from lipschitz_dd.report.records import COMPLETED_STATUSES, LoadedRun
 from lipschitz_dd.report.threshold import Threshold
 
 DPI = 130
@@ -165,7 +165,7 @@ def plot_double_descent(
 
 
 def plot_bounds_vs_epoch(
-    records: Sequence[RunRecord], x: str, hue: str | None, slopes: pd.DataFrame, from_epoch: int, path: Path
+    records: Sequence[LoadedRun], x: str, hue: str | None, slopes: pd.DataFrame, from_epoch: int, path: Path
 ) -> Path:
     """Lipschitz lower/avg/upper against the epoch on log-log axes: one row per ``hue`` level, one line
     per ``x`` value (mean over seeds, band min..max), dashed: the power law with the seeds' mean fitted
@@ -310,7 +310,7 @@ def _draw_epoch_curve(
     return bool(len(fits))
 
 
-def _bound_curves(records: Sequence[RunRecord], x: str, hue: str | None) -> tuple[pd.DataFrame, str]:
+def _bound_curves(records: Sequence[LoadedRun], x: str, hue: str | None) -> tuple[pd.DataFrame, str]:
     """Long frame (epoch, bound metrics, _run, _line, _hue) of the completed runs, and the legend title:
     lines are the ``x`` values when every completed run has ``x`` in its config, else the run names."""
     frames = []

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from lipschitz_dd.report.records import RunRecord
+from lipschitz_dd.report.records import LoadedRun
 
 BOUND_METRICS = ("lipschitz/lower", "lipschitz/avg", "lipschitz/upper")
 
@@ -52,7 +52,7 @@ def fit_power_law(
 
 
 def power_law_table(
-    records: Sequence[RunRecord], axes: Sequence[str], from_epoch: int, metrics: Sequence[str] = BOUND_METRICS
+    records: Sequence[LoadedRun], axes: Sequence[str], from_epoch: int, metrics: Sequence[str] = BOUND_METRICS
 ) -> pd.DataFrame:
     """One row per (completed run, metric logged by it): the run, its ``axes``, ``metric``, ``exponent``,
     ``prefactor``, ``from_epoch`` and ``n_points`` of :func:`fit_power_law` on the run's metrics.csv."""

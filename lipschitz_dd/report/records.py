@@ -65,7 +65,6 @@ __all__ = [
     "ConfigList",
     "LoadedRun",
     "ReportInputError",
-    "RunRecord",
     "attempt_of",
     "find_run_folders",
     "flatten_config",
@@ -399,10 +398,6 @@ def fill_from_results(record: LoadedRun, results: RunResults) -> None:
         record.problems.append(f"error: {error_lines[-1]}")
 
 
-#: Deprecated name of :class:`LoadedRun`.
-RunRecord = LoadedRun
-
-
 def _drop_init_args(key: str) -> str:
     return ".".join(part for part in key.split(".") if part != "init_args")
 
@@ -414,3 +409,10 @@ def _one_line(error: BaseException) -> str:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def __getattr__(name: str):
+    """Deprecated names (see lipschitz_dd/compat.py)."""
+    from lipschitz_dd.compat import deprecated_name
+
+    return deprecated_name(__name__, name)

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lipschitz_dd.report.records import RunRecord  # noqa: E402
+from lipschitz_dd.report.records import LoadedRun  # noqa: E402
 
 EXACT, EXACT_LOWER, EXACT_UPPER = "lipschitz/exact", "lipschitz/exact_lower", "lipschitz/exact_upper"
 #: (metric, label, colour), from the bottom of the sandwich to the top.
@@ -32,21 +32,21 @@ BOUNDS = (
 RATIO_METRICS = tuple(m for m, _, _ in BOUNDS if m != EXACT)
 
 
-def run_label(record: RunRecord) -> str:
+def run_label(record: LoadedRun) -> str:
     """'<model class> <widths>' from the run's config, e.g. 'FCN [16]', 'Toy2DFCN 10'."""
     model = str(record.config.get("model.class_path", record.name)).rsplit(".", 1)[-1]
     widths = record.config.get("model.widths") or record.config.get("model.width")
     return f"{model} {widths}" if widths is not None else model
 
 
-def bound_curves(record: RunRecord) -> pd.DataFrame:
+def bound_curves(record: LoadedRun) -> pd.DataFrame:
     """Rows: measured epochs; columns: the metrics of BOUNDS and the exact interval present in the run."""
     frame = record.metrics
     columns = [m for m in (*[b[0] for b in BOUNDS], EXACT_LOWER, EXACT_UPPER) if m in frame.columns]
     return frame[columns].dropna(how="all")
 
 
-def ratio_table(record: RunRecord) -> pd.DataFrame:
+def ratio_table(record: LoadedRun) -> pd.DataFrame:
     """Per bound: its ratio to the exact constant at the first and last epoch where the exact value is known,
     and the smallest and largest ratio over training; plus how many measurements had an exact value."""
     curves = bound_curves(record)
@@ -70,7 +70,7 @@ def ratio_table(record: RunRecord) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_sandwich(records: Sequence[RunRecord], path: Path) -> Path:
+def plot_sandwich(records: Sequence[LoadedRun], path: Path) -> Path:
     """One row per run: (left) every bound against the epoch on one log axis, the exact constant as a black line
     where the search finished and as a grey band [exact_lower, exact_upper] where the time limit cut it; (right)
     each bound divided by the exact constant (log axis; 1 = exact). Epoch 0 is drawn at 0.5 on the log x axis."""
@@ -116,7 +116,7 @@ def plot_sandwich(records: Sequence[RunRecord], path: Path) -> Path:
     return path
 
 
-def exact_coverage(record: RunRecord) -> tuple[int, int]:
+def exact_coverage(record: LoadedRun) -> tuple[int, int]:
     """(measurements with the exact constant, measurements with the exact search switched on)."""
     curves = bound_curves(record)
     exact = int(curves[EXACT].notna().sum()) if EXACT in curves.columns else 0

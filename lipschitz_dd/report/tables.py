@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from lipschitz_dd.report.records import COMPLETED_STATUSES, RunRecord
+from lipschitz_dd.report.records import COMPLETED_STATUSES, LoadedRun
 
 #: Final metrics shown for every run (names in docs/conventions.md).
 TABLE_METRICS = (
@@ -42,7 +42,7 @@ _BOOKKEEPING_NAMES = {
 _BOOKKEEPING_PARTS = {"logger", "callbacks"}
 
 
-def config_axes(records: Sequence[RunRecord], always: Sequence[str] = ()) -> list[str]:
+def config_axes(records: Sequence[LoadedRun], always: Sequence[str] = ()) -> list[str]:
     """Config keys that describe the grid: every key whose value differs between runs (bookkeeping keys
     such as run names, folders and loggers excluded), plus the keys in ``always`` present in any run.
     Order: ``always`` first (in the given order), then the others alphabetically."""
@@ -60,7 +60,7 @@ def config_axes(records: Sequence[RunRecord], always: Sequence[str] = ()) -> lis
 
 
 def runs_table(
-    records: Sequence[RunRecord], axes: Sequence[str], metrics: Sequence[str] = TABLE_METRICS
+    records: Sequence[LoadedRun], axes: Sequence[str], metrics: Sequence[str] = TABLE_METRICS
 ) -> pd.DataFrame:
     """One row per run: ``run``, ``experiment``, the config ``axes``, ``status``, the final value of each
     metric (results.json ``final``, else the last value in metrics.csv, else NaN), ``epochs``, ``seconds``,

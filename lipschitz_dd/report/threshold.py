@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from lipschitz_dd.report.records import RunRecord
+from lipschitz_dd.report.records import LoadedRun
 
 PARAM_COUNT_METRICS = ("params/count", "model/params")
 TRAIN_SIZE_METRIC = "data/train_size"
@@ -38,7 +38,7 @@ class Threshold:
     hue_level: str | None = None
 
 
-def parameter_threshold(records: Sequence[RunRecord], x: str) -> Threshold | None:
+def parameter_threshold(records: Sequence[LoadedRun], x: str) -> Threshold | None:
     """Definition 1 of the module docstring; None when a needed quantity is not recorded or P never
     crosses the target within the grid."""
     points, targets = [], set()

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lipschitz_dd.report.figures import tidy_log_ticks
-from lipschitz_dd.report.records import RunRecord
+from lipschitz_dd.report.records import LoadedRun
 from lipschitz_dd.report.tables import runs_table
 
 BOUNDS = ("lipschitz/lower", "lipschitz/avg", "lipschitz/upper")
@@ -46,13 +46,13 @@ def loglog_fit(x: Sequence[float], y: Sequence[float]) -> LogLogFit:
     return LogLogFit(float(slope), float(r2), int(keep.sum()))
 
 
-def completed_table(records: Sequence[RunRecord], axes: Sequence[str]) -> pd.DataFrame:
+def completed_table(records: Sequence[LoadedRun], axes: Sequence[str]) -> pd.DataFrame:
     """One row per completed run: the config `axes` and the final value of each metric of METRICS."""
     table = runs_table(records, list(axes), METRICS)
     return table[table["status"].isin(("finished", "stopped_converged"))].reset_index(drop=True)
 
 
-def completed_by_width(records: Sequence[RunRecord], key: str = "model.width") -> list[RunRecord]:
+def completed_by_width(records: Sequence[LoadedRun], key: str = "model.width") -> list[LoadedRun]:
     """The completed runs, sorted by the config value `key` (the width by default)."""
     return sorted((r for r in records if r.completed), key=lambda r: float(r.config.get(key, 0)))
 
@@ -63,7 +63,7 @@ def means(table: pd.DataFrame, by: Sequence[str], metrics: Sequence[str] = METRI
     return table.groupby(list(by), sort=True)[present].mean().reset_index()
 
 
-def initial_value(record: RunRecord, metric: str) -> float:
+def initial_value(record: LoadedRun, metric: str) -> float:
     """The metric at epoch 0 (before the first update) from metrics.csv; NaN if not logged."""
     frame = record.metrics
     if metric not in frame.columns or 0 not in frame.index:
@@ -72,7 +72,7 @@ def initial_value(record: RunRecord, metric: str) -> float:
     return float(value) if pd.notna(value) else math.nan
 
 
-def growth_since_init(record: RunRecord, metric: str) -> float:
+def growth_since_init(record: LoadedRun, metric: str) -> float:
     """The metric's final value over its value at epoch 0 (NaN if either is missing)."""
     return record.final_value(metric) / initial_value(record, metric)
 

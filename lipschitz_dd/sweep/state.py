@@ -62,10 +62,6 @@ class SweepRunRow:
         return ((self.results or {}).get("final") or {}).get(name)
 
 
-#: Deprecated name of :class:`SweepRunRow`.
-RunRecord = SweepRunRow
-
-
 @dataclass(frozen=True)
 class SweepRecord:
     """The sweep row: W&B-style sweep id, name, the sweep file and its validated config."""
@@ -197,3 +193,10 @@ def _record(row: sqlite3.Row) -> SweepRunRow:
         results=None if row["results_json"] is None else json.loads(row["results_json"]),
         outside_grid=bool(row["outside_grid"]),
     )
+
+
+def __getattr__(name: str):
+    """Deprecated names (see lipschitz_dd/compat.py)."""
+    from lipschitz_dd.compat import deprecated_name
+
+    return deprecated_name(__name__, name)
