@@ -33,6 +33,14 @@ from lipschitz_dd.bounds.jacobian import jacobian_spectral_norms
 from lipschitz_dd.callbacks._base import PackageCallback
 from lipschitz_dd.callbacks._points import seeded_subset
 from lipschitz_dd.callbacks._schedule import Schedule
+from lipschitz_dd.metric_names import (
+    EVOLUTION_BOUND1,
+    EVOLUTION_BOUND2,
+    EVOLUTION_C_THETA,
+    EVOLUTION_C_X0,
+    EVOLUTION_PATH_LENGTH,
+    EVOLUTION_RADIUS,
+)
 
 
 class EvolutionBound(PackageCallback):
@@ -128,14 +136,14 @@ class EvolutionBound(PackageCallback):
             self.c_theta, self.path_length, self.radius, self.c_x0, self.clip_norm, self.max_lr, self.steps
         )
         metrics = {
-            "evolution/path_length": self.path_length,
-            "evolution/c_theta": self.c_theta,
-            "evolution/c_x0": self.c_x0,
-            "evolution/radius": self.radius,
-            "evolution/bound1": bounds.bound1.value,
+            EVOLUTION_PATH_LENGTH: self.path_length,
+            EVOLUTION_C_THETA: self.c_theta,
+            EVOLUTION_C_X0: self.c_x0,
+            EVOLUTION_RADIUS: self.radius,
+            EVOLUTION_BOUND1: bounds.bound1.value,
         }
         if self.clip_norm is not None:
-            metrics["evolution/bound2"] = bounds.bound2.value
+            metrics[EVOLUTION_BOUND2] = bounds.bound2.value
         for name, value in metrics.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
 

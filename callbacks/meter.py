@@ -46,6 +46,7 @@ from lipschitz_dd.callbacks._upper import UpperBoundTracker
 from lipschitz_dd.callbacks._warm import TrainNorms
 from lipschitz_dd.callbacks.options import OptimisedBound, UpperBound
 from lipschitz_dd.callbacks.point_sets import Batch, PointSet, TrainPoints
+from lipschitz_dd.metric_names import DIST_INIT, LOWER_OPT, PATH_LENGTH, SECONDS, UPPER, UPPER_AVAILABLE, UPPER_SOFTMAX
 
 __all__ = ["LipschitzMeter", "Measurement", "Ranks", "SingleProcess"]
 
@@ -219,12 +220,12 @@ class LipschitzMeter:
         stats = ranks.reduce_stats(stats)
         exact = self._lower_exact(stats)
         scalars = ranks.reduce_scalars(
-            {**scalars, **exact, "lipschitz/seconds": time.perf_counter() - start},
+            {**scalars, **exact, SECONDS: time.perf_counter() - start},
             {
                 "upper/value": "max",
                 "upper/available": "min",
                 "lower/exact": "min",
-                "lipschitz/seconds": "max",
+                SECONDS: "max",
                 **MLP_REDUCTIONS,
             },
         )
@@ -233,9 +234,9 @@ class LipschitzMeter:
         if self.track_params:
             theta = flat_parameters(parameters())
             if record:
-                metrics["params/dist_init"], metrics["params/path_length"] = self.trajectory.step(theta)
+                metrics[DIST_INIT], metrics[PATH_LENGTH] = self.trajectory.step(theta)
             elif self.trajectory.theta_0 is not None:
-                metrics["params/dist_init"] = self.trajectory.distance(theta)
+                metrics[DIST_INIT] = self.trajectory.distance(theta)
         if record:
             self.last_measured_epoch = epoch
             self.measurements += 1
@@ -368,13 +369,13 @@ class LipschitzMeter:
                 metrics.update(point_set.metrics(stats[point_set.name]))
         if self.upper.enabled:
             if scalars["upper/available"] > 0:
-                metrics["lipschitz/upper"] = scalars["upper/value"]
+                metrics[UPPER] = scalars["upper/value"]
                 if self.softmax_upper:  # ||diag(p) - p p^T||_2 <= 1/2
-                    metrics["lipschitz/upper_softmax"] = 0.5 * scalars["upper/value"]
-            metrics["lipschitz/upper_available"] = scalars["upper/available"]
+                    metrics[UPPER_SOFTMAX] = 0.5 * scalars["upper/value"]
+            metrics[UPPER_AVAILABLE] = scalars["upper/available"]
         if OPTIMISED in stats and stats[OPTIMISED].count > 0:
-            metrics["lipschitz/lower_opt"] = stats[OPTIMISED].max
-        metrics["lipschitz/seconds"] = scalars["lipschitz/seconds"]
+            metrics[LOWER_OPT] = stats[OPTIMISED].max
+        metrics[SECONDS] = scalars[SECONDS]
         return metrics
 
     def _warn_non_finite(self, epoch: int, metrics: dict[str, float]) -> None:

@@ -53,6 +53,7 @@ from lipschitz_dd.bounds import (
     jacobian_spectral_norms,
     pgd_perturbations,
 )
+from lipschitz_dd.metric_names import AVG, AVG_SOFTMAX, AVG_TOL, LOWER, LOWER_SOFTMAX, RMS
 
 __all__ = [
     "Accumulator",
@@ -211,11 +212,11 @@ class TrainPoints(PointSet):
         return DataAccumulator()
 
     def metrics(self, stats: LowerBoundStats) -> dict[str, float]:
-        metrics = {"lipschitz/lower": stats.max} if self.lower else {}
+        metrics = {LOWER: stats.max} if self.lower else {}
         if self.average:
-            metrics["lipschitz/avg"], metrics["lipschitz/rms"] = stats.mean, stats.rms
+            metrics[AVG], metrics[RMS] = stats.mean, stats.rms
         if stats.has_tol and metrics:
-            metrics["lipschitz/avg_tol"] = stats.avg_tol
+            metrics[AVG_TOL] = stats.avg_tol
         return metrics
 
 
@@ -307,4 +308,4 @@ class SoftmaxTrainPoints(PointSet):
         return jacobian_spectral_norms(SoftmaxOutput(model), points, method=self.jacobian_method)
 
     def metrics(self, stats: LowerBoundStats) -> dict[str, float]:
-        return {"lipschitz/lower_softmax": stats.max, "lipschitz/avg_softmax": stats.mean}
+        return {LOWER_SOFTMAX: stats.max, AVG_SOFTMAX: stats.mean}

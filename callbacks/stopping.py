@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.data import extract_batch_size
 
 from lipschitz_dd.callbacks._base import PackageCallback
 from lipschitz_dd.callbacks._schedule import Schedule
+from lipschitz_dd.metric_names import TRAIN_GRAD_NORM
 
 
 def _summed_loss_gradient(
@@ -125,7 +126,7 @@ class GradNormStopping(PackageCallback):
                 reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"),
             )
         self.last_grad_norm = grad_norm
-        pl_module.log("train/grad_norm", grad_norm, on_epoch=True, sync_dist=True)
+        pl_module.log(TRAIN_GRAD_NORM, grad_norm, on_epoch=True, sync_dist=True)
         if (
             self.target is not None
             and math.isfinite(grad_norm)

@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 
+from lipschitz_dd.metric_names import AVG, LOWER, TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, UPPER
 from lipschitz_dd.run_folder import write_atomic
 
 
@@ -323,15 +324,15 @@ def sweep_id() -> str | None:
 
 
 # The summary a dashboard table wants, from a run's results.json: {"max/<key>": ...} for these keys.
-SUMMARY_MAX_KEYS = ("lipschitz/lower", "lipschitz/avg", "lipschitz/upper", "test/loss")
+SUMMARY_MAX_KEYS = (LOWER, AVG, UPPER, TEST_LOSS)
 SUMMARY_FINAL_KEYS = (
-    "train/loss",
-    "train/acc",
-    "test/loss",
-    "test/acc",
-    "lipschitz/lower",
-    "lipschitz/avg",
-    "lipschitz/upper",
+    TRAIN_LOSS,
+    TRAIN_ACC,
+    TEST_LOSS,
+    TEST_ACC,
+    LOWER,
+    AVG,
+    UPPER,
 )
 
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from lipschitz_dd.metric_names import TRAIN_LOSS
+
 METRICS_FILE = "metrics.csv"
 CONFIG_FILE = "config.yaml"
 HPARAMS_FILE = "hparams.yaml"
@@ -57,7 +59,7 @@ COMPLETED_STATUSES = (FINISHED, STOPPED_CONVERGED)
 #: counted as ``diverged``: training made the fit worse than the untrained network by an order of magnitude, so
 #: its numbers must not be averaged into a figure (see :func:`loss_diverged`).
 DIVERGENCE_FACTOR = 10.0
-DIVERGENCE_METRIC = "train/loss"
+DIVERGENCE_METRIC = TRAIN_LOSS
 
 
 class ResultsFileError(ValueError):

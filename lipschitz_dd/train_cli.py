@@ -29,6 +29,7 @@ from lipschitz_dd.loggers import (
     sweep_id,
     sweep_params,
 )
+from lipschitz_dd.metric_names import AVG, LOWER, TEST_ACC, TEST_LOSS, TRAIN_LOSS, UPPER
 from lipschitz_dd.run_folder import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -437,7 +438,7 @@ class LipschitzCLI(LightningCLI):
         record = read_results(run_dir)
         if record is None:
             return ""
-        keys = ["train/loss", "test/loss", "test/acc", "lipschitz/lower", "lipschitz/avg", "lipschitz/upper"]
+        keys = [TRAIN_LOSS, TEST_LOSS, TEST_ACC, LOWER, AVG, UPPER]
         shown = [f"{k}={record.final[k]:.4g}" for k in keys if k in record.final]
         return f"\n  status: {record.status}; final: " + ", ".join(shown) if shown else ""
 

@@ -30,6 +30,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lipschitz_dd._lightning_internals import CURRENT_FX_ATTRIBUTE, setup_val_data
 from lipschitz_dd.epoch_axis import STEP_METRIC
+from lipschitz_dd.metric_names import PARAMS_COUNT
 from lipschitz_dd.models._checks import check_size
 from lipschitz_dd.models.constraint import SpectralNormConstraint
 from lipschitz_dd.models.penalty import jacobian_norm_penalty
@@ -343,7 +344,7 @@ class LipschitzModule(LightningModule):
     def _run_facts(self) -> dict[str, float]:
         """Constants of the run the report needs: parameter count, n, K and E||x||^2 over the test inputs."""
         facts = {
-            "params/count": float(sum(p.numel() for p in self.parameters() if p.requires_grad)),
+            PARAMS_COUNT: float(sum(p.numel() for p in self.parameters() if p.requires_grad)),
             "data/num_classes": float(self.num_classes),
         }
         data = self.trainer.datamodule

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from lipschitz_dd.metric_names import LOWER, TEST_LOSS, UPPER
 from lipschitz_dd.report.records import LoadedRun
 
 MEAN_SQ_NORM = "data/mean_sq_norm"
@@ -101,7 +102,7 @@ def _group_quantities(runs: Sequence[LoadedRun], missing: set[str]) -> dict[str,
             missing.add(metric)
         return values
 
-    lower, upper = per_run("lipschitz/lower"), per_run("lipschitz/upper")
+    lower, upper = per_run(LOWER), per_run(UPPER)
     mean_sq_norm = float(per_run(MEAN_SQ_NORM).mean())
     var_f0 = _f0_variance(runs, missing)
     c_bar = float(per_run(ENSEMBLE_LOWER).mean())
@@ -109,7 +110,7 @@ def _group_quantities(runs: Sequence[LoadedRun], missing: set[str]) -> dict[str,
     mean_upper_sq = float((upper**2).mean())
     return {
         "seeds": len(runs),
-        TEST_LOSS_VARIANCE: float(np.var([run.final_value("test/loss") for run in runs], ddof=1)),
+        TEST_LOSS_VARIANCE: float(np.var([run.final_value(TEST_LOSS) for run in runs], ddof=1)),
         "mean C_lower^2": mean_lower_sq,
         "E||x||^2": mean_sq_norm,
         "Var f(0)": var_f0,

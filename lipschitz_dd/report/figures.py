@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from lipschitz_dd.metric_names import AVG, LOWER, PARAMS_COUNT, RMS, TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, UPPER
 from lipschitz_dd.report.bias_variance import GUARANTEED_BOUND, PAPER_BOUND, PLOTTED_COLUMNS, PROXY_BOUND
 from lipschitz_dd.report.power_law import BOUND_METRICS
 from lipschitz_dd.report.records import COMPLETED_STATUSES, LoadedRun
@@ -37,14 +38,14 @@ _OUTPUT: contextvars.ContextVar[tuple[tuple[str, ...], int]] = contextvars.Conte
 
 # What a reader sees instead of a metric or config key (label() falls back to the key's last dotted part).
 LABELS = {
-    "lipschitz/lower": "$C_{lower}$",
-    "lipschitz/avg": "$C_{avg}$",
-    "lipschitz/rms": "$C_{rms}$",
-    "lipschitz/upper": "$C_{upper}$",
-    "test/loss": "test loss",
-    "train/loss": "train loss",
-    "test/acc": "test accuracy",
-    "train/acc": "train accuracy",
+    LOWER: "$C_{lower}$",
+    AVG: "$C_{avg}$",
+    RMS: "$C_{rms}$",
+    UPPER: "$C_{upper}$",
+    TEST_LOSS: "test loss",
+    TRAIN_LOSS: "train loss",
+    TEST_ACC: "test accuracy",
+    TRAIN_ACC: "train accuracy",
     "model.width": "width",
     "model.depth": "depth",
     "model.loss": "loss function",
@@ -54,7 +55,7 @@ LABELS = {
     "data.train_subset": "training-set size",
     "seed_everything": "seed",
     "epoch": "epoch",
-    "params/count": "parameters",
+    PARAMS_COUNT: "parameters",
     "ensemble/function_variance": "function variance over seeds",
 }
 
@@ -97,18 +98,18 @@ def output_paths(path: Path) -> list[Path]:
 
 # (metric, panel title, log y-axis)
 DOUBLE_DESCENT_PANELS = (
-    ("test/loss", "Test loss", False),
-    ("train/loss", "Train loss", False),
-    ("lipschitz/lower", "$C_{lower}$ = max over train of $\\|J(x)\\|_2$", True),
-    ("lipschitz/avg", "$C_{avg}$ = mean over train of $\\|J(x)\\|_2$", True),
-    ("lipschitz/upper", "$C_{upper}$ = product of layer norms", True),
+    (TEST_LOSS, "Test loss", False),
+    (TRAIN_LOSS, "Train loss", False),
+    (LOWER, "$C_{lower}$ = max over train of $\\|J(x)\\|_2$", True),
+    (AVG, "$C_{avg}$ = mean over train of $\\|J(x)\\|_2$", True),
+    (UPPER, "$C_{upper}$ = product of layer norms", True),
 )
 BOUND_TITLES = {
-    "lipschitz/lower": "$C_{lower}$",
-    "lipschitz/avg": "$C_{avg}$",
-    "lipschitz/upper": "$C_{upper}$",
+    LOWER: "$C_{lower}$",
+    AVG: "$C_{avg}$",
+    UPPER: "$C_{upper}$",
 }
-HEATMAP_METRICS = ("lipschitz/lower", "test/loss")
+HEATMAP_METRICS = (LOWER, TEST_LOSS)
 
 
 class SkipFigure(Exception):

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from lipschitz_dd.metric_names import AVG, LOWER, UPPER
 from lipschitz_dd.report.records import LoadedRun
 
-BOUND_METRICS = ("lipschitz/lower", "lipschitz/avg", "lipschitz/upper")
+BOUND_METRICS = (LOWER, AVG, UPPER)
 
 
 @dataclass(frozen=True)

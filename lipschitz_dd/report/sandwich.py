@@ -17,17 +17,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from lipschitz_dd.metric_names import AVG, EXACT, EXACT_LOWER, EXACT_UPPER, LOWER, UPPER, UPPER_ECLIPSE, UPPER_SDP
 from lipschitz_dd.report.records import LoadedRun  # noqa: E402
 
-EXACT, EXACT_LOWER, EXACT_UPPER = "lipschitz/exact", "lipschitz/exact_lower", "lipschitz/exact_upper"
+EXACT, EXACT_LOWER, EXACT_UPPER = EXACT, EXACT_LOWER, EXACT_UPPER
 #: (metric, label, colour), from the bottom of the sandwich to the top.
 BOUNDS = (
-    ("lipschitz/avg", "avg over train (not a bound)", "tab:gray"),
-    ("lipschitz/lower", "C_lower (max over train)", "tab:blue"),
+    (AVG, "avg over train (not a bound)", "tab:gray"),
+    (LOWER, "C_lower (max over train)", "tab:blue"),
     (EXACT, "exact", "black"),
-    ("lipschitz/upper_sdp", "LipSDP", "tab:green"),
-    ("lipschitz/upper_eclipse", "ECLipsE-Fast", "tab:orange"),
-    ("lipschitz/upper", "C_upper (product)", "tab:red"),
+    (UPPER_SDP, "LipSDP", "tab:green"),
+    (UPPER_ECLIPSE, "ECLipsE-Fast", "tab:orange"),
+    (UPPER, "C_upper (product)", "tab:red"),
 )
 RATIO_METRICS = tuple(m for m, _, _ in BOUNDS if m != EXACT)
 
@@ -89,7 +90,7 @@ def plot_sandwich(records: Sequence[LoadedRun], path: Path) -> Path:
         for metric, label, colour in BOUNDS:
             if metric in curves.columns and curves[metric].notna().any():
                 values = curves[metric].dropna()
-                style = "-" if metric != "lipschitz/avg" else "--"
+                style = "-" if metric != AVG else "--"
                 front = {"zorder": 5, "linewidth": 2.0} if metric == EXACT else {}  # LipSDP is often on top of it
                 left.plot(
                     epochs[values.index], values, style, color=colour, label=label, marker=".", markersize=4, **front

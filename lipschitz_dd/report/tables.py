@@ -8,17 +8,18 @@ from typing import Any
 
 import pandas as pd
 
+from lipschitz_dd.metric_names import AVG, LOWER, TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, UPPER
 from lipschitz_dd.report.records import COMPLETED_STATUSES, LoadedRun
 
 #: Final metrics shown for every run (names in docs/conventions.md).
 TABLE_METRICS = (
-    "test/loss",
-    "train/loss",
-    "test/acc",
-    "train/acc",
-    "lipschitz/lower",
-    "lipschitz/avg",
-    "lipschitz/upper",
+    TEST_LOSS,
+    TRAIN_LOSS,
+    TEST_ACC,
+    TRAIN_ACC,
+    LOWER,
+    AVG,
+    UPPER,
 )
 DEFAULT_SEED_KEY = "seed_everything"
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from lipschitz_dd.metric_names import PARAMS_COUNT, TRAIN_ACC
 from lipschitz_dd.report.records import LoadedRun
 
-PARAM_COUNT_METRICS = ("params/count", "model/params")
+PARAM_COUNT_METRICS = (PARAMS_COUNT, "model/params")
 TRAIN_SIZE_METRIC = "data/train_size"
 NUM_CLASSES_METRIC = "data/num_classes"
 LOSS_CONFIG_KEY = "model.loss"
@@ -75,12 +76,12 @@ def parameter_threshold(records: Sequence[LoadedRun], x: str) -> Threshold | Non
 def empirical_thresholds(table: pd.DataFrame, x: str, hue: str | None, min_train_acc: float = 0.99) -> list[Threshold]:
     """Definition 2 of the module docstring, one threshold per hue level (levels that never reach
     ``min_train_acc`` get none). ``table`` is the completed rows of the runs table."""
-    if "train/acc" not in table.columns or x not in table.columns:
+    if TRAIN_ACC not in table.columns or x not in table.columns:
         return []
     levels = [(None, table)] if hue is None or hue not in table.columns else list(table.groupby(hue))
     thresholds = []
     for level, rows in levels:
-        mean_acc = rows.groupby(x)["train/acc"].mean().dropna().sort_index()
+        mean_acc = rows.groupby(x)[TRAIN_ACC].mean().dropna().sort_index()
         reached = mean_acc[mean_acc >= min_train_acc]
         if len(reached):
             label = f"train acc >= {min_train_acc:g}" + ("" if level is None else f" ({hue}={level})")

@@ -12,12 +12,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from lipschitz_dd.metric_names import AVG, LOWER, TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, UPPER
 from lipschitz_dd.report.figures import tidy_log_ticks
 from lipschitz_dd.report.records import LoadedRun
 from lipschitz_dd.report.tables import runs_table
 
-BOUNDS = ("lipschitz/lower", "lipschitz/avg", "lipschitz/upper")
-METRICS = ("train/loss", "train/acc", "test/loss", "test/acc", *BOUNDS)
+BOUNDS = (LOWER, AVG, UPPER)
+METRICS = (TRAIN_LOSS, TRAIN_ACC, TEST_LOSS, TEST_ACC, *BOUNDS)
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lipschitz_dd.metric_names import LOWER, TEST_LOSS
+
 from .lock import runner_is_active
 from .state import SweepRunRow, SweepState
 
-SUMMARY_METRICS = ("test/loss", "lipschitz/lower")
+SUMMARY_METRICS = (TEST_LOSS, LOWER)
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
