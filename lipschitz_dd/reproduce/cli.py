@@ -1,6 +1,7 @@
 """`lipschitz-dd reproduce`: list the study's findings, or run one and write its figures and summary.md.
 
 lipschitz-dd reproduce                                # the catalogue: name, claim, cost here, data it needs
+lipschitz-dd reproduce --markdown                     # the catalogue table of docs/reproduction.md
 lipschitz-dd reproduce double_descent --quick         # tens of seconds: a smoke test / first look
 lipschitz-dd reproduce double_descent                 # the CPU-scale result (docs/reproduction.md)
 lipschitz-dd reproduce double_descent --scale full    # the study's scale (a GPU machine)
@@ -28,6 +29,11 @@ def make_parser() -> ArgumentParser:
     parser.add_argument("--workers", type=int, default=1, help="runs in parallel (default 1)")
     parser.add_argument(
         "--runs", default=None, help="analyse the run folders below this folder (e.g. a W&B agent's) without running"
+    )
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the catalogue table (section, finding, setting, seeds, verdict, cpu time) as docs/reproduction.md has it",
     )
     parser.add_argument("--retry_failed", action="store_true", help="run again the runs that failed in an earlier call")
     parser.add_argument(
@@ -59,6 +65,11 @@ def listing() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    if args.markdown:
+        from lipschitz_dd.reproduce.catalogue import markdown
+
+        print(markdown())
+        return 0
     if args.name is None:
         print(listing())
         return 0

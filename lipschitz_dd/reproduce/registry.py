@@ -51,7 +51,10 @@ class Analysis:
 class Recorded:
     """The last measured cpu-scale result of a finding, as the catalogue shows it: the verdict derived then, how
     many seeds it rested on, the measured wall time in minutes on this project's 2-core machine (None: not
-    timed), the date, and whether the run shared the cores with other work (times then run long)."""
+    timed), the date, and whether the run shared the cores with other work (times then run long). rule:
+    "checks" when the verdict is the declared checks' (derived by verdict.decide, or rederived from the run's
+    recorded numbers), "former" when it was read by the rule in use before the declared checks (the catalogue
+    says so: rerun to judge it)."""
 
     verdict: str
     seeds: int
@@ -59,6 +62,11 @@ class Recorded:
     date: str
     shared: bool = False
     note: str = ""
+    rule: str = "checks"
+
+    def __post_init__(self) -> None:
+        if self.rule not in ("checks", "former"):
+            raise ValueError(f"Recorded.rule {self.rule!r}: 'checks' or 'former'")
 
 
 @dataclass
@@ -111,10 +119,15 @@ class Finding:
         if self.recorded is None:
             return "not run yet"
         r = self.recorded
+        former = " (by the former rule)" if r.rule == "former" else ""
         if self.compares and r.seeds < MIN_SEEDS:
             plural = "s" if r.seeds != 1 else ""
-            return f"undecided ({r.seeds} seed{plural}; rerun with {MIN_SEEDS}); that run read: {r.verdict}"
-        return r.verdict
+            return f"undecided ({r.seeds} seed{plural}; rerun with {MIN_SEEDS}); that run read: {r.verdict}{former}"
+        if r.rule == "former":
+            return f"{r.verdict} by the former rule; rerun to judge by the declared checks" + (
+                f" ({r.note})" if r.note else ""
+            )
+        return r.verdict + (f" ({r.note})" if r.note else "")
 
     def __post_init__(self) -> None:
         if self.needs is None and ((self.sweep is None) == (self.config is None) or self.analyse is None):

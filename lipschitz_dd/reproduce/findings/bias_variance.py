@@ -220,7 +220,8 @@ register(
             minutes=29,
             date="2026-12-01",
             shared=True,
-            note="then judged against the test-loss variance (a rule that could not fail)",
+            note="it compared the bound with the test-loss variance, a rule that could not fail",
+            rule="former",
         ),
     )
 )

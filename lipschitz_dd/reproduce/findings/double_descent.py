@@ -139,6 +139,6 @@ register(
         analyse=analyse,
         setting="FCN widths 4..512 on MNIST-1D, noise 0 / 0.15, 300 epochs",
         compares=True,
-        recorded=Recorded("holds", seeds=1, minutes=21, date="2026-12-01", shared=True),
+        recorded=Recorded("holds", seeds=1, minutes=21, date="2026-12-01", shared=True, rule="former"),
     )
 )

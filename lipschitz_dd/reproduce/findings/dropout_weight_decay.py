@@ -213,7 +213,7 @@ register(
         analyse=make_analyse(over_represented=True),
         setting="ResNet-20 at width 8 on 1,000 Fashion-MNIST images, 20 % noise, p 0..0.4, 100 epochs",
         compares=True,
-        recorded=Recorded("holds in part", seeds=1, minutes=25, date="2026-12-01", shared=True),
+        recorded=Recorded("holds in part", seeds=1, minutes=25, date="2026-12-01", shared=True, rule="former"),
     )
 )
 register(
@@ -230,6 +230,6 @@ register(
         analyse=make_analyse(over_represented=False),
         setting="ResNet-20 at width 8 on 1,000 Fashion-MNIST images, 20 % noise, decay 0..2.5e-3, 100 epochs",
         compares=True,
-        recorded=Recorded("holds", seeds=1, minutes=29, date="2026-12-01", shared=True),
+        recorded=Recorded("holds", seeds=1, minutes=29, date="2026-12-01", shared=True, rule="former"),
     )
 )

@@ -226,7 +226,7 @@ register(
         analyse=analyse_out_of_distribution,
         setting="FCN widths 8 / 32 / 64 / 256 on MNIST-1D, noise 0.15, 300 epochs; Gaussian noise r = 0.1..1",
         compares=True,
-        recorded=Recorded("holds", seeds=1, minutes=2.5, date="2026-12-01"),
+        recorded=Recorded("holds", seeds=1, minutes=2.5, date="2026-12-01", rule="former"),
     )
 )
 register(
@@ -260,6 +260,6 @@ register(
         analyse=analyse_adversarial,
         setting="CNN widths 1..16 on Fashion-MNIST, 300 epochs; PGD (L2) eps 0.1 / 0.5 / 1",
         compares=True,
-        recorded=Recorded("does not hold", seeds=1, minutes=72, date="2026-12-01", shared=True),
+        recorded=Recorded("does not hold", seeds=1, minutes=72, date="2026-12-01", shared=True, rule="former"),
     )
 )

@@ -210,7 +210,7 @@ register(
         analyse=analyse_cnn_double_descent,
         setting="CNN widths 1..16 on 1,000 Fashion-MNIST images, 20 % noise, Adam (the study's CNNs: SGD), 300 epochs",
         compares=True,
-        recorded=Recorded("holds", seeds=1, minutes=42, date="2026-12-01"),
+        recorded=Recorded("holds", seeds=1, minutes=42, date="2026-12-01", rule="former"),
     )
 )
 register(
@@ -236,7 +236,7 @@ register(
         analyse=analyse_constrained,
         setting="FCN widths 4..512 on MNIST-1D, unconstrained / C = 10 / C = 1, 300 epochs",
         compares=True,
-        recorded=Recorded("holds", seeds=1, minutes=25, date="2026-12-01", shared=True),
+        recorded=Recorded("holds", seeds=1, minutes=25, date="2026-12-01", shared=True, rule="former"),
     )
 )
 register(
@@ -261,6 +261,6 @@ register(
         analyse=analyse_penalty,
         setting="FCN 256 (one hidden layer) on MNIST-1D, lambda 0..0.1, 300 epochs",
         compares=True,
-        recorded=Recorded("holds in part", seeds=2, minutes=7, date="2026-12-01"),
+        recorded=Recorded("holds in part", seeds=2, minutes=7, date="2026-12-01", rule="former"),
     )
 )
