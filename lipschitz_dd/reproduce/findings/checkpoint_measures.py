@@ -17,6 +17,11 @@ from lipschitz_dd.reproduce.registry import Analysis, Finding, Recorded, registe
 from lipschitz_dd.reproduce.verdict import Check, Threshold
 
 
+def run_title(record) -> str:
+    """A run as a reader names it: width and seed (never the run's folder name)."""
+    return f"width {record.config.get('model.width')}, seed {record.config.get('seed_everything', 0)}"
+
+
 def _histograms(named_norms: dict[str, torch.Tensor], title: str, path: Path) -> Path:
     """Overlaid histograms of per-sample norms (log-spaced bins), one per entry of `named_norms`."""
     import numpy as np
@@ -28,7 +33,7 @@ def _histograms(named_norms: dict[str, torch.Tensor], title: str, path: Path) ->
     bins = np.geomspace(float(positive.min()), float(positive.max()), 40) if len(positive) else 40
     for label, norms in named_norms.items():
         ax.hist(norms.numpy(), bins=bins, alpha=0.55, label=label)
-    ax.set(xscale="log", xlabel="||J(x)||_2", ylabel="points", title=title)
+    ax.set(xscale="log", xlabel="$||J(x)||_2$", ylabel="points", title=title)
     ax.legend(fontsize="small")
     return save_figure(figure, path)
 
@@ -46,7 +51,7 @@ def analyse_softmax(records, out: Path) -> Analysis:
         result.figures.append(
             _histograms(
                 {"logits": logit_norms, "softmax": softmax_norms},
-                f"training set, run {record.name}",
+                f"training set, {run_title(record)}",
                 out / f"softmax_{record.name}.png",
             )
         )
@@ -116,7 +121,7 @@ def analyse_diagnostics(records, out: Path) -> Analysis:
         result.figures.append(
             _histograms(
                 {"training points": norms, f"top-{TOP_M} pair midpoints": hard},
-                f"run {record.name}",
+                run_title(record),
                 out / f"norms_{record.name}.png",
             )
         )
