@@ -33,6 +33,8 @@ from lipschitz_dd.report.threshold import Threshold
 
 DPI = 130
 FORMATS = ("png", "pdf", "svg")
+#: Line styles of the threshold lines, one per threshold in turn (a colour alone does not tell them apart).
+THRESHOLD_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
 SEED_BAND = ("pi", 100)  # seaborn errorbar: the 0..100 percentile interval = min..max over seeds
 _OUTPUT: contextvars.ContextVar[tuple[tuple[str, ...], int]] = contextvars.ContextVar("output", default=(("png",), DPI))
 
@@ -149,12 +151,19 @@ def plot_double_descent(
                 legend=False,
             )
             _scales(ax, log_x, log_y)
-            for threshold in shown_thresholds:
-                ax.axvline(threshold.x, color=_colour(colours, threshold.hue_level), linestyle="--", linewidth=1.2)
+            for i, threshold in enumerate(shown_thresholds):
+                style = THRESHOLD_STYLES[i % len(THRESHOLD_STYLES)]
+                ax.axvline(threshold.x, color=_colour(colours, threshold.hue_level), linestyle=style, linewidth=1.2)
         handles = [Line2D([], [], color=colours[level], marker="o", label=level) for level in levels]
         handles += [
-            Line2D([], [], color=_colour(colours, t.hue_level), linestyle="--", label=_readable(t.label))
-            for t in shown_thresholds
+            Line2D(
+                [],
+                [],
+                color=_colour(colours, t.hue_level),
+                linestyle=THRESHOLD_STYLES[i % len(THRESHOLD_STYLES)],
+                label=_readable(t.label),
+            )
+            for i, t in enumerate(shown_thresholds)
         ]
         legend_cell = grid[0, 2]
         legend_cell.set_axis_off()
