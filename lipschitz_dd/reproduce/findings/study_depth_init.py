@@ -62,7 +62,7 @@ def depth_checks(slopes: pd.DataFrame) -> list[Check]:
         checks.append(
             Check(
                 f"{LABELS[metric]} slope",
-                f"|ours / study - 1|, log-log slope of {LABELS[metric]} against depth at init (study {study:+g}; "
+                f"abs(ours / study - 1), log-log slope of {LABELS[metric]} against depth at init (study {study:+g}; "
                 "mean over seeds)",
                 abs(mean / study - 1.0) if mean == mean else math.nan,
                 Threshold("<=", SLOPE_TOL),

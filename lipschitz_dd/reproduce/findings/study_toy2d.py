@@ -40,7 +40,7 @@ STUDY = {
     "C_upper": 389.097,
     "grid max": 144.194,
 }
-#: Each published number is matched when |ours / study - 1| <= REL_TOL.
+#: Each published number is matched when abs(ours / study - 1) <= REL_TOL.
 REL_TOL = 0.005
 #: The study's tightness point: C_lower over the 45 training points is at least this fraction of the grid maximum.
 TIGHT = 0.9
@@ -97,7 +97,7 @@ def measure(net: torch.nn.Module, train, test, resolution: int = GRID) -> tuple[
 
 
 def relative_deviation(ours: float, study: float) -> float:
-    """|ours / study - 1| (NaN when ours is missing)."""
+    """abs(ours / study - 1) (NaN when ours is missing)."""
     return abs(ours / study - 1.0) if ours == ours else math.nan
 
 
@@ -114,7 +114,7 @@ def toy_checks(numbers: dict[str, float]) -> list[Check]:
         checks.append(
             Check(
                 f"{key} matches",
-                f"|ours / study - 1| for the {key} (study {study:g})",
+                f"abs(ours / study - 1) for the {key} (study {study:g})",
                 relative_deviation(float("nan") if ours is None else ours, study),
                 Threshold("<=", REL_TOL),
             )
@@ -152,9 +152,12 @@ def analyse(records, out: Path) -> Analysis:
         f"({'the study' if steps == STUDY_STEPS else 'not the study'}'s {STUDY_STEPS:,}); float64 measurements."
     )
     rows = [
-        {"quantity": key, "study": STUDY.get(key, math.nan), "here": value, "ours / study": value / STUDY[key]}
-        if key in STUDY
-        else {"quantity": key, "study": math.nan, "here": value, "ours / study": math.nan}
+        {
+            "quantity": key,
+            "study": f"{STUDY[key]:g}" if key in STUDY else "-",
+            "here": f"{value:.7g}",
+            "ours / study": f"{value / STUDY[key]:.6f}" if key in STUDY else "-",
+        }
         for key, value in numbers.items()
     ]
     result.lines += ["", *markdown_table(pd.DataFrame(rows))]
