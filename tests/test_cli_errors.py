@@ -7,6 +7,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -126,10 +127,25 @@ def test_bad_checkpoint_of_a_finished_run_keeps_its_record(tmp_path, monkeypatch
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
 
+class RanForever(Exception):
+    """Not one of the errors `main` turns into a line: it reaches the test."""
+
+
 def test_max_epochs_minus_one_is_refused_unless_bounded(tmp_path, monkeypatch, capsys):
     """-1 (no epoch limit) used to train until killed; 0 was already refused."""
     monkeypatch.chdir(tmp_path)
-    assert _fit("--run_name", "a", "--trainer.max_epochs=-1") == 1
+
+    def ran_forever(signum, frame):
+        raise RanForever("trainer.max_epochs=-1 was accepted and trained on")
+
+    previous = signal.signal(signal.SIGALRM, ran_forever)
+    signal.alarm(60)
+    try:
+        code = _fit("--run_name", "a", "--trainer.max_epochs=-1")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert code == 1
     line = _one_error_line(capsys.readouterr().err)
     assert "max_epochs=-1" in line and "max_steps" in line and "stopping" in line
     assert not (tmp_path / "runs").exists()
