@@ -123,6 +123,18 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     return checkpoint
 
 
+class _SaveEpochRows(Callback):
+    """Writes the finished epoch's row to metrics.csv when the next epoch starts. The run folder's CSV logger
+    keeps a row in memory until a row of another epoch arrives, which is the next epoch's end: a process killed
+    during that epoch lost the row, while the checkpoint of the epoch was already on disk, so a resume from it
+    could never write that row again."""
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for logger in trainer.loggers if trainer.is_global_zero else []:
+            if isinstance(logger, EpochCSVLogger):
+                logger.flush()
+
+
 class _ResumedRows(Callback):
     """On `fit --ckpt_path`: tells the loggers the epoch the run resumes at, before the module logs its epoch-0
     row (callbacks' on_train_start runs first), so the checkpoint's already-recorded rows are neither
@@ -405,6 +417,7 @@ class LipschitzCLI(LightningCLI):
         if cfg.get("snapshot", True):  # before ResultsWriter: results.json is the last file a run writes
             trainer.callbacks.append(FunctionSnapshot(run_dir=self.run_dir))
         trainer.callbacks.append(self.results_writer)
+        trainer.callbacks.insert(0, _SaveEpochRows())
         if resuming:
             trainer.callbacks.insert(0, _ResumedRows())
         return trainer

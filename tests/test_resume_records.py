@@ -221,3 +221,47 @@ def _results(status: str, epochs: int) -> RunResults:
 )
 def test_which_state_replaces_an_earlier_record(earlier, status, epochs, resumed, replaced):
     assert ResultsWriter._may_replace(earlier, status, epochs, epochs * 10, resumed) is replaced
+
+
+_KILL_AT_TENTH_BATCH = """
+import os, signal, sys
+from lipschitz_dd.models.base import LipschitzModule
+real_step = LipschitzModule.training_step
+calls = []
+def training_step(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 10:  # 4 batches an epoch: the second batch of the third epoch
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_step(self, *args, **kwargs)
+LipschitzModule.training_step = training_step
+from lipschitz_dd.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _rows_without_seconds(path: Path) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if "seconds" not in k} for row in csv.DictReader(open(path, newline=""))]
+
+
+@pytest.mark.slow
+def test_a_kill_mid_epoch_keeps_the_row_of_the_checkpointed_epoch(tmp_path, monkeypatch):
+    """The row of epoch 2 stayed in memory during epoch 3 while epoch=2.ckpt was on disk: kill -9 in epoch 3 lost
+    it, and the resume from epoch=2.ckpt went on at epoch 3, so the finished run had no row 2."""
+    monkeypatch.chdir(tmp_path)
+    common = ["-c", TINY, "--trainer.enable_checkpointing=true", "--wandb=false", "--trainer.max_epochs=4"]
+    assert main(["fit", *common, "--run_name", "ref"]) == 0
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_AT_TENTH_BATCH, "fit", *common, "--run_name", "r"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    run_dir = tmp_path / "runs" / "test_tiny" / "r"
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["epoch=2.ckpt"]
+    assert _steps(run_dir / "metrics.csv") == [0, 1, 2]
+    assert main(["fit", *common, "--ckpt_path", str(run_dir / "checkpoints" / "epoch=2.ckpt")]) == 0
+    reference = _rows_without_seconds(tmp_path / "runs" / "test_tiny" / "ref" / "metrics.csv")
+    assert _rows_without_seconds(run_dir / "metrics.csv") == reference
