@@ -86,9 +86,10 @@ class MLPBounds:
         neurons (None: the solver's own limit, 4,096 for "first_order", 100 for "interior_point").
     sdp_solver, sdp_time_limit: "first_order" (default; `lipschitz_dd.bounds.lipsdp_first_order`, L-BFGS on the
         multipliers, warm-started from the previous measurement's result, stopped after sdp_time_limit seconds
-        plus its certificate; a stopped run is still certified and errs high; ~5 s cold and less warm for the
-        study's FCN 40-256-256-10 on one core) or "interior_point" (`lipsdp_neuron`, cvxpy + Clarabel, the
-        SDP's optimum to solver accuracy; needs the `sdp` extra; seconds at 64 hidden neurons, minutes at 128).
+        plus its certificate; a stopped run is still certified and errs high; for the study's FCN 40-256-256-10
+        on one core: converged in 5 s at init, the 10 s limit 0.5 % above the optimum after training) or
+        "interior_point" (`lipsdp_neuron`, cvxpy + Clarabel, the SDP's optimum to solver accuracy; needs the
+        `sdp` extra; seconds at 32-64 hidden neurons, minutes beyond 100).
     exact_every, exact_time_limit, exact_max_neurons: lipschitz/exact (ReLU / LeakyReLU MLPs of at most
         exact_max_neurons hidden neurons) at every k-th measurement and the last one (0 = never); a search cut
         by exact_time_limit seconds logs the certified interval lipschitz/exact_lower / _upper instead.
