@@ -199,6 +199,10 @@ def test_closed_forms_and_bad_input():
         lipsdp_first_order(random_mlp((3, 4, 2), 0, lambda: nn.LeakyReLU(-0.5)))
     with pytest.raises(ValueError, match="not an MLP"):
         lipsdp_first_order(nn.Conv1d(1, 1, 1))
+    with pytest.raises(ValueError, match="init must be"):
+        lipsdp_first_order(random_mlp((3, 4, 2), 0), init=1.0)
+    small = random_mlp((3, 4, 2), 0)
+    assert lipsdp_first_order(small, device="cpu").value == lipsdp_first_order(small).value
     with pytest.raises(ValueError, match="max_iter"):
         lipsdp_first_order(random_mlp((3, 4, 2), 0), memory=0)
 

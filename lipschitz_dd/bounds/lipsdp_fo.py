@@ -60,14 +60,16 @@ from lipschitz_dd.bounds.mlp import MLP, mlp_from_module
 class FirstOrderLipSDPResult:
     """value: certified upper bound of the L2 Lipschitz constant (errs high, never low); solver_value: the
     best sqrt(rho(T')) the iterations reached (before certification; the certificate can only lower it or add
-    a margin of ~1e-9); eclipse_value: ECLipsE-Fast's bound (the start); iterations: gradient evaluations;
-    seconds: wall time including the certificate; multipliers: T'_k (one array per hidden layer of the
-    MLP normal form) such that F(value^2, value^2 T') >= 0 for the network's own weights W_k (the matrix of
-    :mod:`lipschitz_dd.bounds.lipsdp`; the certificate checked it after input compression and scaling), which
-    ``init=`` of the next call takes; source: "first-order" or
-    "eclipse" (the certified first-order value was not below ECLipsE-Fast's, which is returned); errs: which
-    way the value errs; warm_started: whether ``init`` was used as the start; stopped_by: "tolerance",
-    "max_iter" or "time_limit"; lmi_size: dimension of F after input compression."""
+    a margin of ~1e-9); eclipse_value: ECLipsE-Fast's bound (the start); iterations: evaluations of rho and its
+    gradient; seconds: wall time including the certificate; multipliers: T'_k (one array per hidden layer of
+    the MLP normal form) such that F(rho, rho T') >= 0 (the matrix of :mod:`lipschitz_dd.bounds.lipsdp`) for
+    the network's own weights W_k, with rho = value^2 when source is "first-order" (the certificate checked it
+    after input compression and scaling); ``init=`` of the next call takes them; source: "first-order", or
+    "eclipse" when the certified first-order value was not below ECLipsE-Fast's, which is then the value (and
+    rho above is the certified first-order one, slightly larger); errs: which way the value errs;
+    warm_started: whether ``init`` was used as the start; stopped_by: "tolerance", "max_iter" or
+    "time_limit"; lmi_size: dimension of F after input compression; history: the best rho(T') after each
+    evaluation (normalised weights: sqrt(h) * solver_value / sqrt(history[-1]) is on the network's scale)."""
 
     value: float
     solver_value: float
@@ -217,6 +219,8 @@ def lipsdp_first_order(
     for alpha, beta in ranges:
         if not 0.0 <= alpha <= beta:
             raise ValueError(f"lipsdp_first_order needs slopes 0 <= alpha <= beta, got [{alpha}, {beta}]")
+    if init is not None and not isinstance(init, FirstOrderLipSDPResult):
+        raise ValueError(f"lipsdp_first_order: init must be a FirstOrderLipSDPResult, got {type(init).__name__}")
     if not (max_iter >= 0 and memory >= 1 and tol >= 0 and patience >= 1):
         raise ValueError("lipsdp_first_order: needs max_iter >= 0, memory >= 1, tol >= 0, patience >= 1")
     prepared = _prepare(mlp)
@@ -341,7 +345,7 @@ def lipsdp_first_order(
                 stopped_by = stop
                 break
     mults_scaled = [t.cpu().numpy() for t in split(best_u)]
-    # certify: T = rho T' for the un-normalised F(rho, T) of lipsdp.py (same weights, same function)
+    # certify: T = rho T' in F(rho, T) of lipsdp.py (the same compressed, normalised weights)
     cert_rho, cert_mults = _certify(weights, ranges, [best_rho * t for t in mults_scaled], best_rho)
     value = math.sqrt(cert_rho) * factor
     source = "first-order"
