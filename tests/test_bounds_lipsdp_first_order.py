@@ -17,6 +17,7 @@ from lipschitz_dd.bounds import (
 )
 from lipschitz_dd.bounds.lipsdp import _prepare
 from lipschitz_dd.bounds.lipsdp_fo import _Problem
+from lipschitz_dd.bounds.result import BoundResult
 
 
 def random_mlp(sizes, seed, activation=nn.ReLU, bias_scale=1.0):
@@ -118,7 +119,9 @@ def test_value_lies_between_the_exact_constant_and_eclipse(sizes, seed, name):
     assert exact.lower <= result.value
     assert result.value <= eclipse_fast(net) <= product_bound(mlp_from_module(net))
     assert result.value < 0.999 * eclipse_fast(net)  # it improves on its start here
-    assert result.source == "first-order" and result.errs.startswith("high")
+    assert result.source == "first-order"
+    assert isinstance(result, BoundResult)
+    assert (result.kind, result.errs, result.certified) == ("upper", "high", True)
 
 
 @pytest.mark.parametrize("name", list(ACTIVATIONS))

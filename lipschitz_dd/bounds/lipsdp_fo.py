@@ -66,7 +66,8 @@ class FirstOrderLipSDPResult:
     the network's own weights W_k, with rho = value^2 when source is "first-order" (the certificate checked it
     after input compression and scaling); ``init=`` of the next call takes them; source: "first-order", or
     "eclipse" when the certified first-order value was not below ECLipsE-Fast's, which is then the value (and
-    rho above is the certified first-order one, slightly larger); errs: which way the value errs;
+    rho above is the certified first-order one, slightly larger); kind "upper", errs "high", certified True
+    (:class:`lipschitz_dd.bounds.result.BoundResult`);
     warm_started: whether ``init`` was used as the start; stopped_by: "tolerance", "max_iter" or
     "time_limit"; lmi_size: dimension of F after input compression; history: the best rho(T') after each
     evaluation (normalised weights: sqrt(h) * solver_value / sqrt(history[-1]) is on the network's scale)."""
@@ -82,7 +83,9 @@ class FirstOrderLipSDPResult:
     warm_started: bool
     lmi_size: int
     history: list[float] = field(default_factory=list, repr=False)
-    errs: str = "high (certified upper bound)"
+    kind: str = "upper"  # the BoundResult protocol (lipschitz_dd.bounds.result): a certified upper bound
+    errs: str = "high"
+    certified: bool = True
 
 
 # relative smoothing of the top eigenvalue, stage by stage (each stage starts where the last one ended);
