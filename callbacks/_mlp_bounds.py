@@ -47,7 +47,8 @@ ECLIPSE, SDP, EXACT = "lipschitz/upper_eclipse", "lipschitz/upper_sdp", "lipschi
 EXACT_LOWER, EXACT_UPPER = "lipschitz/exact_lower", "lipschitz/exact_upper"
 
 # hidden neurons up to which each LipSDP solver runs by default (MLPBounds.sdp_max_neurons=None); first order:
-# ~2 minutes at 2,048 neurons (784-1024-1024-10) on one CPU core
+# sdp_time_limit plus its certificate (a dense eigvalsh of the LMI: ~10 s at 2,048 neurons, 784-1024-1024-10, on
+# one CPU core, growing as the cube)
 SDP_MAX_NEURONS = {"first_order": 4096, "interior_point": 100}
 
 # per-rank scalars (keys of the reduction) and how they combine across ranks
