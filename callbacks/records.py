@@ -283,6 +283,9 @@ class ResultsWriter(Callback):
         results.extra["machine"] = machine_info(self._threads)
         if attempts > 1:
             results.extra["attempts"] = attempts
+        fit_end = sorted({key for lg in trainer.loggers for key in getattr(lg, "fit_end_keys", ())})
+        if fit_end:  # logged after the last epoch (the model's f(0)): a resume drops them from this epoch's row
+            results.extra["fit_end_metrics"] = fit_end
         if self.signal is not None:
             results.extra["signal"] = self.signal
         for callback in trainer.callbacks:  # entries other callbacks add, e.g. LipschitzCallback's "measurement"

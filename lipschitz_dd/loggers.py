@@ -37,24 +37,43 @@ class _RowMergingWriter(ExperimentWriter):
         path = os.path.join(log_dir, self.NAME_METRICS_FILE)
         # The rows the first save writes before the new ones: a resumed run's earlier rows (as written, every
         # cell a string), none for a new run (its first save replaces any file already there).
-        self._earlier: list[dict[str, str]] | None = _read_raw_rows(path) if resume else []
+        self._earlier: list[dict[str, Any]] | None = _read_raw_rows(path) if resume else []
         super().__init__(log_dir)
         self.metrics_keys = sorted({key for row in self._earlier for key in row})
         self._pending: dict[str, Any] | None = None
         self._drop_through: int | None = None
-        self._truncate_after: int | None = None
+        self._truncate: tuple[int, tuple[str, ...]] | None = None
+        #: step of the last row in the file (or in the earlier rows still to write); a row logged later for the
+        #: same step is merged into it (e.g. values logged at the end of fit into the last epoch's row)
+        self._tail_step: int | None = _row_step(self._earlier[-1]) if self._earlier else None
+        self._fit_ending = False
+        #: keys logged once training is over (`begin_fit_end`): values of the final weights, not of an epoch
+        self.fit_end_keys: set[str] = set()
 
     def _check_log_dir_exists(self) -> None:
         """Lightning's check removes metrics.csv; here the file stays until a complete new one replaces it."""
 
-    def keep_rows_through(self, step: int) -> None:
-        """Resume at `step`: the earlier run's rows after it are dropped (the checkpoint does not hold them) and
-        rows logged now for steps up to it (e.g. an epoch-0 row measured on the loaded weights) are ignored."""
+    def keep_rows_through(self, step: int, drop_keys: tuple[str, ...] | list[str] = ()) -> None:
+        """Resume at `step`: the earlier run's rows after it are dropped (the checkpoint does not hold them), so
+        are `drop_keys` from the row of `step` (the earlier fit's end-of-fit values, see `fit_end_keys`), and rows
+        logged now for steps up to it before training starts (e.g. an epoch-0 row measured on the loaded weights)
+        are ignored."""
+        drop = tuple(drop_keys)
         if self._earlier is not None:
-            self._earlier = [row for row in self._earlier if _row_step(row) <= step]
+            self._earlier = _kept_rows(self._earlier, step, drop)
+            self._tail_step = _row_step(self._earlier[-1]) if self._earlier else None
         else:  # already written: the next save rewrites the file without them
-            self._truncate_after = step
+            self._truncate = (step, drop)
         self._drop_through = step
+
+    def start_training(self) -> None:
+        """Training runs (an epoch starts, or fit ends): every row logged from now on is kept."""
+        self._drop_through = None
+
+    def begin_fit_end(self) -> None:
+        """Training is over: what is logged from now on goes into the last row and is listed in `fit_end_keys`."""
+        self.start_training()
+        self._fit_ending = True
 
     def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
         values = {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics_dict.items()}
@@ -62,6 +81,8 @@ class _RowMergingWriter(ExperimentWriter):
             step = len(self.metrics)
         if self._drop_through is not None and step <= self._drop_through:
             return
+        if self._fit_ending:
+            self.fit_end_keys.update(values)
         if self._pending is not None and self._pending["step"] == step:
             self._pending.update(values)
             return
@@ -81,15 +102,19 @@ class _RowMergingWriter(ExperimentWriter):
             return
         new_keys = self._record_new_keys()
         exists = os.path.isfile(self.metrics_file_path)
-        if self._earlier is not None or new_keys or self._truncate_after is not None or not exists:
+        merge = self._tail_step is not None and _row_step(self.metrics[0]) == self._tail_step
+        if self._earlier is not None or new_keys or self._truncate is not None or merge or not exists:
             if self._earlier is not None:
-                earlier = self._earlier
+                rows = list(self._earlier)
             else:
-                earlier = _read_raw_rows(self.metrics_file_path)
-                if self._truncate_after is not None:
-                    earlier = [row for row in earlier if _row_step(row) <= self._truncate_after]
-            self._rewrite([*earlier, *self.metrics])
-            self._earlier, self._truncate_after = None, None
+                rows = _read_raw_rows(self.metrics_file_path)
+                if self._truncate is not None:
+                    rows = _kept_rows(rows, *self._truncate)
+            new = list(self.metrics)
+            if rows and new and _row_step(rows[-1]) == _row_step(new[0]):
+                rows[-1] = {**rows[-1], **new.pop(0)}
+            self._rewrite([*rows, *new])
+            self._earlier, self._truncate = None, None
         else:
             try:
                 with open(self.metrics_file_path, "a", newline="") as f:
@@ -98,6 +123,7 @@ class _RowMergingWriter(ExperimentWriter):
                 if error.errno is None or error.filename is not None:
                     raise
                 raise OSError(error.errno, error.strerror, self.metrics_file_path) from error
+        self._tail_step = _row_step(self.metrics[-1])
         self.metrics = []
 
     def _csv_text(self, rows: list[dict[str, Any]], header: bool) -> str:
@@ -127,6 +153,12 @@ class _RowMergingWriter(ExperimentWriter):
 
 def _row_step(row: Mapping[str, Any]) -> int:
     return int(float(row.get("step", 0)))
+
+
+def _kept_rows(rows: list[dict[str, Any]], step: int, drop: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The rows up to `step`, without the keys `drop` in the row of `step`."""
+    kept = [row for row in rows if _row_step(row) <= step]
+    return [{k: v for k, v in row.items() if k not in drop} if _row_step(row) == step else row for row in kept]
 
 
 def _read_raw_rows(path: str) -> list[dict[str, str]]:
@@ -162,8 +194,18 @@ class EpochCSVLogger(CSVLogger):
             self._experiment = _RowMergingWriter(log_dir=self.log_dir, resume=self._resume)
         return self._experiment
 
-    def keep_rows_through(self, step: int) -> None:
-        self.experiment.keep_rows_through(step)
+    def keep_rows_through(self, step: int, drop_keys: tuple[str, ...] | list[str] = ()) -> None:
+        self.experiment.keep_rows_through(step, drop_keys)
+
+    def start_training(self) -> None:
+        self.experiment.start_training()
+
+    def begin_fit_end(self) -> None:
+        self.experiment.begin_fit_end()
+
+    @property
+    def fit_end_keys(self) -> set[str]:
+        return self._experiment.fit_end_keys if self._experiment is not None else set()
 
     def flush(self) -> None:
         self.experiment.flush()

@@ -132,7 +132,16 @@ class _SaveEpochRows(Callback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         for logger in trainer.loggers if trainer.is_global_zero else []:
             if isinstance(logger, EpochCSVLogger):
+                logger.start_training()
                 logger.flush()
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The last epoch's row is complete (callbacks' on_train_end run before the module's): write it; what is
+        logged from now on (the model's f(0), ...) joins it and is listed as the fit's end values."""
+        for logger in trainer.loggers if trainer.is_global_zero else []:
+            if isinstance(logger, EpochCSVLogger):
+                logger.flush()
+                logger.begin_fit_end()
 
 
 class _ResumedRows(Callback):
@@ -140,10 +149,22 @@ class _ResumedRows(Callback):
     row (callbacks' on_train_start runs first), so the checkpoint's already-recorded rows are neither
     duplicated nor overwritten by a row measured on the loaded weights."""
 
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        epoch = trainer.current_epoch
+        try:
+            earlier = read_results(self.run_dir)
+        except ValueError:  # an unreadable results.json: nothing to learn from it
+            earlier = None
+        # The earlier fit ended at this epoch: its end-of-fit values (f(0), ...) are not values of the epoch.
+        drop = (earlier.extra.get("fit_end_metrics") or []) if earlier and earlier.epochs == epoch else []
         for logger in trainer.loggers:
-            if hasattr(logger, "keep_rows_through"):
-                logger.keep_rows_through(trainer.current_epoch)
+            if isinstance(logger, EpochCSVLogger):
+                logger.keep_rows_through(epoch, drop)
+            elif hasattr(logger, "keep_rows_through"):
+                logger.keep_rows_through(epoch)
 
 
 class _RunConfigSaver(SaveConfigCallback):
@@ -419,7 +440,7 @@ class LipschitzCLI(LightningCLI):
         trainer.callbacks.append(self.results_writer)
         trainer.callbacks.insert(0, _SaveEpochRows())
         if resuming:
-            trainer.callbacks.insert(0, _ResumedRows())
+            trainer.callbacks.insert(0, _ResumedRows(self.run_dir))
         return trainer
 
     def after_fit(self) -> None:

@@ -183,6 +183,9 @@ def test_environment_sets_run_location(tmp_path, monkeypatch):
         ("--trainer.gradient_clip_algorithm=foo", "gradient_clip_algorithm"),  # Lightning's own config error
         ("--trainer.accumulate_grad_batches=0", "accumulate_grad_batches"),
         ("--trainer.max_epochs=0", "lipschitz-dd validate"),  # finished with no metrics.csv at all before
+        ("--trainer.max_epochs=-1", "trains until the process is killed"),  # trained forever before
+        ("--threads=0", "threads must be >= 1"),
+        ("--ckpt_path=" + str(ROOT / "README.md"), "README.md cannot be read"),  # a traceback of torch.load before
         ("--model.widht=64", "Option 'widht' is not accepted"),  # was ~100 lines of usage before the reason
         ("--model.loss=hinge", "Got value: hinge"),
         ("--lipschitz.mlp_bounds.exact_every=-1", "MLPBounds: exact_every must be a non-negative integer"),
@@ -207,6 +210,7 @@ def test_bad_input_gives_one_line_error(override, message, tmp_path):
         text=True,
         cwd=tmp_path,
         env={**_env(), "WANDB_MODE": "disabled"},
+        timeout=300,  # max_epochs=-1 trained forever before it was refused
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "usage:" not in proc.stderr

@@ -265,3 +265,31 @@ def test_a_kill_mid_epoch_keeps_the_row_of_the_checkpointed_epoch(tmp_path, monk
     assert main(["fit", *common, "--ckpt_path", str(run_dir / "checkpoints" / "epoch=2.ckpt")]) == 0
     reference = _rows_without_seconds(tmp_path / "runs" / "test_tiny" / "ref" / "metrics.csv")
     assert _rows_without_seconds(run_dir / "metrics.csv") == reference
+
+
+def test_values_logged_after_a_written_row_join_it(tmp_path):
+    """The last epoch's row is written when training ends; what is logged at the end of fit (the model's f(0))
+    joins that row (one row per epoch) and is listed in `fit_end_keys`."""
+    logger = EpochCSVLogger(save_dir=str(tmp_path), name="exp", version="r")
+    logger.log_metrics({"train/loss": 1.0}, step=0)
+    logger.log_metrics({"train/loss": 0.5}, step=1)
+    logger.flush()
+    logger.begin_fit_end()
+    logger.log_metrics({"f0/0": 0.25}, step=1)
+    logger.flush()
+    rows = list(csv.DictReader(open(tmp_path / "exp" / "r" / "metrics.csv", newline="")))
+    assert [(r["step"], r["train/loss"], r["f0/0"]) for r in rows] == [("0", "1.0", ""), ("1", "0.5", "0.25")]
+    assert logger.fit_end_keys == {"f0/0"}
+
+
+@pytest.mark.slow
+def test_extending_a_finished_run_gives_the_rows_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    """The 2-epoch fit's end values (f0/*) stayed in row 2 of the run extended to 4 epochs."""
+    monkeypatch.chdir(tmp_path)
+    assert _fit("--run_name", "ref", "--trainer.max_epochs=4") == 0
+    assert _fit("--run_name", "r", "--trainer.max_epochs=2") == 0
+    run_dir = tmp_path / "runs" / "test_tiny" / "r"
+    assert "f0/0" in _record(run_dir)["fit_end_metrics"]
+    assert _fit("--ckpt_path", str(run_dir / "checkpoints" / "epoch=2.ckpt"), "--trainer.max_epochs=4") == 0
+    reference = _rows_without_seconds(tmp_path / "runs" / "test_tiny" / "ref" / "metrics.csv")
+    assert _rows_without_seconds(run_dir / "metrics.csv") == reference
