@@ -42,7 +42,7 @@ class _RowMergingWriter(ExperimentWriter):
         self.metrics_keys = sorted({key for row in self._earlier for key in row})
         self._pending: dict[str, Any] | None = None
         self._drop_through: int | None = None
-        self._truncate: tuple[int, tuple[str, ...]] | None = None
+        self._truncate: tuple[int, int, tuple[str, ...]] | None = None
         #: step of the last row in the file (or in the earlier rows still to write); a row logged later for the
         #: same step is merged into it (e.g. values logged at the end of fit into the last epoch's row)
         self._tail_step: int | None = _row_step(self._earlier[-1]) if self._earlier else None
@@ -53,17 +53,19 @@ class _RowMergingWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
         """Lightning's check removes metrics.csv; here the file stays until a complete new one replaces it."""
 
-    def keep_rows_through(self, step: int, drop_keys: tuple[str, ...] | list[str] = ()) -> None:
+    def keep_rows_through(
+        self, step: int, drop_keys: tuple[str, ...] | list[str] = (), drop_at: int | None = None
+    ) -> None:
         """Resume at `step`: the earlier run's rows after it are dropped (the checkpoint does not hold them), so
-        are `drop_keys` from the row of `step` (the earlier fit's end-of-fit values, see `fit_end_keys`), and rows
-        logged now for steps up to it before training starts (e.g. an epoch-0 row measured on the loaded weights)
-        are ignored."""
-        drop = tuple(drop_keys)
+        are `drop_keys` from the row of `drop_at` (default `step`: where the earlier fit ended, its end-of-fit
+        values, see `fit_end_keys`), and rows logged now for steps up to `step` before training starts (e.g. an
+        epoch-0 row measured on the loaded weights) are ignored."""
+        drop = (step if drop_at is None else drop_at, tuple(drop_keys))
         if self._earlier is not None:
-            self._earlier = _kept_rows(self._earlier, step, drop)
+            self._earlier = _kept_rows(self._earlier, step, *drop)
             self._tail_step = _row_step(self._earlier[-1]) if self._earlier else None
         else:  # already written: the next save rewrites the file without them
-            self._truncate = (step, drop)
+            self._truncate = (step, *drop)
         self._drop_through = step
 
     def start_training(self) -> None:
@@ -155,10 +157,10 @@ def _row_step(row: Mapping[str, Any]) -> int:
     return int(float(row.get("step", 0)))
 
 
-def _kept_rows(rows: list[dict[str, Any]], step: int, drop: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The rows up to `step`, without the keys `drop` in the row of `step`."""
+def _kept_rows(rows: list[dict[str, Any]], step: int, drop_at: int, drop: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The rows up to `step`, without the keys `drop` in the row of `drop_at`."""
     kept = [row for row in rows if _row_step(row) <= step]
-    return [{k: v for k, v in row.items() if k not in drop} if _row_step(row) == step else row for row in kept]
+    return [{k: v for k, v in row.items() if k not in drop} if _row_step(row) == drop_at else row for row in kept]
 
 
 def _read_raw_rows(path: str) -> list[dict[str, str]]:
@@ -194,8 +196,10 @@ class EpochCSVLogger(CSVLogger):
             self._experiment = _RowMergingWriter(log_dir=self.log_dir, resume=self._resume)
         return self._experiment
 
-    def keep_rows_through(self, step: int, drop_keys: tuple[str, ...] | list[str] = ()) -> None:
-        self.experiment.keep_rows_through(step, drop_keys)
+    def keep_rows_through(
+        self, step: int, drop_keys: tuple[str, ...] | list[str] = (), drop_at: int | None = None
+    ) -> None:
+        self.experiment.keep_rows_through(step, drop_keys, drop_at)
 
     def start_training(self) -> None:
         self.experiment.start_training()

@@ -158,11 +158,12 @@ class _ResumedRows(Callback):
             earlier = read_results(self.run_dir)
         except ValueError:  # an unreadable results.json: nothing to learn from it
             earlier = None
-        # The earlier fit ended at this epoch: its end-of-fit values (f(0), ...) are not values of the epoch.
-        drop = (earlier.extra.get("fit_end_metrics") or []) if earlier and earlier.epochs == epoch else []
+        # Where the earlier fit ended, its end-of-fit values (f(0), ...) are not values of that epoch.
+        ended = earlier is not None and earlier.epochs is not None and earlier.epochs <= epoch
+        drop = (earlier.extra.get("fit_end_metrics") or []) if ended else []
         for logger in trainer.loggers:
             if isinstance(logger, EpochCSVLogger):
-                logger.keep_rows_through(epoch, drop)
+                logger.keep_rows_through(epoch, drop, earlier.epochs if ended else None)
             elif hasattr(logger, "keep_rows_through"):
                 logger.keep_rows_through(epoch)
 

@@ -293,3 +293,16 @@ def test_extending_a_finished_run_gives_the_rows_of_an_uninterrupted_run(tmp_pat
     assert _fit("--ckpt_path", str(run_dir / "checkpoints" / "epoch=2.ckpt"), "--trainer.max_epochs=4") == 0
     reference = _rows_without_seconds(tmp_path / "runs" / "test_tiny" / "ref" / "metrics.csv")
     assert _rows_without_seconds(run_dir / "metrics.csv") == reference
+
+
+def test_a_resume_past_the_earlier_end_drops_its_end_values_from_that_row(tmp_path):
+    """Resumed at epoch 3 from a run whose earlier fit ended at epoch 2: f0 of that end leaves row 2."""
+    run_dir = tmp_path / "exp" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.csv").write_text("f0/0,step,train/loss\n,0,2.0\n,1,1.5\n0.3,2,1.2\n,3,1.1\n")
+    logger = EpochCSVLogger(save_dir=str(tmp_path), name="exp", version="r", resume=True)
+    logger.keep_rows_through(3, ["f0/0"], drop_at=2)
+    logger.log_metrics({"train/loss": 1.0}, step=4)
+    logger.flush()
+    text = (run_dir / "metrics.csv").read_text()
+    assert text == "f0/0,step,train/loss\n,0,2.0\n,1,1.5\n,2,1.2\n,3,1.1\n,4,1.0\n"
