@@ -64,3 +64,10 @@ def is_wandb_logger(logger: Any) -> bool:
     from lightning.pytorch.loggers import WandbLogger
 
     return isinstance(logger, WandbLogger)
+
+
+def wandb_init_kwargs(logger: Any) -> dict[str, Any]:
+    """The keyword arguments a Lightning WandbLogger will pass to `wandb.init` (its private `_wandb_init`); the
+    dict itself, so a key removed here is not passed. Lightning 2.6 always passes `anonymous` (None unless asked),
+    which wandb >= 0.19 answers with a deprecation warning on every run."""
+    return logger._wandb_init

@@ -15,6 +15,7 @@ command works from any directory. Lightning is imported only for fit/validate/te
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import warnings
@@ -84,6 +85,35 @@ def _chooses_config_or_classes(args: list[str]) -> bool:
 
 
 TRAINING_SUBCOMMANDS = ("fit", "validate", "test")
+
+#: Upstream notices every fit printed that say nothing about the run (issue 21): Lightning's two advertising tips
+#: (litlogger, litmodels) and the FutureWarning torch raises when Lightning 2.6 builds a `LeafSpec`. Filtered
+#: here, in the console script only: a user's own script that imports lipschitz_dd still sees them.
+UPSTREAM_TIPS = ("💡 Tip:",)
+UPSTREAM_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+#: the loggers Lightning's rank_zero_info writes through (which one depends on the import order)
+_RANK_ZERO_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning_utilities.core.rank_zero",
+)
+
+
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    """logging filter: False (drop) for Lightning's advertising tips, True for every other record."""
+    return not str(record.msg).startswith(UPSTREAM_TIPS)
+
+
+def quiet_upstream_notices() -> None:
+    """Drop the known upstream notices of UPSTREAM_TIPS and UPSTREAM_WARNINGS for this process (the console
+    script calls it before a fit; nothing else does). Every other warning and log line is left as it was."""
+    for message in UPSTREAM_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+    for name in _RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if _not_a_tip not in logger.filters:
+            logger.addFilter(_not_a_tip)
+
 
 USAGE = """usage: lipschitz-dd [-h] [--version] COMMAND ...
 
@@ -262,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             argv = [argv[0], "--config", str(DEFAULT_CONFIG), *argv[1:]]
     # We pass the (possibly completed) argv ourselves: LightningCLI's "args and sys.argv both given" is noise.
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    quiet_upstream_notices()
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from lipschitz_dd.data.vision import DownloadError

@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 
+from lipschitz_dd._lightning_internals import wandb_init_kwargs
 from lipschitz_dd.metric_names import AVG, LOWER, TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, UPPER
 from lipschitz_dd.run_folder import write_atomic
 
@@ -231,6 +232,9 @@ class EpochWandbLogger(WandbLogger):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        init_kwargs = wandb_init_kwargs(self)
+        if init_kwargs.get("anonymous", "unset") is None:  # not asked for: no deprecation warning from wandb
+            del init_kwargs["anonymous"]
         self._pending_row: tuple[int, dict[str, Any]] | None = None
         self._epoch_axis_defined = False
 

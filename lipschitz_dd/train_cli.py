@@ -429,6 +429,7 @@ class LipschitzCLI(LightningCLI):
                 )
             kwargs["logger"] = loggers
         self.results_writer = ResultsWriter(run_dir=self.run_dir, config=self.flat_config, resumed=resuming)
+        self._throttle_progress_bar(trainer_cfg, kwargs)
         trainer = super().instantiate_trainer(**kwargs)
         savers = [c for c in trainer.callbacks if isinstance(c, _RunConfigSaver)]
         if resuming and savers:  # config.yaml changes with results.json, or not at all (_RunConfigSaver)
@@ -443,6 +444,21 @@ class LipschitzCLI(LightningCLI):
         if resuming:
             trainer.callbacks.insert(0, _ResumedRows(self.run_dir))
         return trainer
+
+    @staticmethod
+    def _throttle_progress_bar(trainer_cfg: Any, kwargs: dict[str, Any]) -> None:
+        """Unless bars are off or a progress bar is configured, the bar is lipschitz_dd.progress's: redrawn at most
+        every 0.2 s on a terminal, one line per epoch in a file (Lightning's redraws twice per batch)."""
+        from lightning.pytorch.callbacks import ProgressBar
+
+        from lipschitz_dd.progress import ThrottledProgressBar
+
+        if trainer_cfg.get("enable_progress_bar") is False or "callbacks" in kwargs:
+            return
+        callbacks = trainer_cfg.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        if not any(isinstance(callback, ProgressBar) for callback in callbacks):
+            kwargs["callbacks"] = [*callbacks, ThrottledProgressBar.for_stream()]
 
     def after_fit(self) -> None:
         epoch = self.trainer.current_epoch
