@@ -132,6 +132,13 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
     }
 
 
+def _fit_end_keys(logger: Any) -> set[str]:
+    """The keys a run folder's CSV logger saw logged after the last epoch (none for other loggers; Lightning's
+    DummyLogger answers every attribute with a function)."""
+    keys = getattr(logger, "fit_end_keys", None)
+    return set(keys) if isinstance(keys, (set, frozenset, list, tuple)) else set()
+
+
 def interruption_signal(exception: BaseException) -> str | None:
     """ "SIGINT" for Ctrl-C (KeyboardInterrupt), "SIGTERM" for Lightning's SIGTERMException, else None."""
     if isinstance(exception, KeyboardInterrupt):
@@ -283,7 +290,7 @@ class ResultsWriter(Callback):
         results.extra["machine"] = machine_info(self._threads)
         if attempts > 1:
             results.extra["attempts"] = attempts
-        fit_end = sorted({key for lg in trainer.loggers for key in getattr(lg, "fit_end_keys", ())})
+        fit_end = sorted({key for lg in trainer.loggers for key in _fit_end_keys(lg)})
         if fit_end:  # logged after the last epoch (the model's f(0)): a resume drops them from this epoch's row
             results.extra["fit_end_metrics"] = fit_end
         if self.signal is not None:

@@ -29,6 +29,7 @@ SYNTHETIC_FOR = {
     "FashionMNISTDataModule": ([1, 28, 28], 10),
     "ImageFolderDataModule": ([3, 32, 32], 1000),  # ImageNet configs: small images keep the smoke test quick
     "Toy2DDataModule": None,  # generated in memory already
+    "StudyToy2DDataModule": None,
     "SyntheticDataModule": None,
 }
 
