@@ -30,6 +30,7 @@ def _one_error_line(err: str) -> str:
     return errors[0]
 
 
+@pytest.mark.e2e
 def test_read_only_save_dir_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     save_dir = tmp_path / "read_only"
@@ -46,6 +47,7 @@ def test_read_only_save_dir_is_one_line(tmp_path, monkeypatch, capsys):
     assert "Permission denied" in line and str(save_dir) in line
 
 
+@pytest.mark.e2e
 def test_read_only_run_folder_is_one_line(tmp_path, monkeypatch, capsys):
     """The run folder exists but nothing can be created in it (its files are written through temporary files)."""
     monkeypatch.chdir(tmp_path)
@@ -64,6 +66,7 @@ def test_read_only_run_folder_is_one_line(tmp_path, monkeypatch, capsys):
     assert ".tmp" not in line  # the file meant, not the temporary one
 
 
+@pytest.mark.e2e
 def test_disk_full_at_results_json_is_one_line_and_keeps_the_rows(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     real_replace = os.replace
@@ -89,6 +92,7 @@ def _checkpoint_bytes(tmp_path: Path) -> bytes:
     return path.read_bytes()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
@@ -114,6 +118,7 @@ def test_bad_checkpoint_is_one_line_naming_it(content, reason, tmp_path, monkeyp
     assert not (tmp_path / "runs").exists()  # refused before any run folder is made
 
 
+@pytest.mark.e2e
 def test_bad_checkpoint_of_a_finished_run_keeps_its_record(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert _fit("--run_name", "r", "--trainer.enable_checkpointing=true", "--trainer.max_epochs=1") == 0
@@ -131,6 +136,7 @@ class RanForever(Exception):
     """Not one of the errors `main` turns into a line: it reaches the test."""
 
 
+@pytest.mark.e2e
 def test_max_epochs_minus_one_is_refused_unless_bounded(tmp_path, monkeypatch, capsys):
     """-1 (no epoch limit) used to train until killed; 0 was already refused."""
     monkeypatch.chdir(tmp_path)

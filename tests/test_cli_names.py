@@ -23,6 +23,7 @@ def _printed_config(capsys, args):
     return yaml.safe_load(capsys.readouterr().out)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "spelling",
     [["--config", "test_tiny"], ["--config=test_tiny"], ["-c", "test_tiny"], ["-c=test_tiny"], ["-ctest_tiny"]]
@@ -36,6 +37,7 @@ def test_a_shipped_config_by_name_from_any_directory(spelling, tmp_path, monkeyp
     assert str(TINY.resolve()) in "".join(prepare_training_args(spelling))
 
 
+@pytest.mark.e2e
 def test_a_local_file_wins_over_a_shipped_name(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     mine = yaml.safe_load(TINY.read_text())
@@ -45,6 +47,7 @@ def test_a_local_file_wins_over_a_shipped_name(tmp_path, monkeypatch, capsys):
     assert _printed_config(capsys, ["-c", "test_tiny"])["model"]["init_args"]["width"] == 16  # the shipped one
 
 
+@pytest.mark.e2e
 def test_none_from_a_sweep_is_null(capsys):
     """wandb agent writes a sweep's `null` as `--key=None` (Python's str); it must reach the model as None."""
     args = expand_command(
@@ -67,6 +70,7 @@ def test_prepare_training_args_keeps_everything_else():
     ]
 
 
+@pytest.mark.e2e
 def test_args_json_reaches_the_cli_as_an_inline_config(tmp_path, capsys):
     sweep = {
         "method": "grid",
@@ -183,6 +187,7 @@ def test_a_shipped_sweeps_command_runs_from_an_empty_directory(tmp_path):
     assert config.get("data.label_noise", config.get("data.init_args.label_noise")) == 0.15
 
 
+@pytest.mark.e2e
 def test_data_class_and_data_class_path_give_the_same_defaults(capsys):
     """Both choose the data class, so neither gets the embedded default config's data settings."""
     by_class = _printed_config(capsys, ["--data", "lipschitz_dd.data.MNIST1DDataModule"])
@@ -191,6 +196,7 @@ def test_data_class_and_data_class_path_give_the_same_defaults(capsys):
     assert by_path["data"]["init_args"]["label_noise"] == 0.0  # the class's default, not default.yaml's 0.15
 
 
+@pytest.mark.e2e
 def test_a_plain_lightning_module_without_dataloader_idx_is_one_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "plain_net.py").write_text(
         "import torch\nimport lightning as L\n\n"
@@ -212,6 +218,7 @@ def test_a_plain_lightning_module_without_dataloader_idx_is_one_line(tmp_path, m
     assert not (tmp_path / "runs").exists()  # refused before anything ran
 
 
+@pytest.mark.e2e
 def test_no_progress_bar_silences_the_lipschitz_bar(tmp_path, monkeypatch):
     from lipschitz_dd.callbacks import lipschitz
 

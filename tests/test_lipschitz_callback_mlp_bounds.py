@@ -59,6 +59,7 @@ def fit(tmp_path, model, callback, max_epochs: int = 2, **kwargs):
     return trainer, [str(w.message) for w in caught if "not available" in str(w.message)]
 
 
+@pytest.mark.e2e
 def test_mlp_bounds_equal_direct_calls_on_the_same_weights(tmp_path):
     pytest.importorskip("cvxpy")
     from lipschitz_dd.bounds import lipsdp_neuron
@@ -86,6 +87,7 @@ def test_mlp_bounds_equal_direct_calls_on_the_same_weights(tmp_path):
     assert rows[2]["lipschitz/exact"] == pytest.approx(final["lipschitz/exact"], rel=1e-6)
 
 
+@pytest.mark.e2e
 def test_lipschitz_dd_fcn_with_a_logit_temperature(tmp_path):
     from lipschitz_dd.models import FCN
 
@@ -102,6 +104,7 @@ def test_lipschitz_dd_fcn_with_a_logit_temperature(tmp_path):
     assert callback.last_metrics["lipschitz/exact"] == pytest.approx(exact_lipschitz(net).lower, rel=1e-6)
 
 
+@pytest.mark.e2e
 def test_schedule_every_k_measurements_and_always_the_last(tmp_path):
     callback = LipschitzCallback(every_n_epochs=1, mlp_bounds=MLPBounds(exact_every=2, sdp_every=0), progress_bar=False)
     fit(tmp_path, TemperedMLP(), callback, max_epochs=3)
@@ -118,6 +121,7 @@ class StopAfterFirstEpoch(pl.Callback):
         trainer.should_stop = True
 
 
+@pytest.mark.e2e
 def test_a_late_stop_still_gets_the_last_measurement_bounds(tmp_path):
     callback = LipschitzCallback(every_n_epochs=1, mlp_bounds=MLPBounds(exact_every=5), progress_bar=False)
     model = TemperedMLP()
@@ -130,6 +134,7 @@ def test_a_late_stop_still_gets_the_last_measurement_bounds(tmp_path):
     assert sorted(int(r["step"]) for r in rows) == [0, trainer.global_step]  # before, and after the last update
 
 
+@pytest.mark.e2e
 def test_a_cut_search_logs_the_certified_interval(tmp_path):
     model = TemperedMLP(widths=(6, 5))
     options = MLPBounds(exact_every=1, exact_time_limit=1e-6, upper_eclipse=False)

@@ -37,6 +37,7 @@ def test_plain_pytorch_loop_measures_through_the_meter():
     assert meter.history[-1]["params/path_length"] > 0
 
 
+@pytest.mark.e2e
 def test_the_meter_imports_without_lightning():
     code = "import sys; from lipschitz_dd.callbacks import LipschitzMeter; print('lightning' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

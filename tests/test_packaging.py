@@ -60,6 +60,7 @@ def source_packages() -> dict[str, Path]:
     return packages
 
 
+@pytest.mark.e2e
 def test_every_package_of_the_source_tree_is_in_the_wheel(wheel_names):
     """Fast on purpose: a subpackage missing from the wheel (lipschitz_dd.reproduce was) breaks only real
     installs, so every test run checks the built wheel."""

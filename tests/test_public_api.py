@@ -7,10 +7,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import lipschitz_dd
 import lipschitz_dd.bounds as bounds
 
 
+@pytest.mark.e2e
 def test_import_lipschitz_dd_is_cheap_and_the_meter_needs_no_lightning():
     code = (
         "import sys, lipschitz_dd\n"

@@ -315,6 +315,7 @@ def test_bias_variance_names_missing_records(tmp_path):
 
 
 # ---------------------------------------------------------------- the whole report
+@pytest.mark.e2e
 def test_report_writes_figures_and_tables(report):
     for name in ("double_descent.png", "bounds_vs_epoch.png", "heatmap.png", "bias_variance.png"):
         data = (report / name).read_bytes()
@@ -332,6 +333,7 @@ def test_report_writes_figures_and_tables(report):
     assert "![double_descent](double_descent.png)" in markdown
 
 
+@pytest.mark.e2e
 def test_report_slopes_recover_the_synthetic_exponents(report):
     slopes = pd.read_csv(report / "power_law_slopes.csv")
     assert len(slopes) == len(WIDTHS) * len(NOISES) * len(SEEDS) * len(EXPONENT)
@@ -341,6 +343,7 @@ def test_report_slopes_recover_the_synthetic_exponents(report):
     assert (slopes["from_epoch"] == FIT_FROM).all() and (slopes["n_points"] == EPOCHS - FIT_FROM + 1).all()
 
 
+@pytest.mark.e2e
 def test_report_without_noise_axis_and_with_a_categorical_x_axis(tmp_path, capsys):
     runs = tmp_path / "runs" / "optimisers"
     widths = {"sgd": 8, "adam": 64}
@@ -382,6 +385,7 @@ def test_bad_folder_gives_a_one_line_error(tmp_path, make, message):
     assert message in text and "\n" not in text and text.startswith("lipschitz-dd report: error:")
 
 
+@pytest.mark.e2e
 def test_report_with_list_valued_config_keys_that_differ_between_runs(tmp_path):
     """`--model.widths "[8,8]"` vs `"[16,4]"` (and a differing data.input_shape) used to crash the report
     with `TypeError: unhashable type: 'list'` when sorting/grouping the runs table."""

@@ -89,6 +89,7 @@ def test_attempt_of_reads_any_path_below_attempts(tmp_path):
     assert attempt_of(tmp_path / "s" / "attempts" / "no_number" / "x") is None
 
 
+@pytest.mark.e2e
 def test_killed_sweep_reports_each_grid_point_exactly_once(tmp_path):
     sweep = killed_sweep(tmp_path)
     runs = load_runs(sweep)
@@ -127,6 +128,7 @@ def _damage(folder, column, value="nan?x"):
     frame.to_csv(folder / "metrics.csv", index=False)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("column", ["train/loss", "lipschitz/lower"])  # the divergence rule; the power-law fit
 def test_a_non_numeric_cell_marks_the_run_damaged_and_the_rest_is_reported(tmp_path, capsys, column):
     sweep = tmp_path / "sweep"

@@ -190,6 +190,7 @@ def sweep(tmp_path_factory) -> Path:
     return root / "runs"
 
 
+@pytest.mark.e2e
 def test_every_cli_run_writes_a_snapshot(sweep):
     for run in (sweep / "tiny").iterdir():
         with np.load(run / SNAPSHOT_FILE) as snapshot:
@@ -197,6 +198,7 @@ def test_every_cli_run_writes_a_snapshot(sweep):
             assert snapshot["jacobians"].shape == (256, 10, 40)  # 256 training points, 40 inputs
 
 
+@pytest.mark.e2e
 def test_report_fills_the_paper_bound_and_the_function_variance(sweep, tmp_path):
     summary = build_report(sweep, out=tmp_path / "report")
     table = pd.read_csv(tmp_path / "report" / "bias_variance.csv")
@@ -213,6 +215,7 @@ def test_report_fills_the_paper_bound_and_the_function_variance(sweep, tmp_path)
     assert (tmp_path / "report" / "bias_variance.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.e2e
 def test_grid_points_without_snapshots_stay_empty_and_are_named(sweep):
     records = load_runs(sweep)
     kept = [

@@ -42,6 +42,7 @@ def test_old_results_without_schema_version_are_read(tmp_path):
     assert run.problems == []
 
 
+@pytest.mark.e2e
 def test_a_finished_run_whose_loss_blew_up_is_diverged_and_left_out_of_means(tmp_path):
     for seed in (0, 1):
         write_run(
@@ -98,6 +99,7 @@ def _offline_run(tmp_path, run_id="wb000001", exit_code=0, losses=(2.3, 1.0, 0.5
     return folder
 
 
+@pytest.mark.e2e
 def test_an_offline_wandb_run_becomes_the_same_record(tmp_path):
     folder = _offline_run(tmp_path)
     assert folder.name.startswith("offline-run-") and folder.name.endswith("wb000001")
@@ -115,6 +117,7 @@ def test_an_offline_wandb_run_becomes_the_same_record(tmp_path):
     assert run.seconds is not None and run.seconds >= 0
 
 
+@pytest.mark.e2e
 def test_wandb_runs_gathered_in_a_folder_are_reported_with_run_folders(tmp_path):
     gathered = tmp_path / "gathered"
     _offline_run(gathered / "machine1", "wb000001")
@@ -167,6 +170,7 @@ def test_api_path_converts_runs_the_same_way(tmp_path):
         load_wandb_api_runs("just-a-project")
 
 
+@pytest.mark.e2e
 def test_report_cli_takes_a_folder_or_wandb(tmp_path, capsys):
     from lipschitz_dd.report.cli import main
 

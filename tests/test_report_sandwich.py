@@ -47,6 +47,7 @@ def test_ratios_are_to_the_exact_constant_where_it_is_known(tmp_path):
     assert "train/loss" not in bound_curves(record(tmp_path)).columns
 
 
+@pytest.mark.e2e
 def test_figure_is_written(tmp_path):
     path = plot_sandwich([record(tmp_path), record(tmp_path)], tmp_path / "fig" / "sandwich.png")
     assert path.exists() and path.stat().st_size > 10_000

@@ -233,6 +233,7 @@ def _fake_run(folder, config: dict, final: dict, initial: dict | None = None) ->
     (folder / "metrics.csv").write_text("\n".join(",".join(map(str, row)) for row in rows) + "\n")
 
 
+@pytest.mark.e2e
 def test_ratio_analysis_on_hand_made_runs(tmp_path, capsys):
     runs = tmp_path / "runs"
     for loss, scale in (("ce", 1.0), ("mse", 0.5)):
@@ -267,6 +268,7 @@ def test_heatmap_finds_the_peak_width_per_noise_and_the_peak_noise_per_width(tmp
     assert "undecided: 1 seed" in summary
 
 
+@pytest.mark.e2e
 def test_optimizer_compares_c_lower_at_equal_training_loss(tmp_path):
     """SGD ends at train loss 1.0 with C_lower 2; Adam first reaches loss <= 1.0 at epoch 4 (C_lower 5 there,
     50 at its end): equal-epoch ratio 25, equal-loss ratio 5 / 2 = 2.5."""
@@ -287,6 +289,7 @@ def test_optimizer_compares_c_lower_at_equal_training_loss(tmp_path):
     assert "| also at equal training loss |" in summary and "| 2.5 | > 1 | 1 | pass |" in summary
 
 
+@pytest.mark.e2e
 def test_loss_compares_c_lower_at_equal_training_accuracy(tmp_path):
     """MSE ends at train accuracy 0.6 with C_lower 2; of the two CE seeds, one first reaches accuracy >= 0.6 at
     epoch 3 (C_lower 8 there), the other never does: equal-accuracy ratio 2 / 8 = 0.25, from 1 of 2 runs."""
@@ -311,6 +314,7 @@ def test_loss_compares_c_lower_at_equal_training_accuracy(tmp_path):
     assert "| also at equal training accuracy |" in summary and "| 0.25 | < 1 | 1 | pass |" in summary
 
 
+@pytest.mark.e2e
 def test_cnn_double_descent_fits_each_widths_evolution_slopes(tmp_path):
     """Bounds logged as exact power laws of the epoch (C_lower = w e^0.5, C_avg = e^0.3, C_upper = 3 e^0.7 for
     epochs 10..80, 1 at epoch 0): the per-width table holds those exponents and C_lower's growth 80^0.5 w."""
@@ -336,6 +340,7 @@ def test_cnn_double_descent_fits_each_widths_evolution_slopes(tmp_path):
     assert f"| 4 | 0.3 | 0.5 | 0.7 | {4 * 80**0.5:.4g} |" in summary
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("damped", [True, False])
 def test_constrained_verdict_compares_the_peak_heights_of_the_settings(tmp_path, damped):
     """Test loss and C_lower peak at width 8 with heights set per temperature: falling with each tighter

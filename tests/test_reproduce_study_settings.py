@@ -130,6 +130,7 @@ def _write_folder(folder, config: dict, sections: dict, metrics: pd.DataFrame, s
     return folder
 
 
+@pytest.mark.e2e
 def test_toy_analysis_measures_a_hand_made_run_and_it_does_not_hold(tmp_path, monkeypatch):
     """An untrained toy network in a hand-made run folder: the analysis measures it (float64; C_lower <= grid max
     <= exact constant <= C_upper) and its verdict is not `holds`: the numbers are not the study's."""

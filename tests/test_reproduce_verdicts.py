@@ -107,6 +107,7 @@ def _dd_runs(root, hue_key, hue_values, good: bool):
                 write_run(root / f"h{h}w{w}s{s}", {"model.width": w, hue_key: h, "seed_everything": s}, final)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["double_descent", "cnn_fashion_mnist_dd"])
 def test_double_descent_both_ways(tmp_path, name):
     for good, expected in ((True, HOLDS), (False, DOES_NOT_HOLD)):
@@ -115,6 +116,7 @@ def test_double_descent_both_ways(tmp_path, name):
         assert verdict_of(name, runs, tmp_path / f"out{good}").startswith(expected)
 
 
+@pytest.mark.e2e
 def test_double_descent_with_one_seed_is_undecided(tmp_path):
     _dd_runs(tmp_path / "runs", "data.label_noise", (0.15,), True)
     for folder in (tmp_path / "runs").iterdir():
@@ -125,6 +127,7 @@ def test_double_descent_with_one_seed_is_undecided(tmp_path):
     assert verdict_of("double_descent", tmp_path / "runs", tmp_path / "out").startswith("undecided: 1 seed")
 
 
+@pytest.mark.e2e
 def test_constrained_both_ways(tmp_path):
     for damped, expected in ((True, HOLDS), (False, DOES_NOT_HOLD)):
         peaks = {1.0: 4.0, 10.0: 2.0, 40.0: 1.5} if damped else {1.0: 1.5, 10.0: 2.0, 40.0: 4.0}
@@ -138,6 +141,7 @@ def test_constrained_both_ways(tmp_path):
         assert verdict_of("constrained", tmp_path / f"r{damped}", tmp_path / f"o{damped}").startswith(expected)
 
 
+@pytest.mark.e2e
 def test_heatmap_both_ways(tmp_path):
     """Holds: the C_lower peak moves from width 8 to 32 with noise, interior noise peaks at 2 of 3 widths. Does
     not hold: the peak moves left, and every width peaks at the largest noise."""
@@ -166,6 +170,7 @@ def _two_settings(root, key, a, b, values, matched_metric=None):
                 write_run(root / f"{level}w{w}s{s}", {key: level, "model.width": w, "seed_everything": s}, final)
 
 
+@pytest.mark.e2e
 def test_optimizer_both_ways(tmp_path):
     _two_settings(tmp_path / "h", "model.optimizer", "adam", "sgd", {"adam": 30.0, "sgd": 10.0}, "train/loss")
     assert verdict_of("optimizer", tmp_path / "h", tmp_path / "oh").startswith(HOLDS)
@@ -173,6 +178,7 @@ def test_optimizer_both_ways(tmp_path):
     assert verdict_of("optimizer", tmp_path / "n", tmp_path / "on").startswith(DOES_NOT_HOLD)
 
 
+@pytest.mark.e2e
 def test_loss_both_ways(tmp_path):
     """Holds: MSE 0.8x CE (smaller, within 2x, also at equal accuracy). In part: MSE 0.1x CE (smaller, not
     slightly). Does not hold: MSE 3x CE (not smaller, not within 2x)."""
@@ -195,6 +201,7 @@ def _slope_runs(root, key, exponents_init, exponents_final, xs=(1, 2, 4, 8), ext
             write_run(root / f"x{x}s{s}", config, final, initial)
 
 
+@pytest.mark.e2e
 def test_depth_both_ways(tmp_path):
     up, down = {"lipschitz/lower": 2.0, "lipschitz/avg": 1.2, "lipschitz/upper": 3.3}, {}
     init_good = {"lipschitz/lower": -1.0, "lipschitz/avg": -0.5, "lipschitz/upper": 0.1}
@@ -229,6 +236,7 @@ def _train_size_runs(root, exponent, equal_update_exponent, matched_exponent):
             write_run(root / f"n{n}s{s}", config, final, history=history, epochs=16)
 
 
+@pytest.mark.e2e
 def test_train_size_compares_at_equal_updates_and_equal_loss(tmp_path):
     _train_size_runs(tmp_path / "h", 0.5, 0.3, 0.5)
     assert verdict_of("train_size", tmp_path / "h", tmp_path / "oh").startswith(HOLDS)
@@ -243,6 +251,7 @@ def test_train_size_compares_at_equal_updates_and_equal_loss(tmp_path):
     assert verdict_of("train_size", tmp_path / "n", tmp_path / "on").startswith(DOES_NOT_HOLD)
 
 
+@pytest.mark.e2e
 def test_evolution_both_ways(tmp_path):
     for growth, expected in ((2.0, HOLDS), (0.0, DOES_NOT_HOLD)):
         for s in SEEDS:
@@ -278,6 +287,7 @@ def test_evolution_bound_both_ways(tmp_path):
         assert verdict_of("evolution_bound", tmp_path / expected, tmp_path / f"o{expected}").startswith(expected)
 
 
+@pytest.mark.e2e
 def test_regulariser_both_ways(tmp_path):
     for good, expected in ((True, HOLDS), (False, DOES_NOT_HOLD)):
         for lam in (0.0, 0.01, 0.1):

@@ -37,6 +37,7 @@ def set_state(db_path, state):
 
 
 # ---------------------------------------------------------------- item 5: left `running`
+@pytest.mark.e2e
 def test_runs_left_running_are_kept_when_their_results_json_says_finished(tmp_path, monkeypatch):
     sweep_file = make_sweep(tmp_path, TWO, name="two")
     ledger = tmp_path / "ledger.jsonl"
@@ -152,6 +153,7 @@ def tree(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("unmovable", ["run folder", "log"])
 def test_an_earlier_attempt_that_cannot_be_moved_stays_whole_and_the_run_waits(
     tmp_path, monkeypatch, capsys, unmovable

@@ -98,6 +98,7 @@ GRID = {"width": {"values": [2, 4]}, "noise": {"values": [0.0, 0.5]}}
 GRID_POINTS = [{"noise": n, "width": w} for n in (0.0, 0.5) for w in (2, 4)]  # keys alphabetical, last fastest
 
 
+@pytest.mark.e2e
 def test_grid_end_to_end(tmp_path):
     sweep_file = make_sweep(tmp_path, GRID)
     result = run_sweep(sweep_file, out=tmp_path / "out", workers=2, progress=False)
@@ -131,6 +132,7 @@ def test_grid_end_to_end(tmp_path):
     assert again.started == [] and [r.id for r in again.runs] == [r.id for r in result.runs]
 
 
+@pytest.mark.e2e
 def test_failing_run_does_not_stop_the_sweep_and_retry_flag(tmp_path, capsys):
     sweep_file = make_sweep(tmp_path, {"fail": {"values": [False, True]}, "width": {"values": [1, 2]}})
     out = str(tmp_path / "out")
@@ -242,6 +244,7 @@ def _finished_ids(db_path):
         return {row[0] for row in db.execute("SELECT id FROM runs WHERE state='finished'")}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", ["random", "bayes"])
 def test_random_and_bayes_with_count(tmp_path, method):
     sweep_file = make_sweep(tmp_path, {"width": {"distribution": "int_uniform", "min": 1, "max": 100}}, method=method)
@@ -301,6 +304,7 @@ def test_gpu_ids_one_per_worker_slot():
     assert gpu_ids(2, "2,3") == ["2", "3"] and gpu_ids(1, "GPU-ab12, GPU-cd34") == ["GPU-ab12"]
 
 
+@pytest.mark.e2e
 def test_report_counts_each_grid_point_once_after_retries(tmp_path, monkeypatch):
     """A retried run's earlier attempt is moved to attempts/; the report reads the latest attempt only."""
     from lipschitz_dd.report.records import load_runs
@@ -346,6 +350,7 @@ def test_ctrl_c_keeps_a_run_that_had_already_finished(tmp_path, monkeypatch):
     assert again.started == [] and len(ledger.read_text().splitlines()) == 1
 
 
+@pytest.mark.e2e
 def test_retry_failed_skips_runs_no_longer_in_the_grid(tmp_path, capsys):
     from lipschitz_dd.report.records import load_runs
 
@@ -381,6 +386,7 @@ def test_rerun_without_retry_flag_says_how_to_retry(tmp_path):
     assert "1 failed run(s)" in stream.getvalue() and "--retry_failed" in stream.getvalue()
 
 
+@pytest.mark.e2e
 def test_same_failure_on_every_run_stops_after_the_first_few(tmp_path, capsys):
     sweep_file = make_sweep(tmp_path, {"fail": {"values": [True]}, "width": {"values": [1, 2, 3, 4, 5, 6]}})
     assert main([str(sweep_file), "--out", str(tmp_path / "out"), "--no_progress"]) == 1
@@ -394,6 +400,7 @@ def test_same_failure_on_every_run_stops_after_the_first_few(tmp_path, capsys):
         }
 
 
+@pytest.mark.e2e
 def test_different_failures_do_not_stop_the_sweep(tmp_path, monkeypatch):
     sweep_file = make_sweep(tmp_path, {"fail": {"values": [True]}, "width": {"values": [1, 2, 3, 4]}})
     monkeypatch.setenv("FAKE_VARY", "1")  # each run fails with its own message

@@ -24,6 +24,7 @@ def threads_seen(result):
     return seen
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_run_uses_one_thread_by_default_whatever_the_workers(tmp_path, monkeypatch, workers):
     """The old rule gave cores // workers threads: 4 with one worker, 2 with two on these 4 cores."""

@@ -42,6 +42,7 @@ def _rows(run_dir: Path) -> list[dict[str, str]]:
     return [{k: v for k, v in row.items() if k != "lipschitz/seconds"} for row in rows]
 
 
+@pytest.mark.e2e
 def test_default_is_one_thread_whatever_the_process_had(tmp_path, monkeypatch):
     """Before, a run alone took every core (torch's default) and a sweep run cores // workers."""
     monkeypatch.chdir(tmp_path)
@@ -57,6 +58,7 @@ def test_default_is_one_thread_whatever_the_process_had(tmp_path, monkeypatch):
     assert torch.get_num_threads() == 1
 
 
+@pytest.mark.e2e
 def test_threads_are_applied_in_the_run_and_clamped_to_the_cores(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     cores = os.cpu_count() or 1
@@ -88,6 +90,7 @@ def test_fewer_than_one_thread_is_one_line(tmp_path, monkeypatch, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.e2e
 def test_the_environment_no_longer_chooses_the_thread_count(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TORCH_NUM_THREADS", str(os.cpu_count() or 1))

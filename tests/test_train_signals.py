@@ -30,6 +30,7 @@ def _send_when_started(run_dir: Path, signum: int) -> threading.Thread:
     return thread
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("signum", "name", "code"), [(signal.SIGTERM, "SIGTERM", 143), (signal.SIGINT, "SIGINT", 130)])
 def test_signal_records_interrupted_and_exits_non_zero(signum, name, code, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -63,6 +63,7 @@ class CertifiedBoundAfterEveryStep(Callback):
         self._measure(pl_module)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("make", "shape", "bound", "tau"),
     [
