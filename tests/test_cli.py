@@ -74,6 +74,7 @@ def test_every_config_parses_and_names_known_classes():
 SLOW_CONFIGS = {"resnet50_imagenet"}  # a torchvision ResNet-50: ~20 s even on tiny images
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "config",
     [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW_CONFIGS else p for p in CONFIGS],
@@ -105,6 +106,7 @@ def test_config_smoke_fast_dev_run(config, tmp_path, monkeypatch):
     assert record["config"]["experiment"] == config.stem
 
 
+@pytest.mark.e2e
 def test_run_folder_contents_and_overrides(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = main(
@@ -139,6 +141,7 @@ def test_run_folder_contents_and_overrides(tmp_path, monkeypatch):
     assert saved["model"]["init_args"]["width"] == 8
 
 
+@pytest.mark.e2e
 def test_mlp_bounds_options_from_a_config_and_a_flag(tmp_path, monkeypatch):
     """`lipschitz.mlp_bounds` is one nested option group: set in a YAML config and by a dotted flag, the exact
     constant is logged and the saved config.yaml holds all of it."""
@@ -163,6 +166,7 @@ def test_mlp_bounds_options_from_a_config_and_a_flag(tmp_path, monkeypatch):
     assert saved["sdp_every"] == 0  # the other fields keep their defaults
 
 
+@pytest.mark.e2e
 def test_environment_sets_run_location(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LIPSCHITZ_DD_SAVE_DIR", str(tmp_path / "elsewhere"))
@@ -269,6 +273,7 @@ def test_unknown_model_class_is_rejected(tmp_path):
     assert "lipschitz_dd.models.FCN" in proc.stderr  # the classes to choose from
 
 
+@pytest.mark.e2e
 def test_missing_data_folder_is_one_line_and_recorded(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = main(
@@ -288,6 +293,7 @@ def test_missing_data_folder_is_one_line_and_recorded(tmp_path, monkeypatch):
     assert record["status"] == "failed" and "cifar-10-batches-py" in record["error"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "spelling",
     [["--config", "{}"], ["--config={}"], ["-c", "{}"], ["-c={}"], ["-c{}"]],
@@ -330,6 +336,7 @@ class _FolderOnlyLogger(Logger):
         pass
 
 
+@pytest.mark.e2e
 def test_reusing_a_run_name_is_refused_and_keeps_the_earlier_run(tmp_path, monkeypatch, capsys, recwarn):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -358,6 +365,7 @@ def test_reusing_a_run_name_is_refused_and_keeps_the_earlier_run(tmp_path, monke
     assert [p.name for p in (tmp_path / "runs" / "test_tiny").iterdir()] == ["same"]
 
 
+@pytest.mark.e2e
 def test_failed_download_is_one_line_and_recorded(tmp_path, monkeypatch, capsys):
     def no_network(*args, **kwargs):
         raise URLError(socket.gaierror(-2, "Name or service not known"))
