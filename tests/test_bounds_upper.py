@@ -213,6 +213,7 @@ def test_nakkiran_cnn(batchnorm):
     assert jacobian_norms(model, torch.randn(16, 3, 32, 32)).max().item() <= certified.value
 
 
+@pytest.mark.slow  # a PreAct ResNet-18: ~5 s on two busy cores
 def test_preact_resnet18_with_residual_adds_and_projection_shortcuts():
     torch.manual_seed(7)
     model = PreActResNet18(k=2)

@@ -81,6 +81,7 @@ def test_every_package_of_the_source_tree_is_in_the_wheel(wheel_names):
     assert missing == [], "modules of the source tree missing from the wheel"
 
 
+@pytest.mark.e2e
 def test_wheel_ships_the_config_and_sweep_files_and_sweeps_stays_a_data_folder(wheel_names):
     shipped = set(wheel_names)
     for folder, pattern in (("configs", "*.yaml"), ("sweeps", "*.yaml"), ("sweeps", "agents/*.sh")):
