@@ -74,6 +74,7 @@ def test_rows_and_end_ratios_recomputed_by_hand(tmp_path):
     assert all(c.seeds == len(SEEDS) for c in by_name.values())
 
 
+@pytest.mark.e2e
 def test_holds_on_a_good_sandwich(tmp_path):
     write_runs(tmp_path / "good", sdp_factor=0.3)
     assert verdict_of("sandwich_fcn256", tmp_path / "good", tmp_path / "o").startswith(HOLDS)
@@ -83,6 +84,7 @@ def test_holds_on_a_good_sandwich(tmp_path):
     assert "median 2.00 s" in summary
 
 
+@pytest.mark.e2e
 def test_does_not_hold_when_the_order_breaks_and_lipsdp_is_loose(tmp_path):
     # C_lower above LipSDP above ECLipsE-Fast above the product bound: every pair fails, and LipSDP is not
     # tighter than either; only the coverage check passes
@@ -95,6 +97,7 @@ def test_does_not_hold_when_the_order_breaks_and_lipsdp_is_loose(tmp_path):
     assert set(found.values()) == {Status.FAIL}
 
 
+@pytest.mark.e2e
 def test_does_not_hold_when_every_check_fails(tmp_path):
     """Every check fails, the coverage one included: too few epochs with LipSDP, in the wrong order."""
     write_runs(tmp_path / "bad", sdp_epochs=(0, 200), sdp_factor=2.5, eclipse_factor=1.2, lower_factor=1.1)
@@ -118,6 +121,7 @@ def test_one_violation_at_one_epoch_of_one_seed_fails_the_order():
     assert {c.name: c.status for c in checks(broken)}["C_lower <= LipSDP"] is Status.FAIL
 
 
+@pytest.mark.e2e
 def test_two_seeds_or_no_lipsdp_is_undecided(tmp_path):
     write_runs(tmp_path / "two", seeds=(0, 1))
     assert verdict_of("sandwich_fcn256", tmp_path / "two", tmp_path / "o2").startswith(UNDECIDED)
