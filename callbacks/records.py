@@ -291,6 +291,10 @@ class ResultsWriter(Callback):
         if attempts > 1:
             results.extra["attempts"] = attempts
         fit_end = sorted({key for lg in trainer.loggers for key in _fit_end_keys(lg)})
+        if not fit_end and resumed and isinstance(earlier, RunResults) and earlier.epochs == epochs:
+            # an attempt stopped before training went past the earlier fit's end: that fit's end values may still
+            # sit in this epoch's row, so the next resume must know them to drop them
+            fit_end = list(earlier.extra.get("fit_end_metrics") or [])
         if fit_end:  # logged after the last epoch (the model's f(0)): a resume drops them from this epoch's row
             results.extra["fit_end_metrics"] = fit_end
         if self.signal is not None:

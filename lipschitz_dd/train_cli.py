@@ -124,7 +124,8 @@ def read_checkpoint(path: str) -> dict[str, Any]:
 
 
 class _SaveEpochRows(Callback):
-    """Writes the finished epoch's row to metrics.csv when the next epoch starts. The run folder's CSV logger
+    """Writes the finished epoch's row to metrics.csv before the epoch's checkpoint and again when the next epoch
+    starts. The run folder's CSV logger
     keeps a row in memory until a row of another epoch arrives, which is the next epoch's end: a process killed
     during that epoch lost the row, while the checkpoint of the epoch was already on disk, so a resume from it
     could never write that row again."""
@@ -135,6 +136,18 @@ class _SaveEpochRows(Callback):
                 logger.start_training()
                 logger.flush()
 
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Write the epoch's row before its checkpoint: Lightning runs ModelCheckpoint after every other callback,
+        and the epoch's validation metrics and measurements are logged by now. Without this, a kill between the
+        checkpoint and the next epoch's start (or the end of training) lost the row while the checkpoint said the
+        epoch was done. Values logged later in the epoch join the written row at the next write."""
+        for logger in trainer.loggers if trainer.is_global_zero else []:
+            if isinstance(logger, EpochCSVLogger):
+                logger.flush()
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.trained = True
+
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """The last epoch's row is complete (callbacks' on_train_end run before the module's): write it; what is
         logged from now on (the model's f(0), ...) joins it and is listed as the fit's end values."""
@@ -142,6 +155,14 @@ class _SaveEpochRows(Callback):
             if isinstance(logger, EpochCSVLogger):
                 logger.flush()
                 logger.begin_fit_end()
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A resume from the last epoch's checkpoint trains nothing, and Lightning then skips the training hooks:
+        the fit's end values (f(0)), which a process killed after that checkpoint never wrote, are logged here."""
+        if getattr(self, "trained", False) or not hasattr(pl_module, "log_fit_end_values"):
+            return
+        self.on_train_end(trainer, pl_module)
+        pl_module.log_fit_end_values()
 
 
 class _ResumedRows(Callback):

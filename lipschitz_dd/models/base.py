@@ -355,6 +355,9 @@ class LipschitzModule(LightningModule):
         return facts
 
     def on_train_end(self) -> None:
+        self.log_fit_end_values()
+
+    def log_fit_end_values(self) -> None:
         """Records f(0), the logits at the all-zero input (eval mode), in the last row: the report's Var f(0)."""
         data = self.trainer.datamodule
         shape = getattr(data, "input_shape", None)
