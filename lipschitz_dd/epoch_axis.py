@@ -17,12 +17,15 @@ One mechanism, shared by LightningModules, callbacks and loggers:
    with a logged `step`, that step beside it). Optimiser updates are counted only as results.json's
    "global_step".
 
-Plain python: imports nothing (a Trainer is passed in).
+Plain Python: imports only the private-internals accessor (lipschitz_dd/_lightning_internals.py, plain Python too); a
+Trainer is passed in.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from lipschitz_dd._lightning_internals import epochs_started
 
 STEP_METRIC = "step"
 """The logged metric whose value is the row's epoch (Lightning uses it as the logger step)."""
@@ -37,7 +40,7 @@ def epoch_row(trainer: Any) -> int:
     count. Outside fit (validate/test): `trainer.current_epoch`, the finished epochs of the loaded weights.
     """
     if trainer.state.fn == "fit":  # TrainerFn is a str enum
-        return int(trainer.fit_loop.epoch_progress.current.ready)
+        return epochs_started(trainer)
     return int(trainer.current_epoch)
 
 
