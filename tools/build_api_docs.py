@@ -15,7 +15,22 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ("lipschitz_dd", "lipschitz_dd.callbacks")
+#: None: lipschitz_dd, each of its public submodules and lipschitz_dd.callbacks (see `modules`)
+MODULES: tuple[str, ...] | None = None
+
+
+def modules() -> tuple[str, ...]:
+    """What to document. lipschitz_dd's `__all__` lists its public names, and pdoc then walks only those, so
+    every public submodule is named here; callbacks/ is installed as lipschitz_dd.callbacks (a package_dir
+    mapping that pkgutil does not walk)."""
+    if MODULES is not None:
+        return MODULES
+    import pkgutil
+
+    import lipschitz_dd
+
+    subs = sorted(f"lipschitz_dd.{m.name}" for m in pkgutil.iter_modules(lipschitz_dd.__path__) if m.name[0] != "_")
+    return ("lipschitz_dd", *subs, "lipschitz_dd.callbacks")
 
 
 def build(out: Path) -> list[str]:
@@ -30,12 +45,11 @@ def build(out: Path) -> list[str]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            # callbacks/ is installed as lipschitz_dd.callbacks (a package_dir mapping pkgutil does not walk)
-            pdoc.pdoc(*MODULES, output_directory=out)
+            pdoc.pdoc(*modules(), output_directory=out)
         except (RuntimeError, ValueError) as error:  # a module that does not import; a spec matching nothing
             problems.append(str(error))
     problems += [str(w.message).splitlines()[0] for w in caught if w.filename and "pdoc" in w.filename]
-    for module in MODULES:
+    for module in modules():
         page = out.joinpath(*module.split(".")).with_suffix(".html")
         if not page.is_file():
             problems.append(f"no page for {module} ({page})")

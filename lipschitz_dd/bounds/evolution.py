@@ -57,8 +57,10 @@ class EvolutionBounds(NamedTuple):
     on the constant after t updates, errs "low" (C_theta and C_x are maxima over measured points and
     checkpoints), not certified. Unpacks as (bound1, bound2)."""
 
-    bound1: Bound
-    bound2: Bound
+    # annotated float (a Bound is one): NamedTuple's generated __new__ cannot resolve the name Bound, which
+    # breaks the API reference's signature
+    bound1: float
+    bound2: float
 
 
 def evolution_bounds(
