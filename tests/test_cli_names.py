@@ -220,20 +220,22 @@ def test_a_plain_lightning_module_without_dataloader_idx_is_one_line(tmp_path, m
 
 @pytest.mark.e2e
 def test_no_progress_bar_silences_the_lipschitz_bar(tmp_path, monkeypatch):
-    from lipschitz_dd.callbacks import lipschitz
+    """With the Trainer's bar off, the callback gets no measurement bar at all (its `_progress` gives None); with
+    it on, a bar factory (a tqdm bar shown only for measurements longer than 2 s)."""
+    from lipschitz_dd.callbacks.lipschitz import LipschitzCallback
 
-    disabled = []
+    bars = []
+    real_progress = LipschitzCallback._progress
 
-    def recording_tqdm(*args, **kwargs):
-        disabled.append(kwargs.get("disable"))
-        return real_tqdm(*args, **kwargs)
+    def recording_progress(self, trainer):
+        bars.append(real_progress(self, trainer))
+        return bars[-1]
 
-    real_tqdm = lipschitz.tqdm
-    monkeypatch.setattr(lipschitz, "tqdm", recording_tqdm)
+    monkeypatch.setattr(LipschitzCallback, "_progress", recording_progress)
     monkeypatch.chdir(tmp_path)
     common = ["fit", "-c", "test_tiny", "--trainer.max_epochs=1", "--snapshot=false"]
     assert main([*common, "--trainer.enable_progress_bar=true", "--run_name", "a"]) == 0
-    assert disabled and not any(disabled)
-    disabled.clear()
+    assert bars and all(callable(bar) for bar in bars)
+    bars.clear()
     assert main([*common, "--trainer.enable_progress_bar=false", "--run_name", "b"]) == 0
-    assert disabled and all(disabled)
+    assert bars and all(bar is None for bar in bars)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import logging
 import math
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -40,8 +42,17 @@ def test_quiet_upstream_notices_drops_only_the_known_messages():
 
 
 def test_importing_the_package_installs_no_filter():
-    """The filters are the console script's: importing lipschitz_dd (a user's own script) changes nothing."""
-    assert not any(cli._not_a_tip is f for name in cli._RANK_ZERO_LOGGERS for f in logging.getLogger(name).filters)
+    """The filters are the console script's: importing lipschitz_dd (a user's own script) changes nothing. In a
+    fresh process: other tests of this session run the CLI in-process, which installs them."""
+    script = (
+        "import logging, warnings\n"
+        "before = list(warnings.filters)\n"
+        "import lipschitz_dd, lipschitz_dd.callbacks, lipschitz_dd.cli as cli\n"
+        "assert not any(cli._not_a_tip is f for n in cli._RANK_ZERO_LOGGERS for f in logging.getLogger(n).filters)\n"
+        "assert not any('LeafSpec' in str(f[1]) for f in warnings.filters if f not in before)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_fit_prints_no_tip_and_no_pytree_warning(tmp_path, monkeypatch, caplog):

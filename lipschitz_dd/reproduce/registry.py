@@ -150,7 +150,15 @@ def register(finding: Finding) -> Finding:
 
 def findings() -> list[Finding]:
     """Every registered finding, in the order of their section numbers (the study's order)."""
+    import sys
+
     import lipschitz_dd.reproduce.findings  # noqa: F401  (imports every module of the package: registers them)
+
+    # Importing the subpackage findings/ for the first time binds the name `findings` of lipschitz_dd.reproduce to
+    # that module, hiding this function, which the package exports under the same name: bind it back.
+    package = sys.modules.get("lipschitz_dd.reproduce")
+    if package is not None and not callable(getattr(package, "findings", None)):
+        package.findings = findings
 
     def key(finding: Finding) -> tuple[int, ...]:
         return tuple(int(part) for part in finding.number.split(".") if part.isdigit()) or (10**6,)
