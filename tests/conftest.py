@@ -137,3 +137,16 @@ def dense_jacobian_norms(model: nn.Module, x: Tensor) -> Tensor:
 def without_timing(metrics: dict[str, float]) -> dict[str, float]:
     """Logged metrics without the wall-time one, for comparing two runs' values."""
     return {k: v for k, v in metrics.items() if k != "lipschitz/seconds"}
+
+
+def random_mlp(sizes, seed, activation=nn.ReLU, bias_scale=1.0):
+    """A float64 MLP with the given layer sizes; biases spread so the kinks cross the region near 0."""
+    torch.manual_seed(seed)
+    layers = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=False):
+        layers += [nn.Linear(fan_in, fan_out), activation()]
+    net = nn.Sequential(*layers[:-1]).double().eval()
+    for layer in net:
+        if isinstance(layer, nn.Linear):
+            layer.bias.data.normal_(0, bias_scale)
+    return net

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 import torch
+from conftest import random_mlp
 from torch import nn
 
 from lipschitz_dd.bounds import (
@@ -18,19 +19,6 @@ from lipschitz_dd.bounds import (
     product_bound,
 )
 from lipschitz_dd.bounds.exact_planar import planar_regions
-
-
-def random_mlp(sizes, seed, activation=nn.ReLU):
-    """A float64 MLP; biases ~ N(0, 1) so the kinks cross the region near 0."""
-    torch.manual_seed(seed)
-    layers = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
-        layers += [nn.Linear(fan_in, fan_out), activation()]
-    net = nn.Sequential(*layers[:-1]).double().eval()
-    for layer in net:
-        if isinstance(layer, nn.Linear):
-            layer.bias.data.normal_(0, 1)
-    return net
 
 
 def brute_force_constant(net) -> float:

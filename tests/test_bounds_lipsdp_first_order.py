@@ -4,6 +4,7 @@ each against an independent computation (autograd, a numpy LMI, the exact consta
 import numpy as np
 import pytest
 import torch
+from conftest import random_mlp
 from torch import nn
 
 from lipschitz_dd.bounds import (
@@ -18,18 +19,6 @@ from lipschitz_dd.bounds import (
 from lipschitz_dd.bounds.lipsdp import _prepare
 from lipschitz_dd.bounds.lipsdp_fo import _Problem
 from lipschitz_dd.bounds.result import BoundResult
-
-
-def random_mlp(sizes, seed, activation=nn.ReLU, bias_scale=1.0):
-    torch.manual_seed(seed)
-    layers = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=False):
-        layers += [nn.Linear(fan_in, fan_out), activation()]
-    net = nn.Sequential(*layers[:-1]).double().eval()
-    for layer in net:
-        if isinstance(layer, nn.Linear):
-            layer.bias.data.normal_(0, bias_scale)
-    return net
 
 
 def lmi(weights, ranges, rho, mults):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 import torch
+from conftest import random_mlp
 from torch import nn
 
 from lipschitz_dd.bounds import (
@@ -18,19 +19,6 @@ from lipschitz_dd.bounds import (
 )
 from lipschitz_dd.bounds.eclipse import eclipse_fast_weights
 from lipschitz_dd.models import FCN, Toy2DFCN
-
-
-def random_mlp(sizes, seed, activation=nn.ReLU, bias_scale=1.0):
-    """A float64 MLP with the given layer sizes; biases spread so the kinks cross the region near 0."""
-    torch.manual_seed(seed)
-    layers = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=False):
-        layers += [nn.Linear(fan_in, fan_out), activation()]
-    net = nn.Sequential(*layers[:-1]).double().eval()
-    for layer in net:
-        if isinstance(layer, nn.Linear):
-            layer.bias.data.normal_(0, bias_scale)
-    return net
 
 
 def brute_force_constant(net) -> float:
