@@ -5,6 +5,7 @@ scale, on tiny fixture files where it reads a data set from disk."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -413,3 +414,27 @@ def test_noisy_test_loss_is_the_cross_entropy_at_the_noisy_points():
     assert clean == pytest.approx(float(torch.nn.functional.cross_entropy(model(x), y)))
     shifted = x + 2.0 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
     assert noisy == pytest.approx(float(torch.nn.functional.cross_entropy(model(shifted), y)), rel=1e-5)
+
+
+def test_findings_running_the_same_sweep_train_once(tmp_path, monkeypatch):
+    """evolution and linearisation run the same sweep (same training, same measurements): both calls hand the
+    runner the same file in the same OUT/trained/ folder, so the second resumes the first's finished grid instead
+    of training again; a finding with another sweep gets another folder, and the key ignores the sweep's name."""
+    from lipschitz_dd.reproduce.run import training_key
+
+    files = []
+
+    def fake_sweep(sweep_file, **options):
+        files.append((Path(sweep_file), Path(options["out"])))
+        return SimpleNamespace(runs=[], folder=Path(options["out"]) / Path(sweep_file).stem, interrupted=False)
+
+    monkeypatch.setattr(sweep_runner, "run_sweep", fake_sweep)
+    for name in ("evolution", "linearisation", "pairwise"):
+        run_finding(get_finding(name), "quick", out=tmp_path, progress=False)
+    (evolution, out_e), (linearisation, out_l), (pairwise, _) = files
+    assert evolution == linearisation and out_e == out_l and out_e.parent == tmp_path / "trained"
+    assert pairwise != evolution
+    config = scaled_sweep(get_finding("evolution"), "quick")
+    assert training_key(config) == training_key({**config, "name": "other"})
+    assert training_key(config) != training_key({**config, "parameters": {**config["parameters"], "x": {"value": 1}}})
+    assert (tmp_path / "linearisation" / "quick" / "trained_in.txt").read_text().strip() == str(out_e.resolve())

@@ -1,8 +1,9 @@
 """Run one finding: write its scaled sweep file, run it with the ordinary sweep runner, analyse the run folders.
 
 Folder of `lipschitz-dd reproduce NAME --out OUT` at scale S:
-    OUT/NAME/S/<sweep>.yaml          the shipped sweep with the scale's parameters (the file the runner runs)
-    OUT/NAME/S/<sweep>/              the sweep runner's folder (sweep.db, runs/, logs/): re-running resumes
+    OUT/trained/<sweep>-<key>/<sweep>.yaml   the shipped sweep with the scale's parameters (the file the runner
+                                     runs); <key> hashes what the runs do (method, parameters, command)
+    OUT/trained/<sweep>-<key>/<sweep>/       the sweep runner's folder (sweep.db, runs/, logs/): re-running resumes
     OUT/NAME/S/summary.md            the numbers that test the claim, beside the study's; its checks and
                                      verdict (reproduce/verdict.py; none at quick scale: a smoke test)
     OUT/NAME/S/*.png                 the finding's figures
@@ -11,12 +12,20 @@ Folder of `lipschitz-dd reproduce NAME --out OUT` at scale S:
 Before any run starts, the data the runs read from disk is looked for (`missing_data`): a finding whose data set
 is absent refuses in one line (MissingData) and leaves nothing behind. A call whose runs failed, or whose analysis
 raised, still writes summary.md (saying so) and reports it in its `Outcome`: the CLI then exits non-zero.
+
+Train once: findings whose scaled sweeps are the same (same grid, same training, same measurements: e.g.
+`evolution` and `linearisation`, or `double_descent` and the analyses of its runs) share one folder under
+OUT/trained/, so the second finding analyses the first one's runs instead of training them again (the sweep
+runner resumes a finished grid without starting a run). Two findings that need the same training but measure
+different things share it by measuring the union in their sweeps.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import itertools
+import json
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +191,19 @@ def finding_folder(finding: Finding, scale: str, out: str | Path) -> Path:
     return Path(out) / finding.name / scale
 
 
+def training_key(config: dict[str, Any]) -> str:
+    """Ten hex digits of a hash of what a scaled sweep's runs do: its method, parameters and command (not its name,
+    description or metric). Equal keys: the same runs, trained once (`trained_folder`)."""
+    what = {key: config.get(key) for key in ("method", "parameters", "command")}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def trained_folder(config: dict[str, Any], sweep: str, out: str | Path) -> Path:
+    """`out/trained/<sweep>-<training_key>`: where the runs of `config` (the scaled sweep) live, shared by every
+    finding that runs the same sweep."""
+    return Path(out) / "trained" / f"{sweep}-{training_key(config)}"
+
+
 def _as_parameter(value: Any) -> dict[str, Any]:
     return {"values": list(value)} if isinstance(value, (list, tuple)) else {"value": value}
 
@@ -218,9 +240,14 @@ def run_finding(
     if missing is not None:
         raise MissingData(missing)
     folder.mkdir(parents=True, exist_ok=True)
-    sweep_file = folder / f"{sweep_name(finding, scale)}.yaml"
+    name = sweep_name(finding, scale)
+    config["name"] = f"{name}_{scale}"  # not the finding's name: findings running the same sweep share its file
+    trained = trained_folder(config, name, out)
+    trained.mkdir(parents=True, exist_ok=True)
+    sweep_file = trained / f"{name}.yaml"
     sweep_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    result = run_sweep(sweep_file, out=folder, workers=workers, progress=progress, retry_failed=retry_failed)
+    (folder / "trained_in.txt").write_text(f"{trained.resolve()}\n")
+    result = run_sweep(sweep_file, out=trained, workers=workers, progress=progress, retry_failed=retry_failed)
     if result.interrupted:
         raise KeyboardInterrupt
     in_grid = [r for r in result.runs if not r.outside_grid]
