@@ -24,7 +24,7 @@ from lipschitz_dd.sweep.config import validate_sweep_config
 # plus the companion issue's training-side ones.
 EXPECTED = {
     "evolution", "evolution_bound", "double_descent", "bias_variance", "heatmap", "optimizer", "loss", "depth",
-    "train_size", "toy2d", "lower_bound_diagnostics", "cnn_double_descent", "cnn_fashion_mnist_dd", "pairwise", "linearisation",
+    "train_size", "toy2d_variant", "lower_bound_diagnostics", "cnn_double_descent", "cnn_fashion_mnist_dd", "pairwise", "linearisation",
     "out_of_distribution", "adversarial", "constrained", "jacobian_distributions", "regulariser", "softmax",
     "dropout_weight_decay", "weight_decay", "imagenet", "sandwich",
 }  # fmt: skip
@@ -215,11 +215,11 @@ def test_failed_runs_fail_the_command_and_the_summary_counts_them(tmp_path, caps
 def test_a_run_that_really_fails_fails_the_command(tmp_path, capsys, monkeypatch):
     """A real run that exits non-zero (an option its config does not have): reproduce exits 1 and says so."""
     monkeypatch.chdir(tmp_path)
-    finding = get_finding("toy2d")
+    finding = get_finding("toy2d_variant")
     monkeypatch.setitem(finding.scales, "quick", {**finding.scales["quick"], "model.no_such_option": 1})
-    assert main(["reproduce", "toy2d", "--quick", "--out", "out"]) == 1
+    assert main(["reproduce", "toy2d_variant", "--quick", "--out", "out"]) == 1
     assert "1 of 1 run(s) failed" in capsys.readouterr().err
-    assert "1 of 1 run(s) failed" in (tmp_path / "out" / "toy2d" / "quick" / "summary.md").read_text()
+    assert "1 of 1 run(s) failed" in (tmp_path / "out" / "toy2d_variant" / "quick" / "summary.md").read_text()
 
 
 def _fake_run(folder, config: dict, final: dict, initial: dict | None = None) -> None:
@@ -438,3 +438,10 @@ def test_findings_running_the_same_sweep_train_once(tmp_path, monkeypatch):
     assert training_key(config) == training_key({**config, "name": "other"})
     assert training_key(config) != training_key({**config, "parameters": {**config["parameters"], "x": {"value": 1}}})
     assert (tmp_path / "linearisation" / "quick" / "trained_in.txt").read_text().strip() == str(out_e.resolve())
+
+
+def test_the_renamed_toy_finding_says_its_new_name(capsys):
+    """`toy2d` was not the study's toy: it is `toy2d_variant` now, and the old name says so in one line."""
+    assert main(["reproduce", "toy2d", "--quick"]) != 0
+    err = capsys.readouterr().err
+    assert "toy2d_variant" in err and "Traceback" not in err

@@ -166,9 +166,15 @@ def findings() -> list[Finding]:
     return sorted(_FINDINGS.values(), key=key)
 
 
+#: Former names of findings -> their names now (a renamed finding is found under its old name with a hint).
+RENAMED = {"toy2d": "toy2d_variant"}
+
+
 def get_finding(name: str) -> Finding:
-    """The finding called `name`; KeyError with the known names otherwise."""
+    """The finding called `name`; KeyError with the known names otherwise (and the new name of a renamed one)."""
     known = {f.name: f for f in findings()}
+    if name in RENAMED:
+        raise KeyError(f"no finding {name!r}: it is now called {RENAMED[name]!r} (the study's own toy is study_toy2d)")
     if name not in known:
         raise KeyError(f"no finding {name!r} (known: {', '.join(known)})")
     return known[name]

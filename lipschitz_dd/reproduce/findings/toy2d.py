@@ -90,7 +90,7 @@ def checks(table: pd.DataFrame) -> list[Check]:
 
 register(
     Finding(
-        name="toy2d",
+        name="toy2d_variant",
         number="6.1",
         section="Architectures: a 2-D toy variant (300 points, not the study's own toy: see study_toy2d)",
         claim="On three Gaussian classes in the plane, the max of ||J(x)|| over the training points is close to the "
