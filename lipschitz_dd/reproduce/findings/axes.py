@@ -412,6 +412,14 @@ SLIGHTLY = Threshold("<=", 1.0)
 FALLS, SUB_LINEAR, INSIDE = Threshold("<", 0.0), object(), Threshold("<", 0.0)
 
 QUICK = {"trainer.max_epochs": 3, "data.num_samples": 1000, SEED: 0}
+#: The optimizer finding's sweep and scales (parameter_distance_optimizer analyses the same runs: trained once).
+#: Momentum 0 at every scale: the cheap config's SGD momentum 0.9 is refused with Adam, and the study's SGD has none.
+OPTIMIZER_SWEEP = "fcn_mnist1d_optimizer"
+OPTIMIZER_SCALES = {
+    "quick": {**QUICK, WIDTH: 16, "model.momentum": 0.0},
+    "cpu": {"model.momentum": 0.0},
+    "full": {"model.momentum": 0.0},
+}
 
 register(
     Finding(
@@ -420,14 +428,8 @@ register(
         section="Finding 5: SGD vs Adam",
         claim="Adam gives much larger bounds than SGD.",
         paper={"Adam / SGD": "much larger than 1"},
-        sweep="fcn_mnist1d_optimizer",
-        # momentum 0 at every scale: the cheap config's SGD momentum 0.9 is refused with Adam, and the study's
-        # SGD has no momentum
-        scales={
-            "quick": {**QUICK, WIDTH: 16, "model.momentum": 0.0},
-            "cpu": {"model.momentum": 0.0},
-            "full": {"model.momentum": 0.0},
-        },
+        sweep=OPTIMIZER_SWEEP,
+        scales=OPTIMIZER_SCALES,
         cost={
             "quick": "~25 s (2 runs)",
             "cpu": "~11 min (24 runs x 300 epochs, 2 workers; measured)",

@@ -191,6 +191,13 @@ def analyse(records, out: Path) -> Analysis:
 
 
 QUICK = {WIDTH: [8, 16, 32], NOISE: 0.15, SEED: [0, 1], "trainer.max_epochs": 3, "data.num_samples": 1000}
+#: bias_variance_mse's sweep and scales (mse_double_descent analyses the same runs: trained once).
+MSE_SWEEP = "fcn_mnist1d_dd"
+MSE_SCALES = {
+    "quick": {**QUICK, LOSS: "mse"},
+    "cpu": {LOSS: "mse", NOISE: 0.15, SEED: [0, 1, 2, 3]},
+    "full": {"sweep": "fcn_mnist1d_dd", LOSS: "mse", NOISE: [0.0, 0.15], SEED: [0, 1, 2, 3]},
+}
 
 register(
     Finding(
@@ -233,12 +240,8 @@ register(
         claim="With the squared error the variance over seeds drives the double descent while the bias stays flat; "
         "V stays below the Lipschitz bound.",
         paper={"variance": "peaks with the test error", "bias": "flat"},
-        sweep="fcn_mnist1d_dd",
-        scales={
-            "quick": {**QUICK, LOSS: "mse"},
-            "cpu": {LOSS: "mse", NOISE: 0.15, SEED: [0, 1, 2, 3]},
-            "full": {"sweep": "fcn_mnist1d_dd", LOSS: "mse", NOISE: [0.0, 0.15], SEED: [0, 1, 2, 3]},
-        },
+        sweep=MSE_SWEEP,
+        scales=MSE_SCALES,
         cost={
             "quick": "~45 s (6 runs)",
             "cpu": "~30 min (48 runs x 300 epochs, 2 workers; as the CE setting)",

@@ -117,6 +117,15 @@ def analyse(records, out: Path, hue: str = NOISE) -> Analysis:
     return result
 
 
+#: The sweep and scales of this finding: the findings that analyse its runs (no_dd_at_init, parameter_distance)
+#: import them, so that `reproduce` trains the grid once for all of them.
+SWEEP = "fcn_mnist1d_dd"
+SCALES = {
+    "quick": {WIDTH: [8, 64], NOISE: 0.15, "trainer.max_epochs": 3, "data.num_samples": 1000},
+    "cpu": {SEED: [0, 1, 2]},
+    "full": {"sweep": "fcn_mnist1d_ce_width_noise"},
+}
+
 register(
     Finding(
         name="double_descent",
@@ -125,12 +134,8 @@ register(
         claim="Test loss and the lower, average and upper bounds peak together at the interpolation threshold "
         "over width and fall after it.",
         paper={"peak": "at the interpolation threshold (params ~ n for CE)", "after the peak": "all bounds fall"},
-        sweep="fcn_mnist1d_dd",
-        scales={
-            "quick": {WIDTH: [8, 64], NOISE: 0.15, "trainer.max_epochs": 3, "data.num_samples": 1000},
-            "cpu": {SEED: [0, 1, 2]},
-            "full": {"sweep": "fcn_mnist1d_ce_width_noise"},
-        },
+        sweep=SWEEP,
+        scales=SCALES,
         cost={
             "quick": "~30 s (2 runs)",
             "cpu": "~60 min (72 runs x 300 epochs, 2 workers; 24 runs measured 21 min, shared)",
