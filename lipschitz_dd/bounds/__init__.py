@@ -36,7 +36,14 @@ from lipschitz_dd.bounds.operator_norms import NormEstimate, conv_operator_norm,
 from lipschitz_dd.bounds.optimised import OptimisedLowerBound, optimised_lower_bound
 from lipschitz_dd.bounds.outputs import SoftmaxOutput
 from lipschitz_dd.bounds.pairwise import pairwise_lipschitz
-from lipschitz_dd.bounds.points import convex_combinations, gaussian_perturbations, grid_2d, pgd_perturbations
+from lipschitz_dd.bounds.points import (
+    STUDY_PGD,
+    convex_combinations,
+    gaussian_perturbations,
+    grid_2d,
+    pgd_perturbations,
+    project_ball_and_box,
+)
 from lipschitz_dd.bounds.result import Bound, BoundResult
 from lipschitz_dd.bounds.upper import UpperBoundEstimator, UpperBoundResult, upper_bound
 from lipschitz_dd.bounds.warm_lower import WarmLowerBound, WarmLowerResult
@@ -82,6 +89,8 @@ __all__ = [
     "gaussian_perturbations",
     "grid_2d",
     "pgd_perturbations",
+    "project_ball_and_box",
+    "STUDY_PGD",
     "CorrectnessSplit",
     "LinearisationCheck",
     "SubsampleError",

@@ -8,6 +8,7 @@ the same call gives the same points), never from the global RNG.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +99,12 @@ def _flat_norms(z: Tensor) -> Tensor:
     return z.reshape(z.shape[0], -1).norm(dim=1).reshape(-1, *([1] * (z.dim() - 1)))
 
 
+STUDY_PGD = MappingProxyType({"steps": 1000, "step_size": 10.0, "decay": 0.95, "start_noise": 1e-4})
+"""The study's PGD schedule (Khromov & Singh, adversarial points): 1,000 ascent steps on the CE loss of the logits,
+step size 10 decayed x0.95 after every step, a Gaussian start of standard deviation 1e-4 around each point;
+pass it as `pgd_perturbations(..., **STUDY_PGD)` with the ball's eps and the data box."""
+
+
 def pgd_perturbations(
     model,
     x: Tensor,
@@ -106,31 +113,52 @@ def pgd_perturbations(
     steps: int = 10,
     step_size: float | None = None,
     data_box: DataBox | None = None,
+    decay: float = 1.0,
+    start_noise: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Points x' in the L2 ball ||x' - x||_2 <= eps (and in the data box when given) that maximise the
-    cross-entropy loss CE(f(x'), y), by projected gradient ascent from x' = x.
+    cross-entropy loss CE(f(x'), y), by projected gradient ascent (L2 norm of the flattened sample).
 
-    Each step moves every sample by step_size (default 2.5 * eps / steps) along its normalised loss
-    gradient, projects onto the ball (radial scaling) and then onto the box (clipping, which for x inside
-    the box keeps x' inside the ball). Returns, per sample, the iterate with the largest loss seen
-    (including x itself), so the loss never decreases. Parameter gradients are not touched; the model
-    should be in eval mode.
+    Start: x' = x + start_noise * N(0, I) (drawn with `generator`; none when start_noise is 0), projected.
+    Step t = 0 .. steps-1 moves every sample by step_size * decay**t along its normalised loss gradient
+    (default step_size 2.5 * eps / steps, decay 1: the earlier fixed schedule), then projects x' - x exactly
+    onto the intersection of the ball and the box shifted by x (`project_ball_and_box`; without a box the
+    radial scaling onto the ball). The study's schedule is `**STUDY_PGD` (1,000 steps, step size 10 decayed
+    x0.95, start noise 1e-4). x itself must lie in the data box (ValueError otherwise: the ball and the box
+    might not meet). Returns, per sample, the iterate with the largest loss seen (the start included), so the
+    result is never worse than the start. Finding a loss maximiser is a heuristic (the loss is not concave):
+    the points are valid inputs, so ||J|| there gives valid lower bounds; they need not be the worst case.
+    Parameter gradients are not touched; the model should be in eval mode.
     """
     check_autograd_available()
     check_eval_mode(model)
     _check_batch(x)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]} labels")
-    if eps < 0 or not isinstance(steps, int) or steps < 0:
+    if eps < 0 or isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"need eps >= 0 and an int steps >= 0, got eps={eps}, steps={steps}")
+    if not (0 < decay <= 1) or start_noise < 0 or (step_size is not None and step_size < 0):
+        raise ValueError(
+            f"need 0 < decay <= 1, start_noise >= 0, step_size >= 0; got decay={decay}, "
+            f"start_noise={start_noise}, step_size={step_size}"
+        )
     step_size = 2.5 * eps / max(steps, 1) if step_size is None else step_size
     x = x.detach().clone() if x.is_inference() else x.detach()
-    best = x.clone()
+    low, high = _box_offsets(x, data_box)
+    if eps == 0:
+        return x.clone()
+    current = x
+    if start_noise > 0:
+        generator = _generator(generator)
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device).to(x.device)
+        current = x + project_ball_and_box(start_noise * noise, eps, low, high)
+    best = current.clone()
+    alpha = float(step_size)
     with torch.enable_grad():
-        best_loss = _per_sample_loss(model, x, y).detach()
-        current = x.clone()
+        best_loss = _per_sample_loss(model, current, y).detach()
         for _ in range(steps):
-            current.requires_grad_(True)
+            current = current.detach().requires_grad_(True)
             loss = _per_sample_loss(model, current, y)
             (grad,) = torch.autograd.grad(loss.sum(), current)
             with torch.no_grad():
@@ -138,12 +166,80 @@ def pgd_perturbations(
                 best = torch.where(_expand(improved, x), current, best)
                 best_loss = torch.where(improved, loss, best_loss)
                 step = grad / _flat_norms(grad).clamp_min(torch.finfo(grad.dtype).tiny)
-                delta = current + step_size * step - x
-                delta = delta * (eps / _flat_norms(delta).clamp_min(eps)).clamp(max=1.0)
-                current = project_to_box(x + delta, data_box)
+                current = x + project_ball_and_box(current + alpha * step - x, eps, low, high)
+            alpha *= decay
         final_loss = _per_sample_loss(model, current, y).detach()
     improved = final_loss > best_loss
     return torch.where(_expand(improved, x), current.detach(), best)
+
+
+def _box_offsets(x: Tensor, data_box: DataBox | None) -> tuple[Tensor | None, Tensor | None]:
+    """(low - x, high - x) of the data box, the bounds on a perturbation of x; (None, None) without a box.
+    ValueError (one line) when the box is empty or x does not lie in it."""
+    if data_box is None:
+        return None, None
+    low, high = (torch.as_tensor(bound, dtype=x.dtype, device=x.device) for bound in data_box)
+    if bool((low > high).any()):
+        raise ValueError(f"data_box must be (low, high) with low <= high, got {data_box}")
+    if bool((x < low).any() or (x > high).any()):
+        raise ValueError(
+            f"the points lie outside data_box {tuple(float(b) if b.dim() == 0 else 'tensor' for b in (low, high))} "
+            f"(values {float(x.min()):.4g}..{float(x.max()):.4g}): give the box the data live in, or none"
+        )
+    return (low - x), (high - x)
+
+
+def project_ball_and_box(
+    delta: Tensor, eps: float, low: Tensor | None = None, high: Tensor | None = None, iterations: int = 40
+) -> Tensor:
+    """The Euclidean projection of every row of `delta` [N, ...] onto {d : ||d||_2 <= eps, low <= d <= high}
+    (L2 norm of the flattened row; `low`, `high` broadcastable to delta with low <= 0 <= high, so d = 0 is
+    feasible; None: no bound on that side).
+
+    By the KKT conditions the projection is d(t) = clip(t * delta, low, high) with the largest t in [0, 1] such
+    that ||d(t)|| <= eps (t = 1 when clip(delta) already lies in the ball; ||d(t)|| does not decrease in t).
+    t is found per row by `iterations` bisection steps, keeping the feasible end: the result always satisfies
+    both constraints (up to float rounding of the norm) and is within 2^-iterations (relative, in t) of the
+    exact projection. Without a box this is the radial scaling delta * min(1, eps / ||delta||)."""
+    if low is None and high is None:
+        return delta * (eps / _flat_norms(delta).clamp_min(eps)).clamp(max=1.0)
+
+    def clipped(t: Tensor) -> Tensor:
+        z = delta * t
+        if low is not None:
+            z = torch.maximum(z, low)
+        if high is not None:
+            z = torch.minimum(z, high)
+        return z
+
+    ones = torch.ones(delta.shape[0], *([1] * (delta.dim() - 1)), dtype=delta.dtype, device=delta.device)
+    full = clipped(ones)
+    outside = (_flat_norms(full) > eps).reshape(-1)
+    if not bool(outside.any()):
+        return full
+    rows = delta[outside]
+    sub_low = None if low is None else low.expand_as(delta)[outside]
+    sub_high = None if high is None else high.expand_as(delta)[outside]
+    lo_t, hi_t = torch.zeros_like(ones[outside]), torch.ones_like(ones[outside])
+
+    def clip_rows(t: Tensor) -> Tensor:
+        z = rows * t
+        if sub_low is not None:
+            z = torch.maximum(z, sub_low)
+        if sub_high is not None:
+            z = torch.minimum(z, sub_high)
+        return z
+
+    for _ in range(iterations):
+        middle = (lo_t + hi_t) / 2
+        inside = _flat_norms(clip_rows(middle)) <= eps
+        lo_t = torch.where(inside, middle, lo_t)
+        hi_t = torch.where(inside, hi_t, middle)
+    projected = clip_rows(lo_t)
+    # rounding: the feasible end's norm may exceed eps by an ulp; scale it in radially (stays in the box: 0 is in it)
+    projected = projected * (eps / _flat_norms(projected).clamp_min(eps)).clamp(max=1.0)
+    full[outside] = projected
+    return full
 
 
 def _expand(mask: Tensor, like: Tensor) -> Tensor:
