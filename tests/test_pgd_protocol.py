@@ -186,3 +186,20 @@ def test_pgd_points_take_the_knobs():
     for bad in ({"decay": 1.5}, {"step_size": 0.0}, {"start_noise": -1.0}, {"data_box": [1.0, 0.0]}, {"steps": 0}):
         with pytest.raises(ValueError, match="LipschitzCallback"):
             PGDPoints(**bad)
+
+
+@pytest.mark.slow
+def test_tol_skips_only_steps_that_cannot_move_a_point_further_than_tol():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).double().eval()
+    x = torch.rand(20, 8, dtype=torch.float64, generator=seeded(14))
+    y = torch.randint(0, 4, (20,), generator=seeded(15))
+    schedule = {**STUDY_PGD, "steps": 400}
+    full = pgd_perturbations(model, x, y, eps=0.5, data_box=(0.0, 1.0), generator=seeded(16), **schedule)
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    early = pgd_perturbations(model, x, y, eps=0.5, data_box=(0.0, 1.0), generator=seeded(16), tol=1e-6, **schedule)
+    # the first t with sum_{k=t}^{399} 10 * 0.95^k <= 1e-6 ends the ascent: t gradient steps, the start, the end
+    stop = next(t for t in range(400) if sum(10 * 0.95**k for k in range(t, 400)) <= 1e-6)
+    assert 300 < stop < 400 and len(calls) == stop + 2
+    assert (early - full).flatten(1).norm(dim=1).max() <= 1e-6

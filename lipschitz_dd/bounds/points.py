@@ -116,6 +116,7 @@ def pgd_perturbations(
     decay: float = 1.0,
     start_noise: float = 0.0,
     generator: torch.Generator | None = None,
+    tol: float = 0.0,
 ) -> Tensor:
     """Points x' in the L2 ball ||x' - x||_2 <= eps (and in the data box when given) that maximise the
     cross-entropy loss CE(f(x'), y), by projected gradient ascent (L2 norm of the flattened sample).
@@ -125,7 +126,9 @@ def pgd_perturbations(
     (default step_size 2.5 * eps / steps, decay 1: the earlier fixed schedule), then projects x' - x exactly
     onto the intersection of the ball and the box shifted by x (`project_ball_and_box`; without a box the
     radial scaling onto the ball). The study's schedule is `**STUDY_PGD` (1,000 steps, step size 10 decayed
-    x0.95, start noise 1e-4). x itself must lie in the data box (ValueError otherwise: the ball and the box
+    x0.95, start noise 1e-4). `tol` > 0 stops the ascent once the steps left could move a point by at most
+    `tol` in all (the sum of their sizes; projections do not expand distances): the last iterate then lies within
+    `tol` of the full schedule's (tol 0: every step runs). x itself must lie in the data box (ValueError otherwise: the ball and the box
     might not meet). Returns, per sample, the iterate with the largest loss seen (the start included), so the
     result is never worse than the start. Finding a loss maximiser is a heuristic (the loss is not concave):
     the points are valid inputs, so ||J|| there gives valid lower bounds; they need not be the worst case.
@@ -138,10 +141,10 @@ def pgd_perturbations(
         raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]} labels")
     if eps < 0 or isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"need eps >= 0 and an int steps >= 0, got eps={eps}, steps={steps}")
-    if not (0 < decay <= 1) or start_noise < 0 or (step_size is not None and step_size < 0):
+    if not (0 < decay <= 1) or start_noise < 0 or (step_size is not None and step_size < 0) or tol < 0:
         raise ValueError(
-            f"need 0 < decay <= 1, start_noise >= 0, step_size >= 0; got decay={decay}, "
-            f"start_noise={start_noise}, step_size={step_size}"
+            f"need 0 < decay <= 1, start_noise >= 0, step_size >= 0, tol >= 0; got decay={decay}, "
+            f"start_noise={start_noise}, step_size={step_size}, tol={tol}"
         )
     step_size = 2.5 * eps / max(steps, 1) if step_size is None else step_size
     x = x.detach().clone() if x.is_inference() else x.detach()
@@ -157,7 +160,10 @@ def pgd_perturbations(
     alpha = float(step_size)
     with torch.enable_grad():
         best_loss = _per_sample_loss(model, current, y).detach()
-        for _ in range(steps):
+        for t in range(steps):
+            left = alpha * (steps - t) if decay == 1 else alpha * (1 - decay ** (steps - t)) / (1 - decay)
+            if left <= tol:
+                break
             current = current.detach().requires_grad_(True)
             loss = _per_sample_loss(model, current, y)
             (grad,) = torch.autograd.grad(loss.sum(), current)

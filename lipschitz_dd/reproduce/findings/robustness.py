@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from lipschitz_dd.reproduce.analysis import completed_by_width, markdown_table, save_figure
 from lipschitz_dd.reproduce.checkpoints import load_trained
-from lipschitz_dd.reproduce.measures import SEED, fewest_seeds, finite_max, jacobian_norms
+from lipschitz_dd.reproduce.measures import SEED, fewest_seeds, finite_max, jacobian_norms, separated_ratio
 from lipschitz_dd.reproduce.registry import CIFAR10, FASHION_MNIST, Analysis, Finding, Recorded, register
 from lipschitz_dd.reproduce.verdict import Check, Threshold
 
@@ -31,7 +31,7 @@ RADII = {0.1: "noise_r10pct", 0.5: "noise_r50pct", 1.0: "noise_r100pct"}
 """r -> the point set's name in configs/fcn_mnist1d_dd_ood.yaml (sigma = r x the data's RMS per coordinate)."""
 
 EPS = {0.1: "pgd_eps_0p1", 0.5: "pgd_eps_0p5", 1.0: "pgd_eps_1p0"}
-"""eps (L2 radius) -> the point set's name in configs/cnn_fashion_mnist_adversarial.yaml."""
+"""eps (L2 radius) -> the point set's name in configs/cnn_cifar10_adversarial.yaml (the full scale's callback)."""
 
 
 def noisy_test_losses(model, x_test: torch.Tensor, y_test: torch.Tensor, sigmas: list[float]) -> list[float]:
@@ -120,29 +120,108 @@ def _ood_figure(table: pd.DataFrame, path: Path) -> Path:
     return save_figure(figure, path)
 
 
-def analyse_adversarial(records, out: Path) -> Analysis:
-    """Per completed run (one per width): C_lower over the PGD points of each eps against C_lower over the
-    training points (the callback's final values), and, from the final checkpoint, the largest finite-difference
-    ratio at PGD points of each eps (10 steps, CE loss on the logits) against C_lower of that checkpoint."""
-    from lipschitz_dd.bounds import finite_difference_ratio, pgd_perturbations
+PGD_TOL = 1e-5
+"""The analyses stop the study's ascent once its remaining steps could move a point by at most PGD_TOL x eps in all
+(`pgd_perturbations(tol=...)`): ~340 of the 1,000 steps at eps 0.5; the later ones are below float resolution."""
+
+PGD_BATCH = 1000
+
+
+def data_box_of(record) -> tuple[float, float] | None:
+    """The data box of a run's inputs: (0, 1) for images scaled to [0, 1] (an image data module of the project
+    without `normalize`), None otherwise (MNIST-1D is standardised synthetic data with no natural box: the PGD
+    points are then constrained by the ball alone)."""
+    import yaml
+
+    from lipschitz_dd.data.vision import VisionDataModule
+    from lipschitz_dd.reproduce.checkpoints import trusted_class
+
+    path = record.path / "config.yaml"
+    config = yaml.safe_load(path.read_text()) if path.is_file() else None
+    data = (config or {}).get("data") if isinstance(config, dict) else None
+    if not isinstance(data, dict):
+        return None
+    cls = trusted_class(data.get("class_path"), "data", path)
+    if issubclass(cls, VisionDataModule) and not (data.get("init_args") or {}).get("normalize"):
+        return (0.0, 1.0)
+    return None
+
+
+def study_pgd_points(model, x: torch.Tensor, y: torch.Tensor, eps: float, box, **schedule) -> torch.Tensor:
+    """PGD points of every row of x by the study's protocol (bounds.STUDY_PGD: CE loss of the logits, 1,000 steps of
+    size 10 decayed x0.95, Gaussian start of std 1e-4, exact projection onto the L2 ball of radius eps and the data
+    box `box`), stopped at PGD_TOL x eps of remaining movement; `schedule` overrides STUDY_PGD's entries (e.g.
+    steps=10, step_size=None, decay=1, start_noise=0: the project's former schedule). Batches of PGD_BATCH, each
+    with its own generator (seed = batch index)."""
+    from lipschitz_dd.bounds import STUDY_PGD, pgd_perturbations
+
+    options = {**STUDY_PGD, **schedule}
+    return torch.cat(
+        [
+            pgd_perturbations(
+                model,
+                b,
+                t,
+                eps=eps,
+                data_box=box,
+                generator=torch.Generator().manual_seed(i),
+                tol=PGD_TOL * eps,
+                **options,
+            )
+            for i, (b, t) in enumerate(zip(x.split(PGD_BATCH), y.split(PGD_BATCH), strict=True))
+        ]
+    )
+
+
+FORMER = {"steps": 10, "step_size": None, "decay": 1.0, "start_noise": 0.0}
+"""The project's former PGD schedule (10 steps of 0.25 eps from x), kept as a distinguishing measurement."""
+
+
+def make_adversarial_analysis(eps_values: tuple[float, ...]):
+    """The adversarial analysis over the radii `eps_values` (0.5, the study's Table 6, among them)."""
+
+    def analyse(records, out: Path) -> Analysis:
+        return analyse_adversarial(records, out, eps_values)
+
+    return analyse
+
+
+def analyse_adversarial(records, out: Path, eps_values: tuple[float, ...] = tuple(EPS)) -> Analysis:
+    """Per completed run, on its final checkpoint: C_lower over the training points (max of the exact ||J(x)||_2),
+    C_lower over the PGD points of each eps by the study's protocol (`study_pgd_points`, in the data box of
+    `data_box_of`) against it, and the largest finite-difference ratio ||f(x') - f(x)|| / ||x' - x|| at those points
+    against C_lower. To tell the protocols apart, at eps 0.5 also the former schedule (10 steps of 0.25 eps from x)
+    without the box and, where the data have one, with it."""
+    from lipschitz_dd.bounds import finite_difference_ratio
 
     result, rows = Analysis(), []
     for record in completed_by_width(records):
-        c_lower = record.final_value("lipschitz/lower")
         model, x, y = load_trained(record)
-        c_checkpoint = float(jacobian_norms(model, x).max())
+        box = data_box_of(record)
+        c_lower = float(jacobian_norms(model, x).max())
         row = {"width": record.config.get(WIDTH), "seed": record.config.get(SEED, 0), "C_lower": c_lower}
         row["test loss"] = record.final_value("test/loss")
-        for eps, name in EPS.items():
-            row[f"C_lower(PGD {eps}) / C_lower"] = record.final_value(f"lipschitz/lower_{name}") / c_lower
-            moved = torch.cat(
-                [pgd_perturbations(model, b, t, eps=eps) for b, t in zip(x.split(512), y.split(512), strict=True)]
+        for eps in eps_values:
+            moved = study_pgd_points(model, x, y, eps, box)
+            row[f"C_lower(PGD {eps}) / C_lower"] = float(jacobian_norms(model, moved).max()) / c_lower
+            row[f"max FD({eps}) / C_lower"] = finite_max(finite_difference_ratio(model, x, moved)) / c_lower
+        variants = {"no box": None} if box is None else {"no box": None, "box": box}
+        for label, variant_box in variants.items():
+            moved = study_pgd_points(model, x, y, 0.5, variant_box, **FORMER)
+            row[f"former 10 steps, {label}: C_lower(PGD 0.5) / C_lower"] = (
+                float(jacobian_norms(model, moved).max()) / c_lower
             )
-            row[f"max FD({eps}) / C_lower"] = finite_max(finite_difference_ratio(model, x, moved)) / c_checkpoint
         rows.append(row)
     if not rows:
         return result
     table = pd.DataFrame(rows)
+    boxes = {str(data_box_of(r)) for r in completed_by_width(records)}
+    result.lines += [
+        "PGD by the study's protocol (CE loss, 1,000 steps of size 10 decayed x0.95, start noise 1e-4, projection "
+        f"onto the L2 ball and the data box; stopped once the steps left move a point by < {PGD_TOL:g} eps), on "
+        f"the final checkpoints; data box: {', '.join(sorted(boxes))}.",
+        "",
+    ]
     result.lines += markdown_table(table)
     result.figures.append(_adversarial_figure(table, out / "adversarial.png"))
     result.checks += adversarial_checks(table)
@@ -159,7 +238,7 @@ FD_BELOW = Threshold("<=", 1.0)
 def adversarial_checks(table: pd.DataFrame) -> list[Check]:
     seeds = fewest_seeds(table, ["width"], seed="seed")
     move = (table["C_lower(PGD 0.5) / C_lower"] - 1).abs()
-    fd = pd.concat([table[f"max FD({eps}) / C_lower"] for eps in EPS], ignore_index=True)
+    fd = pd.concat([table[c] for c in table.columns if c.startswith("max FD(")], ignore_index=True)
     return [
         Check(
             "C_lower over PGD points within 10 %",
@@ -178,12 +257,11 @@ def adversarial_checks(table: pd.DataFrame) -> list[Check]:
 
 
 def _adversarial_figure(table: pd.DataFrame, path: Path) -> Path:
-    """Left: C_lower and C_lower over the PGD points of each eps against width; right: max FD ratio / C_lower."""
+    """Left: C_lower over the PGD points of each eps / C_lower against width (the study's protocol; the former
+    10-step schedule at eps 0.5 in grey), the band of PGD_MOVE shaded; right: max FD ratio / C_lower. Mean over
+    seeds, bars min..max."""
     figure = Figure(figsize=(10, 3.8), layout="constrained")
     left, right = figure.subplots(1, 2)
-    table = table.assign(
-        **{f"C_lower(PGD {eps})": table["C_lower"] * table[f"C_lower(PGD {eps}) / C_lower"] for eps in EPS}
-    )
 
     def draw(ax, column, style, label, **options):
         by_width = table.groupby("width")[column]
@@ -191,13 +269,19 @@ def _adversarial_figure(table: pd.DataFrame, path: Path) -> Path:
         error = [mean - by_width.min(), by_width.max() - mean]
         ax.errorbar(mean.index, mean, yerr=error, fmt=style, capsize=3, label=label, **options)
 
-    draw(left, "C_lower", "o-", "training points", color="k")
-    for eps in EPS:
-        draw(left, f"C_lower(PGD {eps})", "o--", f"PGD eps {eps}")
-        draw(right, f"max FD({eps}) / C_lower", "o-", f"PGD eps {eps}")
+    for eps in [e for e in EPS if f"C_lower(PGD {e}) / C_lower" in table]:
+        draw(left, f"C_lower(PGD {eps}) / C_lower", "o-", f"PGD eps {eps} (study)")
+        draw(right, f"max FD({eps}) / C_lower", "o-", f"PGD eps {eps} (study)")
+    for column, style in (
+        ("former 10 steps, no box: C_lower(PGD 0.5) / C_lower", "x:"),
+        ("former 10 steps, box: C_lower(PGD 0.5) / C_lower", "s:"),
+    ):
+        if column in table and table[column].notna().any():
+            draw(left, column, style, column.split(":")[0] + ", eps 0.5", color="grey")
+    left.axhspan(1 - PGD_MOVE.bound, 1 + PGD_MOVE.bound, color="green", alpha=0.1, label="within 10 %")
     right.axhline(1.0, color="grey", lw=0.8, ls=":", label="= C_lower")
-    left.set(xlabel="width", ylabel="C_lower", yscale="log")
-    right.set(xlabel="width", ylabel="max finite-difference ratio / C_lower")
+    left.set(xlabel="width", ylabel="C_lower(PGD points) / C_lower(training points)", xscale="log")
+    right.set(xlabel="width", ylabel="max finite-difference ratio / C_lower", xscale="log")
     left.legend(fontsize="small")
     right.legend(fontsize="small")
     return save_figure(figure, path)
@@ -229,37 +313,206 @@ register(
         recorded=Recorded("holds", seeds=1, minutes=2.5, date="2026-12-01", rule="former"),
     )
 )
+ADVERSARIAL_PARAMETERS = {WIDTH: [1, 2, 3, 4, 6, 8, 12, 16], "lipschitz.every_n_epochs": 50}
+ADVERSARIAL_SCALES = {
+    "quick": {
+        WIDTH: 4,
+        "trainer.max_epochs": 1,
+        "data.train_subset": 100,
+        "data.test_subset": 100,
+        "lipschitz.points.max_samples": 50,
+    },
+    # 3 of the 8 widths, 3 seeds: the study's PGD costs ~1-2 s per step on 1,000 images here
+    "cpu": {WIDTH: [2, 4, 8], SEED: [0, 1, 2]},
+    "full": {"sweep": "cnn_cifar10_adversarial"},
+}
+"""The adversarial finding's grid (the CNN runs; jacobian_distributions_cnn analyses the same runs)."""
+
 register(
     Finding(
         name="adversarial",
         number="6.3",
         section="Adversarial points (Table 6), here on Fashion-MNIST CNNs (the study: CIFAR-10 CNNs)",
-        claim="C_lower over PGD points (L2, eps 0.5) moves by at most ~5 %; the finite-difference ratio at PGD points "
-        "stays below C_lower.",
+        claim="C_lower over PGD points (L2, eps 0.5, the study's PGD protocol) moves by at most ~5 %; the "
+        "finite-difference ratio at PGD points stays below C_lower.",
         paper={"C_lower(PGD 0.5)": "within ~5 % of C_lower", "FD ratio": "below C_lower"},
         config="cnn_fashion_mnist_adversarial",
         data=f"{FASHION_MNIST}; at full scale {CIFAR10}",
-        parameters={WIDTH: [1, 2, 3, 4, 6, 8, 12, 16], "lipschitz.every_n_epochs": 50},
+        parameters=ADVERSARIAL_PARAMETERS,
+        scales=ADVERSARIAL_SCALES,
+        cost={
+            "quick": "~1 min (1 run)",
+            "cpu": "~4 h (9 runs x 300 epochs, then ~350 PGD steps of 1-2 s on 1,000 images per run, shared cores)",
+            "full": "GPU hours (CIFAR-10); the analysis's PGD on 50,000 images runs on the CPU: days",
+        },
+        analyse=make_adversarial_analysis((0.5,)),
+        setting="CNN widths 2 / 4 / 8 on 1,000 Fashion-MNIST images, 20 % noise, Adam, 300 epochs; study PGD eps 0.5, "
+        "box [0, 1]",
+        compares=True,
+        recorded=Recorded(
+            "does not hold",
+            seeds=1,
+            minutes=72,
+            date="2026-12-01",
+            shared=True,
+            rule="former",
+            note="with the former 10-step PGD, no data box, widths 1..16",
+        ),
+    )
+)
+
+
+MNIST1D_CONTROL = {WIDTH: [16, 64, 256], "data.label_noise": 0.15, "trainer.max_epochs": 300}
+
+register(
+    Finding(
+        name="adversarial_mnist1d",
+        number="6.3.1",
+        section="Adversarial points (Table 6): an MNIST-1D FCN control of section 6.3",
+        claim="C_lower over PGD points (L2, eps 0.5, the study's PGD schedule) moves by at most ~5 % from C_lower over "
+        "the training points; the finite-difference ratio at PGD points stays below C_lower.",
+        paper={"C_lower(PGD 0.5)": "within ~5 % of C_lower (CIFAR-10 CNNs)", "FD ratio": "below C_lower"},
+        sweep="fcn_mnist1d_dd",
         scales={
-            "quick": {
-                WIDTH: 4,
-                "trainer.max_epochs": 1,
-                "data.train_subset": 100,
-                "data.test_subset": 100,
-                "lipschitz.points.max_samples": 50,
-            },
-            # 5 of the 8 widths, 3 seeds
-            "cpu": {WIDTH: [1, 2, 4, 8, 16], SEED: [0, 1, 2]},
+            "quick": {WIDTH: 16, "data.label_noise": 0.15, "trainer.max_epochs": 2, "data.num_samples": 1000},
+            "cpu": {**MNIST1D_CONTROL, SEED: [0, 1, 2]},
+            "full": {**MNIST1D_CONTROL, WIDTH: [8, 16, 32, 64, 128, 256, 512], SEED: [0, 1, 2, 3]},
+        },
+        cost={"quick": "~20 s (1 run)", "cpu": "~15 min (9 runs x 300 epochs, 1 worker, shared cores)", "full": "~1 h"},
+        analyse=analyse_adversarial,
+        setting="FCN widths 16 / 64 / 256 on MNIST-1D, noise 0.15, 300 epochs, 3 seeds; PGD at the final checkpoint",
+        compares=True,
+    )
+)
+
+
+TEST_EPS = (0.1, 0.5, 1.0)
+TEST_POINTS = 1000
+"""pgd_test_loss attacks the first TEST_POINTS test points of each run (the test sets are in a fixed order)."""
+
+
+def analyse_pgd_test_loss(records, out: Path) -> Analysis:
+    """Per completed run, on its final checkpoint: the mean cross-entropy of the logits at the first TEST_POINTS
+    test points (eps 0) and at their PGD points of each eps in TEST_EPS (the study's protocol, `study_pgd_points`,
+    in the data box of `data_box_of`; labels: the test labels)."""
+    result, rows = Analysis(), []
+    for record in completed_by_width(records):
+        model, x, y = load_trained(record, "test")
+        x, y = x[:TEST_POINTS], y[:TEST_POINTS]
+        box = data_box_of(record)
+        row = {"width": record.config.get(WIDTH), "seed": record.config.get(SEED, 0), "points": len(x)}
+        row["test loss (eps 0)"] = _mean_ce(model, x, y)
+        for eps in TEST_EPS:
+            row[f"test loss (PGD {eps})"] = _mean_ce(model, study_pgd_points(model, x, y, eps, box), y)
+        rows.append(row)
+    if not rows:
+        return result
+    table = pd.DataFrame(rows)
+    result.lines += markdown_table(table)
+    result.figures.append(_pgd_test_loss_figure(table, out / "pgd_test_loss.png"))
+    result.checks += pgd_test_loss_checks(table)
+    result.note = (
+        "PGD maximises this loss, so the rise over the clean loss holds nearly by construction; the checks are on its "
+        "monotonicity in eps and on its size against the spread over seeds"
+    )
+    return result
+
+
+def _mean_ce(model, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        logits = torch.cat([model(b) for b in x.split(1024)])
+    return float(torch.nn.functional.cross_entropy(logits, y))
+
+
+#: "Rises with eps": the smallest over runs and consecutive radii (0 -> 0.1 -> 0.5 -> 1) of loss(eps_k+1) / loss(eps_k).
+RISES_WITH_EPS = Threshold(">", 1.0)
+#: The rise exceeds the spread over seeds: the smallest over widths of min over seeds of the loss at the largest eps
+#: / max over seeds of the clean test loss (measures.separated_ratio).
+RISE_BEYOND_SPREAD = Threshold(">", 1.0)
+
+
+def pgd_test_loss_checks(table: pd.DataFrame) -> list[Check]:
+    seeds = fewest_seeds(table, ["width"], seed="seed")
+    columns = ["test loss (eps 0)"] + [f"test loss (PGD {eps})" for eps in TEST_EPS]
+    losses = table[columns].to_numpy(dtype=float)
+    steps = losses[:, 1:] / losses[:, :-1]
+    smallest = float(np.nanmin(steps)) if steps.size and not np.isnan(steps).all() else math.nan
+    separated = [separated_ratio(group[columns[-1]], group[columns[0]]) for _, group in table.groupby("width")]
+    return [
+        Check(
+            "the PGD test loss rises with eps",
+            "smallest over runs and consecutive eps (0, 0.1, 0.5, 1) of test loss(eps_k+1) / test loss(eps_k)",
+            smallest,
+            RISES_WITH_EPS,
+            seeds=seeds,
+        ),
+        Check(
+            "the rise exceeds the spread over seeds",
+            f"smallest over widths of min over seeds of the loss at eps {max(TEST_EPS)} / max over seeds of the clean loss",
+            float(np.nanmin(separated)) if separated and not np.isnan(separated).all() else math.nan,
+            RISE_BEYOND_SPREAD,
+            seeds=seeds,
+        ),
+    ]
+
+
+def _pgd_test_loss_figure(table: pd.DataFrame, path: Path) -> Path:
+    """Left: the test loss at PGD points against eps, one line per width; right: against width, one line per eps.
+    Mean over seeds, bars min..max."""
+    figure = Figure(figsize=(10, 3.8), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    radii = [0.0, *TEST_EPS]
+    columns = ["test loss (eps 0)"] + [f"test loss (PGD {eps})" for eps in TEST_EPS]
+    for width, group in table.groupby("width"):
+        values = group[columns].to_numpy(dtype=float)
+        mean = values.mean(axis=0)
+        left.errorbar(
+            radii,
+            mean,
+            yerr=[mean - values.min(axis=0), values.max(axis=0) - mean],
+            fmt="o-",
+            capsize=3,
+            label=f"width {width:g}",
+        )
+    for eps, column in zip(radii, columns, strict=True):
+        by_width = table.groupby("width")[column]
+        mean = by_width.mean()
+        right.errorbar(
+            mean.index,
+            mean,
+            yerr=[mean - by_width.min(), by_width.max() - mean],
+            fmt="o-",
+            capsize=3,
+            label="clean" if eps == 0 else f"PGD eps {eps}",
+        )
+    left.set(xlabel="eps (L2 radius of the PGD ball)", ylabel="test loss at PGD points", yscale="log")
+    right.set(xlabel="width", ylabel="test loss at PGD points", xscale="log", yscale="log")
+    left.legend(fontsize="small")
+    right.legend(fontsize="small")
+    return save_figure(figure, path)
+
+
+register(
+    Finding(
+        name="pgd_test_loss",
+        number="6.3.2",
+        section="Adversarial points: the test loss at PGD points (the study's figure beside Table 6)",
+        claim="The test loss at PGD points of the test set rises with eps.",
+        paper={"test loss at PGD points": "rises with eps (CIFAR-10 CNNs)"},
+        sweep="fcn_mnist1d_dd",
+        # the runs of adversarial_mnist1d (the same scaled sweep: trained once)
+        scales={
+            "quick": {WIDTH: 16, "data.label_noise": 0.15, "trainer.max_epochs": 2, "data.num_samples": 1000},
+            "cpu": {**MNIST1D_CONTROL, SEED: [0, 1, 2]},
             "full": {"sweep": "cnn_cifar10_adversarial"},
         },
         cost={
-            "quick": "~40 s (1 run)",
-            "cpu": "~2.5 h (15 runs x 300 epochs, 2 workers; 8 runs measured 72 min)",
-            "full": "GPU hours (CIFAR-10)",
+            "quick": "~20 s (1 run)",
+            "cpu": "the runs of adversarial_mnist1d, then ~1 min of PGD per run",
+            "full": "GPU hours (CIFAR-10); the analysis's PGD runs on the CPU",
         },
-        analyse=analyse_adversarial,
-        setting="CNN widths 1..16 on Fashion-MNIST, 300 epochs; PGD (L2) eps 0.1 / 0.5 / 1",
+        analyse=analyse_pgd_test_loss,
+        setting="the runs of adversarial_mnist1d (FCN widths 16 / 64 / 256, 3 seeds); study PGD on 1,000 test points",
         compares=True,
-        recorded=Recorded("does not hold", seeds=1, minutes=72, date="2026-12-01", shared=True, rule="former"),
     )
 )
