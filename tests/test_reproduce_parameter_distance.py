@@ -53,7 +53,7 @@ def test_peak_rows_and_checks_recomputed_by_hand(tmp_path):
     table = distance_table(load_runs(write_runs(tmp_path / "r", (2, 5, 20, 8, 4))))
     assert len(table) == len(WIDTHS) * 2 * len(SEEDS)
     rows = peak_rows(table)
-    assert list(rows["test-loss peak"]) == [16, 16] and list(rows["peak"]) == [16, 16]
+    assert list(rows["test-loss peak"]) == [16, 16] and list(rows["distance peak"]) == [16, 16]
     assert list(rows["seeds agreeing"]) == [1.0, 1.0] and list(rows["with test loss"]) == [1.0, 1.0]
     # min over seeds at width 16 (20) / max over seeds at width 64 (4 x 1.02)
     assert rows["falls after"].iloc[0] == pytest.approx(20 / (4 * 1.02))
@@ -71,7 +71,7 @@ def test_peak_rows_and_checks_recomputed_by_hand(tmp_path):
 
 def test_a_peak_at_the_largest_width_is_not_interior(tmp_path):
     rows = peak_rows(distance_table(load_runs(write_runs(tmp_path / "r", (1, 2, 3, 4, 5)))))
-    assert list(rows["peak"]) == [64, 64] and list(rows["with test loss"]) == [0.0, 0.0]
+    assert list(rows["distance peak"]) == [64, 64] and list(rows["with test loss"]) == [0.0, 0.0]
     assert list(rows["falls after"]) == [0.0, 0.0]
 
 

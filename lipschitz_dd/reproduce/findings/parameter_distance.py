@@ -65,7 +65,7 @@ def peak_rows(table: pd.DataFrame, metric: str = DIST, hue: str = NOISE) -> pd.D
         peak, agree = peak_by_majority(group, WIDTH, metric)
         if agree <= 0.5 or loss_peak is None:
             peak = None
-        row = {hue: level, "test-loss peak": loss_peak, "peak": peak, "seeds agreeing": agree}
+        row = {hue: level, "test-loss peak": loss_peak, "distance peak": peak, "seeds agreeing": agree}
         if peak is None:
             row["with test loss"], row["falls after"] = math.nan, math.nan
         else:
