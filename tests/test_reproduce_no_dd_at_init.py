@@ -109,3 +109,11 @@ def test_the_final_values_show_the_hump_the_epoch0_values_lack(tmp_path):
     group = table[table["data.label_noise"] == 0.0]
     assert hump(group, "lipschitz/lower final") > 1 >= hump(group, "lipschitz/lower")
     assert next(c for c in checks(table) if c.name.startswith("C_lower")).status is Status.PASS
+
+
+def test_hump_at_names_the_interior_width():
+    from lipschitz_dd.reproduce.findings.no_dd_at_init import hump_at
+
+    rows = [{"model.width": w, "seed_everything": 0, "y": y} for w, y in ((1, 1.0), (2, 3.0), (3, 5.0), (4, 2.0))]
+    # width 2: min(3/1, 3/2) = 1.5; width 3: min(5/1, 5/2) = 2.5
+    assert hump_at(pd.DataFrame(rows), "y") == (3.0, pytest.approx(2.5))

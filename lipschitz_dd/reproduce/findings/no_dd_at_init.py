@@ -59,15 +59,23 @@ def epoch0_table(records) -> pd.DataFrame:
     return table
 
 
+def hump_at(group: pd.DataFrame, column: str) -> tuple[float, float]:
+    """(interior width, hump): the hump of `column` over the widths of `group` (module docstring) and the
+    interior width that gives it; (NaN, NaN) with fewer than three widths or a missing value."""
+    widths = sorted(group[WIDTH].unique())
+    if len(widths) < 3 or column not in group.columns or group[column].isna().any():
+        return math.nan, math.nan
+    values = {w: group.loc[group[WIDTH] == w, column].to_numpy(float) for w in widths}
+    first, last = values[widths[0]], values[widths[-1]]
+    sizes = {w: min(separated_ratio(values[w], first), separated_ratio(values[w], last)) for w in widths[1:-1]}
+    width = max(sizes, key=sizes.get)
+    return float(width), sizes[width]
+
+
 def hump(group: pd.DataFrame, column: str) -> float:
     """The hump of `column` over the widths of `group` (module docstring); NaN with fewer than three widths or
     a missing value."""
-    widths = sorted(group[WIDTH].unique())
-    if len(widths) < 3 or column not in group.columns or group[column].isna().any():
-        return math.nan
-    values = {w: group.loc[group[WIDTH] == w, column].to_numpy(float) for w in widths}
-    first, last = values[widths[0]], values[widths[-1]]
-    return max(min(separated_ratio(values[w], first), separated_ratio(values[w], last)) for w in widths[1:-1])
+    return hump_at(group, column)[1]
 
 
 def trend_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -89,6 +97,7 @@ def trend_rows(table: pd.DataFrame) -> pd.DataFrame:
                     "epoch 0 max / min over widths": mean.max() / mean.min() if mean.min() > 0 else math.nan,
                     "epoch 0 log-log slope": loglog_fit(mean.index.to_numpy(float), mean.to_numpy()).slope,
                     "hump at epoch 0": hump(group, metric),
+                    "at width": hump_at(group, metric)[0],
                     "hump after training": hump(group, metric + FINAL),
                 }
             )
