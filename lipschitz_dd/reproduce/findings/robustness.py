@@ -512,6 +512,7 @@ register(
         claim="The test loss at PGD points of the test set rises with eps.",
         paper={"test loss at PGD points": "rises with eps (CIFAR-10 CNNs)"},
         sweep="fcn_mnist1d_dd",
+        data=f"none at cpu scale (MNIST-1D is generated); at full scale {CIFAR10}",
         # the runs of adversarial_mnist1d (the same scaled sweep: trained once)
         scales={
             "quick": {WIDTH: 16, "data.label_noise": 0.15, "trainer.max_epochs": 2, "data.num_samples": 1000},
