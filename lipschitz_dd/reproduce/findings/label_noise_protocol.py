@@ -262,7 +262,7 @@ register(
         },
         cost={
             "quick": "~30 s (4 runs x 3 epochs)",
-            "cpu": "~12 CPU min (27 runs, at most 400 epochs each; ~45 min on the shared cores)",
+            "cpu": "~10 CPU min (27 runs, at most 400 epochs each; measured 31 min with 1 worker, shared cores)",
             "full": "CPU days (308 runs up to 20,000 epochs)",
         },
         analyse=analyse,
