@@ -15,7 +15,8 @@ import lipschitz_dd.sweep.runner as sweep_runner
 from lipschitz_dd.cli import main
 from lipschitz_dd.data import FashionMNISTDataModule
 from lipschitz_dd.data.vision import VisionDataModule
-from lipschitz_dd.reproduce import SCALES, findings, get_finding, run_finding, scaled_sweep
+from lipschitz_dd.reproduce import SCALES, get_finding, run_finding, scaled_sweep
+from lipschitz_dd.reproduce.registry import findings
 from lipschitz_dd.reproduce.run import SMOKE_TEST, MissingData, missing_data, reads_from_disk, run_data_modules
 from lipschitz_dd.shipped import resolve
 from lipschitz_dd.sweep.config import validate_sweep_config

@@ -7,9 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lipschitz_dd.cli import main
-from lipschitz_dd.reproduce import findings, get_finding
 from lipschitz_dd.reproduce.catalogue import BEGIN, END, HEADER, cpu_seeds, markdown, replace_in
-from lipschitz_dd.reproduce.registry import Recorded
+from lipschitz_dd.reproduce.registry import Recorded, findings, get_finding
 from lipschitz_dd.reproduce.verdict import MIN_SEEDS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "reproduction.md"

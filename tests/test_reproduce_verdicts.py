@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from reproduce_runs import verdict_of, write_run
 
-from lipschitz_dd.reproduce import findings, get_finding
 from lipschitz_dd.reproduce.measures import binomial_upper_tail, peak_by_majority, separated_ratio
+from lipschitz_dd.reproduce.registry import findings, get_finding
 from lipschitz_dd.reproduce.verdict import (
     DOES_NOT_HOLD,
     HOLDS,
