@@ -138,12 +138,12 @@ register(
         scales=SCALES,
         cost={
             "quick": "~30 s (2 runs)",
-            "cpu": "~60 min (72 runs x 300 epochs, 2 workers; 24 runs measured 21 min, shared)",
+            "cpu": "~60 min on idle cores (72 runs x 300 epochs, 2 workers; measured 79 min, heavily shared)",
             "full": "GPU days",
         },
         analyse=analyse,
         setting="FCN widths 4..512 on MNIST-1D, noise 0 / 0.15, 300 epochs",
         compares=True,
-        recorded=Recorded("holds", seeds=1, minutes=21, date="2026-12-01", shared=True, rule="former"),
+        recorded=Recorded("holds", seeds=3, minutes=79, date="2026-12-06", shared=True),
     )
 )
