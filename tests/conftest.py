@@ -6,12 +6,28 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+
+@pytest.fixture(autouse=True)
+def default_interrupt_handlers():
+    """Every test starts and ends with Python's own SIGINT / SIGTERM handlers. In the full suite's order a
+    test left SIGINT ignored (Lightning sets SIG_IGN for its shutdown when a fit in this process meets a
+    KeyboardInterrupt, and leaves it so), and the later test that presses Ctrl-C on the sweep runner
+    (test_sweep_accidents) then waited forever for a run that ignores SIGTERM."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
