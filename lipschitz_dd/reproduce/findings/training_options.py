@@ -255,12 +255,12 @@ register(
         },
         cost={
             "quick": "~30 s (2 runs)",
-            "cpu": "~11 min (15 runs x 300 epochs, 2 workers; 10 runs measured 7 min)",
+            "cpu": "~11 min (15 runs x 300 epochs, 2 workers; measured 10.5 min, shared)",
             "full": "as cpu x 2",
         },
         analyse=analyse_penalty,
         setting="FCN 256 (one hidden layer) on MNIST-1D, lambda 0..0.1, 300 epochs",
         compares=True,
-        recorded=Recorded("holds in part", seeds=2, minutes=7, date="2026-12-01", rule="former"),
+        recorded=Recorded("holds in part", seeds=3, minutes=10.5, date="2026-12-06", shared=True),
     )
 )
