@@ -90,7 +90,8 @@ def scaled_sweep(finding: Finding, scale: str) -> dict[str, Any]:
             continue
         parameters[key] = {"values": list(value)} if isinstance(value, (list, tuple)) else {"value": value}
     config["parameters"] = parameters
-    config["name"] = f"{finding.name}_{scale}"
+    # named by its sweep, not the finding: findings running the same sweep share its file (run_finding)
+    config["name"] = f"{sweep_name(finding, scale)}_{scale}"
     return config
 
 
@@ -241,7 +242,6 @@ def run_finding(
         raise MissingData(missing)
     folder.mkdir(parents=True, exist_ok=True)
     name = sweep_name(finding, scale)
-    config["name"] = f"{name}_{scale}"  # not the finding's name: findings running the same sweep share its file
     trained = trained_folder(config, name, out)
     trained.mkdir(parents=True, exist_ok=True)
     sweep_file = trained / f"{name}.yaml"
