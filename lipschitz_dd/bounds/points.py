@@ -210,16 +210,8 @@ def project_ball_and_box(
     if low is None and high is None:
         return delta * (eps / _flat_norms(delta).clamp_min(eps)).clamp(max=1.0)
 
-    def clipped(t: Tensor) -> Tensor:
-        z = delta * t
-        if low is not None:
-            z = torch.maximum(z, low)
-        if high is not None:
-            z = torch.minimum(z, high)
-        return z
-
     ones = torch.ones(delta.shape[0], *([1] * (delta.dim() - 1)), dtype=delta.dtype, device=delta.device)
-    full = clipped(ones)
+    full = torch.clamp(delta * ones, low, high)
     outside = (_flat_norms(full) > eps).reshape(-1)
     if not bool(outside.any()):
         return full
@@ -228,20 +220,12 @@ def project_ball_and_box(
     sub_high = None if high is None else high.expand_as(delta)[outside]
     lo_t, hi_t = torch.zeros_like(ones[outside]), torch.ones_like(ones[outside])
 
-    def clip_rows(t: Tensor) -> Tensor:
-        z = rows * t
-        if sub_low is not None:
-            z = torch.maximum(z, sub_low)
-        if sub_high is not None:
-            z = torch.minimum(z, sub_high)
-        return z
-
     for _ in range(iterations):
         middle = (lo_t + hi_t) / 2
-        inside = _flat_norms(clip_rows(middle)) <= eps
+        inside = _flat_norms(torch.clamp(rows * middle, sub_low, sub_high)) <= eps
         lo_t = torch.where(inside, middle, lo_t)
         hi_t = torch.where(inside, hi_t, middle)
-    projected = clip_rows(lo_t)
+    projected = torch.clamp(rows * lo_t, sub_low, sub_high)
     # rounding: the feasible end's norm may exceed eps by an ulp; scale it in radially (stays in the box: 0 is in it)
     projected = projected * (eps / _flat_norms(projected).clamp_min(eps)).clamp(max=1.0)
     full[outside] = projected
