@@ -16,7 +16,7 @@ from lipschitz_dd.cli import main
 from lipschitz_dd.data import FashionMNISTDataModule
 from lipschitz_dd.data.vision import VisionDataModule
 from lipschitz_dd.reproduce import SCALES, get_finding, run_finding, scaled_sweep
-from lipschitz_dd.reproduce.registry import findings
+from lipschitz_dd.reproduce.registry import all_findings
 from lipschitz_dd.reproduce.run import SMOKE_TEST, MissingData, missing_data, reads_from_disk, run_data_modules
 from lipschitz_dd.shipped import resolve
 from lipschitz_dd.sweep.config import validate_sweep_config
@@ -29,21 +29,29 @@ EXPECTED = {
     "out_of_distribution", "adversarial", "constrained", "jacobian_distributions", "regulariser", "softmax",
     "dropout_weight_decay", "weight_decay", "imagenet", "sandwich",
 }  # fmt: skip
-REAL = [f.name for f in findings() if not f.needs]
+REAL = [f.name for f in all_findings() if not f.needs]
+
+
+def test_the_package_keeps_all_findings_after_its_subpackage_is_imported():
+    import lipschitz_dd.reproduce as package
+    import lipschitz_dd.reproduce.findings.double_descent  # noqa: F401
+
+    assert callable(package.all_findings)
+    assert "double_descent" in {f.name for f in package.all_findings()}
 
 
 def test_listing_names_every_finding(capsys):
     assert main(["reproduce"]) == 0
     listed = capsys.readouterr().out
-    assert EXPECTED <= {f.name for f in findings()}
+    assert EXPECTED <= {f.name for f in all_findings()}
     for name in EXPECTED:
         assert f"{name} " in listed
-    numbers = [f.number for f in findings()]
+    numbers = [f.number for f in all_findings()]
     assert all(numbers) and len(set(numbers)) == len(numbers), "every finding has its own section number"
     first_words = [line.split()[0] for line in listed.splitlines() if line and not line[0].isspace()]
-    positions = [first_words.index(f.name) for f in findings()]
+    positions = [first_words.index(f.name) for f in all_findings()]
     assert positions == sorted(positions), "listed in the order of their section numbers"
-    for finding in findings():
+    for finding in all_findings():
         assert finding.claim in listed
         assert (f"needs: {finding.needs}" if finding.needs else f"cpu {finding.cost['cpu']}") in listed
         assert (f"data on disk: {finding.data}" in listed) == bool(finding.data)
@@ -109,7 +117,7 @@ def test_the_data_check_looks_where_the_runs_will(tmp_path, monkeypatch):
 
 
 def test_pending_findings_refuse_in_one_line(capsys, tmp_path):
-    pending = [f for f in findings() if f.needs]
+    pending = [f for f in all_findings() if f.needs]
     assert {"cnn_double_descent"} <= {f.name for f in pending}
     assert main(["reproduce", "cnn_double_descent", "--quick", "--out", str(tmp_path)]) == 1
     error = capsys.readouterr().err

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lipschitz_dd.cli import main
 from lipschitz_dd.reproduce.catalogue import BEGIN, END, HEADER, cpu_seeds, markdown, replace_in
-from lipschitz_dd.reproduce.registry import Recorded, findings, get_finding
+from lipschitz_dd.reproduce.registry import Recorded, all_findings, get_finding
 from lipschitz_dd.reproduce.verdict import MIN_SEEDS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "reproduction.md"
@@ -34,7 +34,7 @@ def test_the_markdown_flag_prints_the_table(capsys):
     assert main(["reproduce", "--markdown"]) == 0
     out = capsys.readouterr().out
     assert "| " + " | ".join(HEADER) + " |" in out
-    for finding in findings():
+    for finding in all_findings():
         assert f"| `{finding.name}` |" in out
 
 

@@ -12,7 +12,7 @@ import pytest
 from reproduce_runs import verdict_of, write_run
 
 from lipschitz_dd.reproduce.measures import binomial_upper_tail, peak_by_majority, separated_ratio
-from lipschitz_dd.reproduce.registry import findings, get_finding
+from lipschitz_dd.reproduce.registry import all_findings, get_finding
 from lipschitz_dd.reproduce.verdict import (
     DOES_NOT_HOLD,
     HOLDS,
@@ -85,7 +85,7 @@ def test_seed_statistics():
 
 
 def test_every_real_finding_has_an_analysis_and_a_setting():
-    for finding in findings():
+    for finding in all_findings():
         if not finding.needs:
             assert finding.analyse is not None and finding.setting, finding.name
 

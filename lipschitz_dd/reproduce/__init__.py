@@ -4,7 +4,7 @@ A finding = a shipped sweep file, per-scale overrides of its parameters, and an 
 figures, a summary.md and a verdict derived from declared checks (verdict.py). See registry.py for how to add one.
 """
 
-from lipschitz_dd.reproduce.registry import SCALES, Analysis, Finding, Recorded, findings, get_finding, register
+from lipschitz_dd.reproduce.registry import SCALES, Analysis, Finding, Recorded, all_findings, get_finding, register
 from lipschitz_dd.reproduce.run import MissingData, NotAvailable, Outcome, analyse_folder, run_finding, scaled_sweep
 from lipschitz_dd.reproduce.verdict import Check, Threshold, Verdict, decide
 
@@ -21,7 +21,7 @@ __all__ = [
     "Verdict",
     "analyse_folder",
     "decide",
-    "findings",
+    "all_findings",
     "get_finding",
     "register",
     "run_finding",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from argparse import ArgumentParser
 
-from lipschitz_dd.reproduce.registry import SCALES, findings, get_finding
+from lipschitz_dd.reproduce.registry import SCALES, all_findings, get_finding
 
 
 def make_parser() -> ArgumentParser:
@@ -51,7 +51,7 @@ def listing() -> str:
     """Per finding: name and claim, then its estimated time here at quick and cpu scale (or what it needs), and
     the data set it reads from disk, if any."""
     rows = []
-    for finding in findings():
+    for finding in all_findings():
         cost = (
             f"needs: {finding.needs}"
             if finding.needs

@@ -148,17 +148,12 @@ def register(finding: Finding) -> Finding:
     return finding
 
 
-def findings() -> list[Finding]:
-    """Every registered finding, in the order of their section numbers (the study's order)."""
-    import sys
+def all_findings() -> list[Finding]:
+    """Every registered finding, in the order of their section numbers (the study's order).
 
+    Named `all_findings`, not `findings`: the subpackage `lipschitz_dd.reproduce.findings` (one module per finding)
+    binds that name on its package when first imported."""
     import lipschitz_dd.reproduce.findings  # noqa: F401  (imports every module of the package: registers them)
-
-    # Importing the subpackage findings/ for the first time binds the name `findings` of lipschitz_dd.reproduce to
-    # that module, hiding this function, which the package exports under the same name: bind it back.
-    package = sys.modules.get("lipschitz_dd.reproduce")
-    if package is not None and not callable(getattr(package, "findings", None)):
-        package.findings = findings
 
     def key(finding: Finding) -> tuple[int, ...]:
         return tuple(int(part) for part in finding.number.split(".") if part.isdigit()) or (10**6,)
@@ -172,7 +167,7 @@ RENAMED = {"toy2d": "toy2d_variant"}
 
 def get_finding(name: str) -> Finding:
     """The finding called `name`; KeyError with the known names otherwise (and the new name of a renamed one)."""
-    known = {f.name: f for f in findings()}
+    known = {f.name: f for f in all_findings()}
     if name in RENAMED:
         raise KeyError(f"no finding {name!r}: it is now called {RENAMED[name]!r} (the study's own toy is study_toy2d)")
     if name not in known:
