@@ -25,7 +25,18 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from lipschitz_dd.metric_names import AVG, LOWER, PARAMS_COUNT, RMS, TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, UPPER
+from lipschitz_dd.metric_names import (
+    AVG,
+    DIST_INIT,
+    LOWER,
+    PARAMS_COUNT,
+    RMS,
+    TEST_ACC,
+    TEST_LOSS,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    UPPER,
+)
 from lipschitz_dd.report.bias_variance import GUARANTEED_BOUND, PAPER_BOUND, PLOTTED_COLUMNS, PROXY_BOUND
 from lipschitz_dd.report.power_law import BOUND_METRICS
 from lipschitz_dd.report.records import COMPLETED_STATUSES, LoadedRun
@@ -58,6 +69,7 @@ LABELS = {
     "seed_everything": "seed",
     "epoch": "epoch",
     PARAMS_COUNT: "parameters",
+    DIST_INIT: "$\\|\\theta - \\theta_0\\|_2$",
     "ensemble/function_variance": "function variance over seeds",
 }
 
