@@ -30,7 +30,7 @@ from lipschitz_dd.reproduce.analysis import markdown_table, save_figure
 from lipschitz_dd.reproduce.findings.axes import ABOVE, OPTIMIZER_SCALES, OPTIMIZER_SWEEP
 from lipschitz_dd.reproduce.findings.parameter_distance import DIST, distance_table
 from lipschitz_dd.reproduce.measures import SEED, fewest_seeds, separated_ratio
-from lipschitz_dd.reproduce.registry import Analysis, Finding, register
+from lipschitz_dd.reproduce.registry import Analysis, Finding, Recorded, register
 from lipschitz_dd.reproduce.verdict import Check
 
 OPTIMIZER, WIDTH = "model.optimizer", "model.width"
@@ -173,5 +173,6 @@ register(
         analyse=analyse,
         setting="the optimizer runs (FCN widths 16 / 48 / 256, SGD vs Adam, 4 seeds), ||theta - theta_0||",
         compares=True,
+        recorded=Recorded("holds", seeds=4, minutes=0.2, date="2026-12-06"),
     )
 )
