@@ -265,8 +265,9 @@ def test_heatmap_finds_the_peak_width_per_noise_and_the_peak_noise_per_width(tmp
     for noise, values in grid.items():
         for width, value in zip((8, 16, 32), values, strict=True):
             config = {"model.width": width, "data.label_noise": noise, "seed_everything": 0}
-            final = {"lipschitz/lower": float(value), "test/loss": value / 2}
-            _fake_run(tmp_path / "runs" / f"w{width}_n{noise}", config, final)
+            final = {"lipschitz/lower": float(value), "test/loss": value / 2, "train/loss": 0.1}
+            # all runs end at train loss 0.1, first reached there: the matched-loss reading equals the end's
+            _fake_run(tmp_path / "runs" / f"w{width}_n{noise}", config, final, {**final, "train/loss": 2.0})
     summary = analyse_folder(get_finding("heatmap"), "cpu", tmp_path / "runs", tmp_path / "out").summary.read_text()
     for row in ("| 0 | 8 | 8 |", "| 0.1 | 16 | 16 |", "| 0.2 | 16 | 16 |", "| 0.3 | 32 | 32 |"):
         assert row in summary

@@ -13,6 +13,7 @@ from reproduce_runs import verdict_of, write_run
 
 from lipschitz_dd.reproduce.measures import binomial_upper_tail, peak_by_majority, separated_ratio
 from lipschitz_dd.reproduce.registry import all_findings, get_finding
+from lipschitz_dd.reproduce.run import analyse_folder
 from lipschitz_dd.reproduce.verdict import (
     DOES_NOT_HOLD,
     HOLDS,
@@ -153,8 +154,40 @@ def test_heatmap_both_ways(tmp_path):
             for w, v in zip((8, 16, 32), values, strict=True):
                 for s in SEEDS:
                     config = {"model.width": w, "data.label_noise": noise, "seed_everything": s}
-                    write_run(runs / f"w{w}n{noise}s{s}", config, {"lipschitz/lower": v + 0.01 * s, "test/loss": v})
+                    # every run ends at the same training loss: the matched reading is the end's
+                    final = {"lipschitz/lower": v + 0.01 * s, "test/loss": v, "train/loss": 0.1}
+                    write_run(
+                        runs / f"w{w}n{noise}s{s}", config, final, initial={"lipschitz/lower": 0.1, "train/loss": 2}
+                    )
         assert verdict_of("heatmap", runs, tmp_path / f"out_{expected}").startswith(expected)
+
+
+def test_heatmap_reads_c_lower_at_matched_training_loss(tmp_path):
+    """At width 16, the noise-0 runs reach the common level (train loss 0.5, the noisiest runs' lowest) at epoch 2
+    with C_lower 3 and end at 10; noise 0.1 reaches it at its end (C_lower 6), noise 0.2 too (C_lower 4). At the
+    end C_lower peaks at noise 0 (the edge); at matched loss at noise 0.1 (interior). The peak over width sits at
+    width 16 at both noise ends at matched loss (width 8 ends lower everywhere): it does not move."""
+    histories = {
+        0.0: [(0, 2.0, 0.1), (2, 0.5, 3.0), (5, 0.1, 10.0)],  # epoch, train/loss, C_lower
+        0.1: [(0, 2.0, 0.1), (2, 1.0, 2.0), (5, 0.5, 6.0)],
+        0.2: [(0, 2.0, 0.1), (2, 1.0, 2.0), (5, 0.5, 4.0)],
+    }
+    runs = tmp_path / "runs"
+    for noise, history in histories.items():
+        for s in SEEDS:
+            for w, scale in ((8, 0.5), (16, 1.0)):
+                rows = [{"step": e, "train/loss": loss, "lipschitz/lower": c * scale} for e, loss, c in history]
+                final = {k: v for k, v in rows[-1].items() if k != "step"} | {"test/loss": 1.0}
+                config = {"model.width": w, "data.label_noise": noise, "seed_everything": s}
+                write_run(runs / f"w{w}n{noise}s{s}", config, final, history=rows)
+    summary = analyse_folder(get_finding("heatmap"), "cpu", runs, tmp_path / "out").summary.read_text()
+    checks = {line.split(" | ")[0].lstrip("| "): line for line in summary.splitlines() if line.startswith("| ")}
+    assert checks["at a fixed width C_lower peaks at an interior noise"].endswith("| 0 | >= 0.5 | 3 | fail |")
+    assert checks["at matched training loss: C_lower peaks at an interior noise"].endswith("| 1 | >= 0.5 | 3 | pass |")
+    assert checks["at matched training loss: the C_lower peak moves to larger widths"].endswith(
+        "| 1 | > 1 | 3 | fail |"
+    )
+    assert "| 16 | 0 | 3 |" in summary  # width 16, noise 0: C_lower 3 at matched loss (per width)
 
 
 def _two_settings(root, key, a, b, values, matched_metric=None):

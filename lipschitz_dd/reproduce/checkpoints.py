@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import yaml
 
-from lipschitz_dd.report.records import RunRecord
+from lipschitz_dd.report.records import LoadedRun
 
 # section of config.yaml -> (the package its classes must be defined in, the Lightning class they must extend)
 OWN_CLASSES = {
@@ -83,7 +83,7 @@ def trusted_class(class_path: Any, section: str, source: Path) -> type:
     return cls
 
 
-def checkpoint_files(record: RunRecord) -> list[Path]:
+def checkpoint_files(record: LoadedRun) -> list[Path]:
     """The run's checkpoints (checkpoints/*.ckpt), oldest first (by file time)."""
     return sorted((record.path / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
 
@@ -108,7 +108,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def load_trained(
-    record: RunRecord, split: str = "train", checkpoint: Path | None = None
+    record: LoadedRun, split: str = "train", checkpoint: Path | None = None
 ) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     """The run's last checkpoint (or `checkpoint`; eval mode, CPU) and its `split` ("train" or "test") points and
     labels, rebuilt from config.yaml (the same subset, label noise and seeds as the run).
@@ -145,7 +145,7 @@ def _split(data_class: type, config: dict[str, Any], split: str) -> tuple[torch.
     return getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
 
 
-def load_data(record: RunRecord, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+def load_data(record: LoadedRun, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
     """The run's `split` ("train" or "test") points and labels, rebuilt from its config.yaml (the same subset,
     label noise and seeds as the run) by its trusted data class; no checkpoint needed."""
     config_path = record.path / "config.yaml"

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
 from lipschitz_dd.report.figures import label
-from lipschitz_dd.report.records import RunRecord
+from lipschitz_dd.report.records import LoadedRun
 from lipschitz_dd.reproduce.analysis import (
     BOUNDS,
     completed_table,
@@ -301,7 +301,7 @@ def _slope_analysis(key: str, paper: dict[str, float], expected: dict, extra=Non
     return analyse
 
 
-def _points(records: list[RunRecord], key: str, metric: str, initial: bool) -> pd.DataFrame:
+def _points(records: list[LoadedRun], key: str, metric: str, initial: bool) -> pd.DataFrame:
     """One row per run: its seed, x = config `key`, y = the metric at epoch 0 (`initial`) or at the end."""
     return pd.DataFrame(
         {
@@ -337,14 +337,14 @@ def _slope_figure(rows, key: str, path: Path) -> Path:
     return save_figure(figure, path)
 
 
-def updates_per_epoch(record: RunRecord) -> float:
+def updates_per_epoch(record: LoadedRun) -> float:
     """ceil(training-set size / batch size) from the run's config (NaN when either is not recorded)."""
     n = float(record.config.get("data.train_subset", math.nan))
     batch = float(record.config.get("data.batch_size", math.nan))
     return float(math.ceil(n / batch)) if n > 0 and batch > 0 else math.nan
 
 
-def _value_at_or_before(record: RunRecord, epoch: float, metric: str = "lipschitz/lower") -> float:
+def _value_at_or_before(record: LoadedRun, epoch: float, metric: str = "lipschitz/lower") -> float:
     if metric not in record.metrics.columns or math.isnan(epoch):
         return math.nan
     series = pd.to_numeric(record.metrics[metric], errors="coerce").dropna()
@@ -352,7 +352,7 @@ def _value_at_or_before(record: RunRecord, epoch: float, metric: str = "lipschit
     return float(series.iloc[-1]) if len(series) else math.nan
 
 
-def equal_budget_rows(records: list[RunRecord]) -> pd.DataFrame:
+def equal_budget_rows(records: list[LoadedRun]) -> pd.DataFrame:
     """Per run: C_lower after the same number of updates U (the fewest any run made: its final epoch x updates per
     epoch), read at the last measured epoch <= U / its updates per epoch; and C_lower at the same training loss T
     (the largest final training loss of any run), read at the first epoch with train/loss <= T and C_lower
@@ -383,7 +383,7 @@ def equal_budget_rows(records: list[RunRecord]) -> pd.DataFrame:
 RISES = Threshold(">", 0.0)
 
 
-def train_size_budget(done: list[RunRecord], result: Analysis) -> None:
+def train_size_budget(done: list[LoadedRun], result: Analysis) -> None:
     """train_size: at a fixed number of epochs larger sets get more updates; compare at equal updates and at
     equal training loss too (per-seed slopes of C_lower against the set size)."""
     rows = equal_budget_rows(done)

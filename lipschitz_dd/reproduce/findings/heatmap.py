@@ -9,6 +9,14 @@ import pandas as pd
 
 from lipschitz_dd.report import figures
 from lipschitz_dd.reproduce.analysis import completed_table, markdown_table
+from lipschitz_dd.reproduce.findings.label_noise_protocol import (
+    MATCHED_N,
+    MATCHED_W,
+    interior_share,
+    matched,
+    peak_shift,
+    run_table,
+)
 from lipschitz_dd.reproduce.measures import fewest_seeds, mean_and_spread, peak_by_majority
 from lipschitz_dd.reproduce.registry import CIFAR10, Analysis, Finding, Recorded, register
 from lipschitz_dd.reproduce.verdict import Check, Threshold
@@ -86,10 +94,53 @@ def checks(table: pd.DataFrame) -> list[Check]:
     ]
 
 
+def matched_loss_reading(records) -> tuple[list[str], list[Check]]:
+    """C_lower read at a matched training loss (section 4.1's reading, on these runs): within each width across
+    noise levels, and within each noise level across widths, the level is the largest of the runs' lowest
+    training losses (train/loss as logged: the epoch's mean minibatch loss on the noisy labels), and each run's
+    C_lower is read, interpolated in the epoch, at its first epoch at or below it. Networks that fit more noise
+    reach a given loss later: this separates "more noise" from "trained less far". Returns the table's lines and
+    the two claims' checks at matched loss."""
+    runs = run_table(records)
+    if runs.empty:
+        return [], []
+    runs = matched(matched(runs, WIDTH, MATCHED_W), NOISE, MATCHED_N)
+    grouped = runs.groupby([WIDTH, NOISE])
+    table = grouped[[MATCHED_W, MATCHED_N]].mean()
+    table["level (per width)"] = grouped[MATCHED_W + " level"].first()
+    table["level (per noise)"] = grouped[MATCHED_N + " level"].first()
+    lines = [
+        "",
+        "C_lower at matched training loss (mean over seeds; the level is the largest of the compared runs' lowest "
+        "train/loss, each run read at its first epoch at or below it):",
+        "",
+        *markdown_table(table.reset_index()),
+    ]
+    seeds = fewest_seeds(runs, [NOISE, WIDTH])
+    checks = [
+        Check(
+            "at matched training loss: C_lower peaks at an interior noise",
+            f"share of widths whose {MATCHED_W} peak over noise (most seeds) is at an interior noise level",
+            interior_share(runs, MATCHED_W),
+            INTERIOR,
+            seeds=seeds,
+        ),
+        Check(
+            "at matched training loss: the C_lower peak moves to larger widths",
+            f"width of the {MATCHED_N} peak (most seeds) at the largest noise / at the smallest",
+            peak_shift(runs, MATCHED_N),
+            MOVES_RIGHT,
+            seeds=seeds,
+        ),
+    ]
+    return lines, checks
+
+
 def analyse(records, out: Path) -> Analysis:
     """Width of the C_lower peak per noise level (the study: moves to larger widths with noise), beside the width
     of the test-loss peak, and noise level of the C_lower peak per width (the study: interior). Peaks are
-    located per seed on the grid's points and taken where most seeds agree, so they move in grid steps."""
+    located per seed on the grid's points and taken where most seeds agree, so they move in grid steps. Both
+    claims are read at the end of training and at a matched training loss (matched_loss_reading)."""
     table = completed_table(records, [WIDTH, NOISE, "seed_everything"])
     result = Analysis()
     if table.empty:
@@ -103,6 +154,9 @@ def analyse(records, out: Path) -> Analysis:
     spread = mean_and_spread(table, [NOISE, WIDTH], (LOWER,))
     result.lines += ["", "C_lower: mean over seeds and spread (min, max):", "", *markdown_table(spread)]
     result.checks += checks(table)
+    lines, at_matched_loss = matched_loss_reading(records)
+    result.lines += lines
+    result.checks += at_matched_loss
     return result
 
 
