@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
 from lipschitz_dd.metric_names import AVG, LOWER, TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, UPPER
 from lipschitz_dd.report.figures import tidy_log_ticks
@@ -98,9 +99,23 @@ def markdown_table(frame: pd.DataFrame) -> list[str]:
     return [header, rule] + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
 
 
-def save_figure(figure: Figure, path: Path) -> Path:
-    """Save a finding's figure at 120 dpi, with the report's readable log-axis ticks on every axes."""
+def save_figure(figure: Figure, path: Path, x_ticks=None) -> Path:
+    """Save a finding's figure at 120 dpi, with the report's readable log-axis ticks on every axes; with
+    `x_ticks` (the grid's points), every x axis is ticked exactly there instead (x_ticks_at)."""
     for ax in figure.axes:
         tidy_log_ticks(ax)
+        if x_ticks is not None:
+            x_ticks_at(ax, x_ticks)
     figure.savefig(path, dpi=120)
     return path
+
+
+def x_ticks_at(ax, values) -> None:
+    """x ticks exactly at `values`, as plain numbers ("250", "4000"), no minor ticks; labels turned 45 degrees
+    when they hold more than 16 characters in all, so that neighbours never overlap."""
+    values = sorted({float(v) for v in values if v == v})
+    labels = [f"{v:g}" for v in values]
+    ax.xaxis.set_major_locator(FixedLocator(values))
+    ax.xaxis.set_major_formatter(FixedFormatter(labels))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.tick_params(axis="x", labelrotation=45 if sum(map(len, labels)) > 16 else 0)

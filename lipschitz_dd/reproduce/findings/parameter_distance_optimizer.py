@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
 from lipschitz_dd.metric_names import LOWER, TRAIN_LOSS
 from lipschitz_dd.report.figures import label
@@ -131,13 +130,7 @@ def _figure(table: pd.DataFrame, path: Path) -> Path:
         ax.set(xscale="log", yscale="log", xlabel=label(WIDTH), ylabel=label(metric))
         ax.legend(title="optimizer", fontsize="small")
     figure.suptitle("after the same epochs: mean over seeds, bars min..max", fontsize="small")
-    save_figure(figure, path)
-    for ax in axes:  # ticks exactly at the widths (three of them)
-        ax.xaxis.set_major_locator(FixedLocator(widths))
-        ax.xaxis.set_major_formatter(FixedFormatter([f"{w:g}" for w in widths]))
-        ax.xaxis.set_minor_locator(NullLocator())
-    figure.savefig(path, dpi=120)
-    return path
+    return save_figure(figure, path, x_ticks=widths)
 
 
 def analyse(records, out: Path) -> Analysis:
