@@ -459,6 +459,9 @@ register(
         recorded=Recorded("holds", seeds=4, minutes=9, date="2026-12-06"),
     )
 )
+#: The loss finding's scales; softmax measures the CE runs of the same sweep and scales (trained once).
+LOSS_SCALES = {"quick": {**QUICK, WIDTH: 16}, "cpu": {}, "full": {}}
+
 register(
     Finding(
         name="loss",
@@ -468,7 +471,7 @@ register(
         "'softmax' below).",
         paper={"MSE / CE": "slightly below 1"},
         sweep="fcn_mnist1d_loss",
-        scales={"quick": {**QUICK, WIDTH: 16}, "cpu": {}, "full": {}},
+        scales=LOSS_SCALES,
         cost={
             "quick": "~25 s (2 runs)",
             "cpu": "~8 min (24 runs x 300 epochs, 2 workers; measured 7.7 min idle, 14 min shared)",
