@@ -450,6 +450,28 @@ def test_findings_running_the_same_sweep_train_once(tmp_path, monkeypatch):
     assert (tmp_path / "linearisation" / "quick" / "trained_in.txt").read_text().strip() == str(out_e.resolve())
 
 
+#: Findings that analyse another finding's runs (docs/reproduction.md lists them), and the scales where they do.
+SHARED_TRAINING = [
+    ("evolution", "linearisation", SCALES),
+    ("double_descent", "no_dd_at_init", SCALES),
+    ("double_descent", "parameter_distance", SCALES),
+    ("loss", "softmax", SCALES),
+    ("optimizer", "parameter_distance_optimizer", SCALES),
+    ("bias_variance_mse", "mse_double_descent", SCALES),
+    ("adversarial_mnist1d", "pgd_test_loss", ("quick", "cpu")),
+    ("adversarial", "pgd_test_loss", ("full",)),  # the study's CIFAR-10 CNNs
+]
+
+
+@pytest.mark.parametrize(("first", "second", "scales"), SHARED_TRAINING)
+def test_findings_that_analyse_the_same_runs_share_their_training_key(first, second, scales):
+    from lipschitz_dd.reproduce.run import training_key
+
+    for scale in scales:
+        a, b = (scaled_sweep(get_finding(name), scale) for name in (first, second))
+        assert training_key(a) == training_key(b), f"{first} and {second} train apart at scale {scale}"
+
+
 def test_the_renamed_toy_finding_says_its_new_name(capsys):
     """`toy2d` was not the study's toy: it is `toy2d_variant` now, and the old name says so in one line."""
     assert main(["reproduce", "toy2d", "--quick"]) != 0
