@@ -162,6 +162,22 @@ def test_heatmap_both_ways(tmp_path):
         assert verdict_of("heatmap", runs, tmp_path / f"out_{expected}").startswith(expected)
 
 
+def test_heatmap_peak_that_stays_put_does_not_pass_monotonically(tmp_path):
+    """The C_lower peak sits at width 16 at every noise level and C_lower falls with the noise at every width: no
+    claim holds. "It moves monotonically" would pass vacuously on a peak that never moves; it is not measured."""
+    grid = {0.0: [3, 9, 5], 0.1: [2, 8, 4], 0.2: [1, 7, 3]}  # noise -> C_lower at widths 8, 16, 32
+    runs = tmp_path / "runs"
+    for noise, values in grid.items():
+        for w, v in zip((8, 16, 32), values, strict=True):
+            for s in SEEDS:
+                config = {"model.width": w, "data.label_noise": noise, "seed_everything": s}
+                final = {"lipschitz/lower": v + 0.01 * s, "test/loss": v, "train/loss": 0.1}
+                write_run(runs / f"w{w}n{noise}s{s}", config, final, initial={"lipschitz/lower": 0.1, "train/loss": 2})
+    summary = analyse_folder(get_finding("heatmap"), "cpu", runs, tmp_path / "out").summary.read_text()
+    assert "| it moves monotonically |" in summary and "| - | >= 1 | 3 | not measured (not essential) |" in summary
+    assert verdict_of("heatmap", runs, tmp_path / "out2").startswith(DOES_NOT_HOLD)
+
+
 def test_heatmap_reads_c_lower_at_matched_training_loss(tmp_path):
     """At width 16, the noise-0 runs reach the common level (train loss 0.5, the noisiest runs' lowest) at epoch 2
     with C_lower 3 and end at 10; noise 0.1 reaches it at its end (C_lower 6), noise 0.2 too (C_lower 4). At the

@@ -26,7 +26,8 @@ WIDTH, NOISE, LOWER, TEST_LOSS = "model.width", "data.label_noise", "lipschitz/l
 
 #: The C_lower peak (width most seeds peak at) at the largest noise over the one at the smallest noise.
 MOVES_RIGHT = Threshold(">", 1.0)
-#: Share of consecutive noise levels where the peak does not move to a smaller width.
+#: Share of consecutive noise levels where the peak does not move to a smaller width (a qualifier of MOVES_RIGHT:
+#: not essential, and not measured when the peak does not move right, where it would pass vacuously).
 MONOTONE = Threshold(">=", 1.0)
 #: Share of widths at which most seeds' C_lower peaks at an interior noise level ("first rises then falls").
 INTERIOR = Threshold(">=", 0.5)
@@ -64,7 +65,8 @@ def checks(table: pd.DataFrame) -> list[Check]:
     if located.notna().all() and len(located) > 1:
         widths = located.astype(float).to_list()
         moved = widths[-1] / widths[0]
-        monotone = sum(b >= a for a, b in zip(widths, widths[1:], strict=False)) / (len(widths) - 1)
+        if moved > 1:  # "monotonically" qualifies a move: a peak that stays put would pass it vacuously
+            monotone = sum(b >= a for a, b in zip(widths, widths[1:], strict=False)) / (len(widths) - 1)
     at_width = by_width["label noise of the C_lower peak"]
     if at_width.notna().all() and len(at_width):
         levels = sorted(table[NOISE].unique())
@@ -79,9 +81,11 @@ def checks(table: pd.DataFrame) -> list[Check]:
         ),
         Check(
             "it moves monotonically",
-            "share of consecutive noise levels where the peak width does not fall",
+            "share of consecutive noise levels where the peak width does not fall (measured only when the peak "
+            "moves right)",
             monotone,
             MONOTONE,
+            essential=False,
             seeds=seeds,
         ),
         Check(
@@ -178,12 +182,12 @@ register(
         },
         cost={
             "quick": "~45 s (4 runs)",
-            "cpu": "~80 min (90 runs x 300 epochs, 2 workers; the 80-run grid measured 70 min, shared)",
+            "cpu": "~35 min (90 runs x 300 epochs, 2 workers; measured 35 min idle; the 80-run grid 70 min, shared)",
             "full": "GPU days",
         },
         analyse=analyse,
         setting="FCN widths 8..512 x label noise 0..0.5 on MNIST-1D, 300 epochs",
         compares=True,
-        recorded=Recorded("does not hold", seeds=1, minutes=70, date="2026-12-01", shared=True, rule="former"),
+        recorded=Recorded("does not hold", seeds=3, minutes=35, date="2026-12-06"),
     )
 )
