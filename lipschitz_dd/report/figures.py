@@ -64,6 +64,7 @@ LABELS = {
     "model.loss": "loss function",
     "model.optimizer": "optimizer",
     "model.lr": "learning rate",
+    "model.logit_temperature": "logit temperature",
     "data.label_noise": "label noise",
     "data.train_subset": "training-set size",
     "seed_everything": "seed",

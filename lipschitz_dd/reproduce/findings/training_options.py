@@ -230,13 +230,13 @@ register(
         },
         cost={
             "quick": "~40 s (3 runs)",
-            "cpu": "~60 min (81 runs x 300 epochs, 2 workers; 36 runs measured 25 min, shared)",
+            "cpu": "~31 min (81 runs x 300 epochs, 2 workers; measured 31 min idle)",
             "full": "as cpu x 4",
         },
         analyse=analyse_constrained,
         setting="FCN widths 4..512 on MNIST-1D, unconstrained / C = 10 / C = 1, 300 epochs",
         compares=True,
-        recorded=Recorded("holds", seeds=1, minutes=25, date="2026-12-01", shared=True, rule="former"),
+        recorded=Recorded("holds", seeds=3, minutes=31, date="2026-12-06"),
     )
 )
 register(
