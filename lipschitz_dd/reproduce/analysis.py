@@ -110,6 +110,16 @@ def save_figure(figure: Figure, path: Path, x_ticks=None) -> Path:
     return path
 
 
+def errorbar_min_max(ax, values_by_x, label: str, fmt: str = "o-"):
+    """Plot `values_by_x` (a pandas SeriesGroupBy: the seeds' values grouped by the x axis) as the mean per x with
+    error bars from the smallest to the largest value (min..max over seeds); returns the means."""
+    mean = values_by_x.mean()
+    ax.errorbar(
+        mean.index, mean, yerr=[mean - values_by_x.min(), values_by_x.max() - mean], fmt=fmt, capsize=3, label=label
+    )
+    return mean
+
+
 def x_ticks_at(ax, values) -> None:
     """x ticks exactly at `values`, as plain numbers ("250", "4000"), no minor ticks; labels turned 45 degrees
     when they hold more than 16 characters in all, so that neighbours never overlap."""

@@ -14,6 +14,7 @@ from lipschitz_dd.report.records import LoadedRun
 from lipschitz_dd.reproduce.analysis import (
     BOUNDS,
     completed_table,
+    errorbar_min_max,
     fmt,
     initial_value,
     loglog_fit,
@@ -213,10 +214,7 @@ def _bar_figure(table: pd.DataFrame, key: str, path: Path) -> Path:
     widths = sorted(table[WIDTH].unique())
     for ax, metric in zip(axes, BOUNDS, strict=False):
         for level, group in table.groupby(key):
-            by_width = group.groupby(WIDTH)[metric]
-            mean = by_width.mean()
-            error = [mean - by_width.min(), by_width.max() - mean]
-            ax.errorbar(mean.index, mean, yerr=error, fmt="o-", capsize=3, label=str(level))
+            errorbar_min_max(ax, group.groupby(WIDTH)[metric], str(level))
         ax.set(xscale="log", yscale="log", xlabel=label(WIDTH), ylabel=label(metric))
         ax.legend(title=label(key), fontsize="small")
     figure.suptitle("mean over seeds, bars min..max", fontsize="small")
@@ -315,13 +313,9 @@ def _slope_figure(rows, key: str, path: Path) -> Path:
     figure = Figure(figsize=(4.5 * len(stages), 3.8), layout="constrained")
     axes = dict(zip(stages, np.atleast_1d(figure.subplots(1, len(stages))), strict=True))
     for stage, metric, points in rows:
-        by_x = points.groupby("x")["y"]
-        mean = by_x.mean()
+        mean = points.groupby("x")["y"].mean()
         fit = loglog_fit(mean.index, mean.to_numpy())
-        error = [mean - by_x.min(), by_x.max() - mean]
-        axes[stage].errorbar(
-            mean.index, mean, yerr=error, fmt="o-", capsize=3, label=f"{label(metric)}: slope {fmt(fit.slope)}"
-        )
+        errorbar_min_max(axes[stage], points.groupby("x")["y"], f"{label(metric)}: slope {fmt(fit.slope)}")
     for stage, ax in axes.items():
         ax.set(xscale="log", yscale="log", xlabel=label(key), ylabel="bound", title=stage)
         if ax.get_legend_handles_labels()[0]:
@@ -388,22 +382,20 @@ def _budget_figure(done: list[LoadedRun], rows: pd.DataFrame, path: Path) -> Pat
         ("after the same updates", rows.rename(columns={"C_lower at equal updates": "y"})),
         ("at the same training loss", rows.rename(columns={"C_lower at equal train loss": "y"})),
     ):
-        by_x = points.groupby("x")["y"]
-        mean = by_x.mean()
-        ax.errorbar(mean.index, mean, yerr=[mean - by_x.min(), by_x.max() - mean], fmt="o-", capsize=3, label=name)
+        errorbar_min_max(ax, points.groupby("x")["y"], name)
     ax.set(xscale="log", yscale="log", xlabel=label("data.train_subset"), ylabel=label("lipschitz/lower"))
     ax.legend(fontsize="small")
     figure.suptitle("mean over seeds, bars min..max", fontsize="small")
     return save_figure(figure, path, x_ticks=end["x"])
 
 
-def train_size_budget(done: list[LoadedRun], result: Analysis, out: Path | None = None) -> None:
+def train_size_budget(done: list[LoadedRun], result: Analysis, out: Path) -> None:
     """train_size: at a fixed number of epochs larger sets get more updates; compare at equal updates and at
     equal training loss too (per-seed slopes of C_lower against the set size)."""
     rows = equal_budget_rows(done).sort_values(["x", "seed"], ignore_index=True)
     result.lines += ["", "C_lower at equal updates and at equal training loss (per run):", ""]
     result.lines += markdown_table(rows)
-    if out is not None and not rows.empty:
+    if not rows.empty:
         result.figures.append(_budget_figure(done, rows, out / "train_size_budget.png"))
     for column in ("C_lower at equal updates", "C_lower at equal train loss"):
         slopes = _per_seed_slopes(rows.rename(columns={column: "y"})[["seed", "x", "y"]])

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from lipschitz_dd.metric_names import LOWER, TRAIN_LOSS
 from lipschitz_dd.report.figures import label
-from lipschitz_dd.reproduce.analysis import markdown_table, save_figure
+from lipschitz_dd.reproduce.analysis import errorbar_min_max, markdown_table, save_figure
 from lipschitz_dd.reproduce.findings.axes import ABOVE, OPTIMIZER_SCALES, OPTIMIZER_SWEEP
 from lipschitz_dd.reproduce.findings.parameter_distance import DIST, distance_table
 from lipschitz_dd.reproduce.measures import SEED, fewest_seeds, separated_ratio
@@ -123,10 +123,7 @@ def _figure(table: pd.DataFrame, path: Path) -> Path:
     widths = sorted(table[WIDTH].unique())
     for ax, metric in zip(axes, (DIST, LOWER), strict=True):
         for level, group in table.groupby(OPTIMIZER):
-            by_width = group.groupby(WIDTH)[metric]
-            mean = by_width.mean()
-            ax.errorbar(mean.index, mean, yerr=[mean - by_width.min(), by_width.max() - mean], fmt="o-", capsize=3,
-                        label=str(level))  # fmt: skip
+            errorbar_min_max(ax, group.groupby(WIDTH)[metric], str(level))
         ax.set(xscale="log", yscale="log", xlabel=label(WIDTH), ylabel=label(metric))
         ax.legend(title="optimizer", fontsize="small")
     figure.suptitle("after the same epochs: mean over seeds, bars min..max", fontsize="small")
