@@ -458,6 +458,7 @@ SHARED_TRAINING = [
     ("loss", "softmax", SCALES),
     ("optimizer", "parameter_distance_optimizer", SCALES),
     ("bias_variance_mse", "mse_double_descent", SCALES),
+    ("cnn_fashion_mnist_dd", "adversarial", ("quick", "cpu")),  # PGD on 3 of its 8 widths
     ("adversarial_mnist1d", "pgd_test_loss", ("quick", "cpu")),
     ("adversarial", "pgd_test_loss", ("full",)),  # the study's CIFAR-10 CNNs
 ]

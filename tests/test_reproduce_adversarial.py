@@ -89,9 +89,9 @@ def test_the_steep_network_is_what_the_tests_need():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["adversarial", "adversarial_mnist1d"])
 def test_adversarial_verdict_both_ways(tmp_path, name):
-    write_runs(tmp_path / "linear", "linear")
+    write_runs(tmp_path / "linear", "linear", widths=(2, 8))  # widths the cpu scale attacks (adversarial: 2, 4, 8)
     assert verdict_of(name, tmp_path / "linear", tmp_path / "out1").startswith("holds")
-    write_runs(tmp_path / "steep", "steep")
+    write_runs(tmp_path / "steep", "steep", widths=(2, 8))
     assert verdict_of(name, tmp_path / "steep", tmp_path / "out2").startswith("does not hold")
     summary = (tmp_path / "out2" / name / "cpu" / "summary.md").read_text()
     assert "former 10 steps, no box" in summary and (tmp_path / "out2" / name / "cpu" / "adversarial.png").is_file()
@@ -152,3 +152,16 @@ def test_the_analyses_of_the_same_runs_train_once(first, second, scale):
     assert training_key(scaled_sweep(get_finding(first), scale)) == training_key(
         scaled_sweep(get_finding(second), scale)
     )
+
+
+def test_adversarial_attacks_only_its_widths_of_the_shared_grid(tmp_path):
+    """At cpu scale the adversarial finding reads cnn_fashion_mnist_dd's 8 widths but attacks only 2, 4 and 8: the
+    other runs are left out of its table, and its summary says how many."""
+    write_runs(tmp_path / "runs", "linear", widths=(1, 2, 16), seeds=(0,))
+    verdict_of("jacobian_distributions_cnn", tmp_path / "runs", tmp_path / "out")
+    summary = (tmp_path / "out" / "jacobian_distributions_cnn" / "cpu" / "summary.md").read_text()
+    assert "Analysed 1 of the sweep's 3 runs: those with model.width in [2, 4, 8]." in summary
+    widths = [
+        line.split("|")[1].strip() for line in summary.splitlines() if line.startswith("| ") and "seed" not in line
+    ]
+    assert widths[0] == "2" and "1" not in widths and "16" not in widths, widths  # only width 2's run in the table

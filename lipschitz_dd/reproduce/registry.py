@@ -91,6 +91,9 @@ class Finding:
     setting: what the cpu scale runs, in a few words (the catalogue's "setting" column). compares: its verdict
     compares widths, settings or epochs (then the cpu scale runs at least MIN_SEEDS seeds, and a recorded
     result with fewer is shown as undecided). recorded: the last measured cpu-scale result (Recorded).
+    analyse_only: {scale: {sweep parameter: value or list of values}}: at that scale the analysis reads only the
+    runs with these values (for a finding that shares a larger grid trained for another one and measures something
+    costly on part of it, e.g. PGD on 3 of 8 widths); its summary says how many runs it left out.
     """
 
     name: str
@@ -110,6 +113,7 @@ class Finding:
     setting: str = ""
     compares: bool = False
     recorded: Recorded | None = None
+    analyse_only: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def catalogue_verdict(self) -> str:
         """The verdict the catalogue shows: the recorded one, or `undecided (n seed(s); rerun with 3)` when the
@@ -132,7 +136,7 @@ class Finding:
     def __post_init__(self) -> None:
         if self.needs is None and ((self.sweep is None) == (self.config is None) or self.analyse is None):
             raise ValueError(f"finding {self.name!r}: give a sweep or a config, and analyse, or say what it needs")
-        unknown = set(self.scales) - set(SCALES)
+        unknown = (set(self.scales) | set(self.analyse_only)) - set(SCALES)
         if unknown:
             raise ValueError(f"finding {self.name!r}: unknown scales {sorted(unknown)} (known: {SCALES})")
 

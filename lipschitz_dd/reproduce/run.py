@@ -256,9 +256,30 @@ def run_finding(
         records = load_runs(result.folder / "runs")
     except ReportInputError:  # every run failed before it made its folder: nothing to analyse
         records = []
-    analysis = safe_analyse(finding, records, folder) if records else Analysis(lines=["(no run records)"])
+    analysis = analyse_records(finding, scale, records, folder)
     summary = write_summary(finding, scale, folder, analysis, failed=failed, total=len(in_grid))
     return Outcome(summary, failed, len(in_grid), analysis.error)
+
+
+def _as_values(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def selected_runs(finding: Finding, scale: str, records: list) -> list:
+    """The records the finding analyses at `scale`: those whose config has, for every parameter in
+    `finding.analyse_only[scale]`, one of its values (all records when the scale selects nothing)."""
+    wanted = {key: _as_values(value) for key, value in finding.analyse_only.get(scale, {}).items()}
+    return [r for r in records if all(r.config.get(key) in values for key, values in wanted.items())]
+
+
+def analyse_records(finding: Finding, scale: str, records: list, folder: Path) -> Analysis:
+    """safe_analyse over `selected_runs`; the first line says which runs were left out, if any."""
+    chosen = selected_runs(finding, scale, records)
+    analysis = safe_analyse(finding, chosen, folder) if chosen else Analysis(lines=["(no run records)"])
+    if len(chosen) < len(records):
+        wanted = ", ".join(f"{k} in {_as_values(v)}" for k, v in finding.analyse_only[scale].items())
+        analysis.lines[:0] = [f"Analysed {len(chosen)} of the sweep's {len(records)} runs: those with {wanted}.", ""]
+    return analysis
 
 
 def safe_analyse(finding: Finding, records: list, folder: Path) -> Analysis:
@@ -288,7 +309,7 @@ def analyse_folder(finding: Finding, scale: str, runs: str | Path, out: str | Pa
         raise FileNotFoundError(f"--runs {runs}: no such folder")
     folder = finding_folder(finding, scale, out)
     folder.mkdir(parents=True, exist_ok=True)
-    analysis = safe_analyse(finding, load_runs(runs), folder)
+    analysis = analyse_records(finding, scale, load_runs(runs), folder)
     return Outcome(write_summary(finding, scale, folder, analysis), analysis_error=analysis.error)
 
 

@@ -14,7 +14,7 @@ from lipschitz_dd.reproduce.checkpoints import load_trained
 from lipschitz_dd.reproduce.findings.axes import LOSS_SCALES, QUICK
 from lipschitz_dd.reproduce.findings.dropout_weight_decay import CPU as RESNET_CPU
 from lipschitz_dd.reproduce.findings.dropout_weight_decay import DROPOUT, TINY
-from lipschitz_dd.reproduce.findings.robustness import ADVERSARIAL_PARAMETERS, ADVERSARIAL_SCALES
+from lipschitz_dd.reproduce.findings.robustness import ADVERSARIAL_ONLY, ADVERSARIAL_SCALES
 from lipschitz_dd.reproduce.measures import finite_max, jacobian_norms
 from lipschitz_dd.reproduce.registry import FASHION_MNIST, Analysis, Finding, Recorded, register
 from lipschitz_dd.reproduce.verdict import Check, Threshold
@@ -388,17 +388,17 @@ register(
         section="Jacobian-norm distributions: CNNs (the runs of the adversarial finding)",
         claim="Per-sample norm histograms on the training set are compact for CNNs (max / median at most 10).",
         paper={"CNN": "compact (CIFAR-10, MNIST with noise)"},
-        config="cnn_fashion_mnist_adversarial",
+        sweep="cnn_fashion_mnist_dd",
         data=FASHION_MNIST,
-        parameters=ADVERSARIAL_PARAMETERS,
         scales=ADVERSARIAL_SCALES,
+        analyse_only=ADVERSARIAL_ONLY,
         cost={
             "quick": "~1 min (1 run)",
-            "cpu": "the runs of adversarial, then ~25 s per run",
+            "cpu": "cnn_fashion_mnist_dd's runs, then ~25 s per run (9 runs)",
             "full": "as adversarial",
         },
         analyse=analyse_cnn_distributions,
-        setting="the CNN runs of adversarial (widths 2 / 4 / 8 on Fashion-MNIST, 3 seeds), final checkpoints",
+        setting="widths 2 / 4 / 8 of section 2.2's CNN runs (Fashion-MNIST, 3 seeds), final checkpoints",
         recorded=Recorded(
             "holds",
             seeds=1,

@@ -181,6 +181,19 @@ def analyse_constrained(records, out: Path) -> Analysis:
 
 QUICK_DD = {"model.width": [4, 32], "trainer.max_epochs": 2, "data.num_samples": 1000}
 
+CNN_DD_SCALES = {
+    "quick": {
+        "model.width": [1, 4],
+        "trainer.max_epochs": 2,
+        "data.train_subset": 200,
+        "data.test_subset": 200,
+    },
+    # 8 of the file's 10 widths, 3 seeds
+    "cpu": {"model.width": [1, 2, 3, 4, 6, 8, 12, 16], "seed_everything": [0, 1, 2]},
+    "full": {"seed_everything": [0, 1, 2, 3]},
+}
+"""cnn_fashion_mnist_dd's grid; the adversarial findings analyse its quick / cpu runs (trained once)."""
+
 register(
     Finding(
         name="cnn_fashion_mnist_dd",
@@ -191,17 +204,7 @@ register(
         paper={"peak": "C_lower and test loss peak together near the threshold"},
         sweep="cnn_fashion_mnist_dd",
         data=FASHION_MNIST,
-        scales={
-            "quick": {
-                "model.width": [1, 4],
-                "trainer.max_epochs": 2,
-                "data.train_subset": 200,
-                "data.test_subset": 200,
-            },
-            # 8 of the file's 10 widths, 3 seeds
-            "cpu": {"model.width": [1, 2, 3, 4, 6, 8, 12, 16], "seed_everything": [0, 1, 2]},
-            "full": {"seed_everything": [0, 1, 2, 3]},
-        },
+        scales=CNN_DD_SCALES,
         cost={
             "quick": "~30 s (2 runs)",
             "cpu": "~100 min (24 runs x 300 epochs, 2 workers; 10 runs measured 42 min)",
