@@ -110,13 +110,18 @@ def save_figure(figure: Figure, path: Path, x_ticks=None) -> Path:
     return path
 
 
-def errorbar_min_max(ax, values_by_x, label: str, fmt: str = "o-"):
+def errorbar_spread(ax, x, mean, low, high, label: str | None = None, fmt: str = "o-", **options) -> None:
+    """Plot `mean` against `x` with error bars from `low` to `high` (the seed spread min..max: how every figure
+    of the catalogue draws it); `options` go to matplotlib's errorbar (e.g. color)."""
+    mean, low, high = (np.asarray(v, dtype=float) for v in (mean, low, high))
+    ax.errorbar(x, mean, yerr=[mean - low, high - mean], fmt=fmt, capsize=3, label=label, **options)
+
+
+def errorbar_min_max(ax, values_by_x, label: str | None = None, fmt: str = "o-", **options):
     """Plot `values_by_x` (a pandas SeriesGroupBy: the seeds' values grouped by the x axis) as the mean per x with
     error bars from the smallest to the largest value (min..max over seeds); returns the means."""
     mean = values_by_x.mean()
-    ax.errorbar(
-        mean.index, mean, yerr=[mean - values_by_x.min(), values_by_x.max() - mean], fmt=fmt, capsize=3, label=label
-    )
+    errorbar_spread(ax, mean.index, mean, values_by_x.min(), values_by_x.max(), label, fmt, **options)
     return mean
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lipschitz_dd.report.figures import label
-from lipschitz_dd.reproduce.analysis import completed_table, markdown_table, save_figure
+from lipschitz_dd.reproduce.analysis import completed_table, errorbar_spread, markdown_table, save_figure
 from lipschitz_dd.reproduce.checkpoints import load_trained
 from lipschitz_dd.reproduce.measures import (
     binomial_upper_tail,
@@ -166,8 +166,8 @@ def _figure(mean: pd.DataFrame, key: str, path: Path) -> Path:
     figure = Figure(figsize=(10 if with_ratio else 5.2, 3.6), layout="constrained")
     axes = np.atleast_1d(figure.subplots(1, 2 if with_ratio else 1))
     for metric, style in (("lipschitz/lower", "o-"), ("lipschitz/avg", "s--")):
-        error = [mean[metric] - mean[f"{metric} min"], mean[f"{metric} max"] - mean[metric]]
-        axes[0].errorbar(mean[key], mean[metric], yerr=error, fmt=style, capsize=3, label=label(metric))
+        low, high = mean[f"{metric} min"], mean[f"{metric} max"]
+        errorbar_spread(axes[0], mean[key], mean[metric], low, high, label(metric), fmt=style)
     axes[0].set(xlabel=label(key), ylabel="bound", yscale="log", title="mean over seeds, bars min..max")
     axes[0].legend(fontsize="small")
     if with_ratio:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lipschitz_dd.reproduce.analysis import markdown_table, save_figure
+from lipschitz_dd.reproduce.analysis import errorbar_min_max, markdown_table, save_figure
 from lipschitz_dd.reproduce.checkpoints import checkpoint_epoch, checkpoint_files, load_trained
 from lipschitz_dd.reproduce.measures import jacobian_norms
 from lipschitz_dd.reproduce.registry import Analysis, Finding, Recorded, register
@@ -96,11 +96,7 @@ def _figure(table: pd.DataFrame, path: Path) -> Path:
         colour = f"C{i}"
         for column, style in (("C_lower", "o-"), ("C_alt", "s--")):
             by_epoch = group.groupby("epoch")[column]
-            mean = by_epoch.mean()
-            error = [mean - by_epoch.min(), by_epoch.max() - mean]
-            ax.errorbar(
-                mean.index, mean, yerr=error, fmt=style, color=colour, capsize=3, label=f"{column}, width {width:g}"
-            )
+            errorbar_min_max(ax, by_epoch, f"{column}, width {width:g}", fmt=style, color=colour)
     ax.set(yscale="log", xlabel="epoch", ylabel="lower bound", title="Jacobian bound vs pairwise bound")
     ax.legend(fontsize="small")
     return save_figure(figure, path)

@@ -23,7 +23,13 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from lipschitz_dd.reproduce.analysis import completed_by_width, markdown_table, save_figure
+from lipschitz_dd.reproduce.analysis import (
+    completed_by_width,
+    errorbar_min_max,
+    errorbar_spread,
+    markdown_table,
+    save_figure,
+)
 from lipschitz_dd.reproduce.checkpoints import load_trained
 from lipschitz_dd.reproduce.findings.training_options import CNN_DD_SCALES
 from lipschitz_dd.reproduce.measures import SEED, fewest_seeds, finite_max, jacobian_norms, separated_ratio
@@ -116,9 +122,7 @@ def _ood_figure(table: pd.DataFrame, path: Path) -> Path:
         ratios = np.column_stack([np.ones(len(group))] + [group[f"C_lower(r={r}) / C_lower"] for r in RADII])
         losses = np.column_stack([group["test loss"]] + [group[f"test loss (r={r})"] for r in RADII])
         for ax, values in ((left, ratios), (right, losses)):
-            mean = values.mean(axis=0)
-            error = [mean - values.min(axis=0), values.max(axis=0) - mean]
-            ax.errorbar(radii, mean, yerr=error, fmt="o-", capsize=3, label=label)
+            errorbar_spread(ax, radii, values.mean(axis=0), values.min(axis=0), values.max(axis=0), label)
     left.set(xlabel="noise radius r (x data RMS)", ylabel="C_lower(noisy train) / C_lower(train)")
     right.set(xlabel="noise radius r (x data RMS)", ylabel="test loss on noisy test points")
     right.legend(fontsize="small")
@@ -269,10 +273,7 @@ def _adversarial_figure(table: pd.DataFrame, path: Path) -> Path:
     left, right = figure.subplots(1, 2)
 
     def draw(ax, column, style, label, **options):
-        by_width = table.groupby("width")[column]
-        mean = by_width.mean()
-        error = [mean - by_width.min(), by_width.max() - mean]
-        ax.errorbar(mean.index, mean, yerr=error, fmt=style, capsize=3, label=label, **options)
+        errorbar_min_max(ax, table.groupby("width")[column], label, fmt=style, **options)
 
     for eps in [e for e in EPS if f"C_lower(PGD {e}) / C_lower" in table]:
         draw(left, f"C_lower(PGD {eps}) / C_lower", "o-", f"PGD eps {eps} (study)")
@@ -478,26 +479,9 @@ def _pgd_test_loss_figure(table: pd.DataFrame, path: Path) -> Path:
     columns = ["test loss (eps 0)"] + [f"test loss (PGD {eps})" for eps in TEST_EPS]
     for width, group in table.groupby("width"):
         values = group[columns].to_numpy(dtype=float)
-        mean = values.mean(axis=0)
-        left.errorbar(
-            radii,
-            mean,
-            yerr=[mean - values.min(axis=0), values.max(axis=0) - mean],
-            fmt="o-",
-            capsize=3,
-            label=f"width {width:g}",
-        )
+        errorbar_spread(left, radii, values.mean(axis=0), values.min(axis=0), values.max(axis=0), f"width {width:g}")
     for eps, column in zip(radii, columns, strict=True):
-        by_width = table.groupby("width")[column]
-        mean = by_width.mean()
-        right.errorbar(
-            mean.index,
-            mean,
-            yerr=[mean - by_width.min(), by_width.max() - mean],
-            fmt="o-",
-            capsize=3,
-            label="clean" if eps == 0 else f"PGD eps {eps}",
-        )
+        errorbar_min_max(right, table.groupby("width")[column], "clean" if eps == 0 else f"PGD eps {eps}")
     left.set(xlabel="eps (L2 radius of the PGD ball)", ylabel="test loss at PGD points", yscale="log")
     right.set(xlabel="width", ylabel="test loss at PGD points", xscale="log", yscale="log")
     left.legend(fontsize="small")

@@ -10,7 +10,15 @@ import pandas as pd
 
 from lipschitz_dd.report.figures import label
 from lipschitz_dd.report.power_law import power_law_table
-from lipschitz_dd.reproduce.analysis import BOUNDS, completed_table, fmt, growth_since_init, markdown_table, save_figure
+from lipschitz_dd.reproduce.analysis import (
+    BOUNDS,
+    completed_table,
+    errorbar_spread,
+    fmt,
+    growth_since_init,
+    markdown_table,
+    save_figure,
+)
 from lipschitz_dd.reproduce.findings.double_descent import analyse as double_descent
 from lipschitz_dd.reproduce.findings.evolution import fit_from_epoch
 from lipschitz_dd.reproduce.measures import fewest_seeds, mean_and_spread, separated_ratio, spread
@@ -77,8 +85,7 @@ def _penalty_figure(mean, path: Path) -> Path:
     metrics = ["test/loss", *BOUNDS]
     figure = Figure(figsize=(3.6 * len(metrics), 3.4), layout="constrained")
     for ax, metric in zip(figure.subplots(1, len(metrics)), metrics, strict=True):
-        error = [mean[metric] - mean[f"{metric} min"], mean[f"{metric} max"] - mean[metric]]
-        ax.errorbar(mean[PENALTY], mean[metric], yerr=error, fmt="o-", capsize=3)
+        errorbar_spread(ax, mean[PENALTY], mean[metric], mean[f"{metric} min"], mean[f"{metric} max"])
         positive = mean[PENALTY][mean[PENALTY] > 0]
         ax.set_xscale("symlog", linthresh=float(positive.min()) if len(positive) else 1e-3)
         ax.set(xlabel="penalty weight lambda", ylabel=label(metric))
