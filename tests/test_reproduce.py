@@ -459,6 +459,9 @@ SHARED_TRAINING = [
     ("optimizer", "parameter_distance_optimizer", SCALES),
     ("bias_variance_mse", "mse_double_descent", SCALES),
     ("cnn_fashion_mnist_dd", "adversarial", ("quick", "cpu")),  # PGD on 3 of its 8 widths
+    ("adversarial", "jacobian_distributions_cnn", SCALES),
+    ("label_noise_protocol_cnn", "adversarial_sgd_clean", ("quick", "cpu")),  # PGD on its clean-label runs
+    ("dropout_weight_decay", "jacobian_distributions_resnet", ("quick", "cpu")),
     ("adversarial_mnist1d", "pgd_test_loss", ("quick", "cpu")),
     ("adversarial", "pgd_test_loss", ("full",)),  # the study's CIFAR-10 CNNs
 ]

@@ -280,6 +280,27 @@ register(
     )
 )
 
+CNN_PROTOCOL_SCALES = {
+    "quick": {
+        WIDTH: [2, 4],
+        NOISE: [0.0, 1.0],
+        "trainer.max_epochs": 2,
+        SEED: 0,
+        "data.train_subset": 200,
+        "data.test_subset": 200,
+    },
+    # not run here yet (CPU): a 12-epoch probe at width 8 took ~5 CPU s per epoch and stayed on the initial
+    # plateau (training loss 2.302 -> 2.291)
+    "cpu": {
+        WIDTH: [2, 4, 8],
+        NOISE: [0.0, 0.5, 1.0],
+        "trainer.max_epochs": 300,
+        SEED: [0, 1, 2],
+    },
+    "full": {},
+}
+"""label_noise_protocol_cnn's grid; adversarial_sgd_clean attacks its noise-0 runs (trained once)."""
+
 register(
     Finding(
         name="label_noise_protocol_cnn",
@@ -289,25 +310,7 @@ register(
         paper=PAPER,
         sweep="cnn_fashion_mnist_noise_protocol",
         data=FASHION_MNIST,
-        scales={
-            "quick": {
-                WIDTH: [2, 4],
-                NOISE: [0.0, 1.0],
-                "trainer.max_epochs": 2,
-                SEED: 0,
-                "data.train_subset": 200,
-                "data.test_subset": 200,
-            },
-            # not run here (CPU): a 12-epoch probe at width 8 took ~5 CPU s per epoch and stayed on the initial
-            # plateau (training loss 2.302 -> 2.291)
-            "cpu": {
-                WIDTH: [2, 4, 8],
-                NOISE: [0.0, 0.5, 1.0],
-                "trainer.max_epochs": 300,
-                SEED: [0, 1, 2],
-            },
-            "full": {},
-        },
+        scales=CNN_PROTOCOL_SCALES,
         cost={
             "quick": "~1 min (4 runs x 2 epochs)",
             "cpu": "~4 CPU hours (27 runs, at most 300 epochs; estimated from a 12-epoch probe, not run)",
