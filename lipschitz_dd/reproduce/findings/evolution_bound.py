@@ -15,9 +15,10 @@ from lipschitz_dd.reproduce.verdict import Check, Threshold
 CURVES = ("lipschitz/lower", "lipschitz/upper", "evolution/bound1", "evolution/bound2")
 
 
-#: Bound 1 is a bound on C_x: C_lower <= Bound 1 at every measured epoch (largest ratio over runs and epochs;
-#: a relative slack of 1e-6 for rounding). Holds by the theorem when C_theta is the largest seen: the check
-#: guards the measurement.
+#: Bound 1 lies above C_lower at every measured epoch (largest ratio over runs and epochs; a relative slack of 1e-6
+#: for rounding). Not guaranteed by the study's derivation for what is computed here: C_x(theta_0) is C_lower at
+#: initialisation (an estimate from below), C_theta the largest over the measured epochs only, and the derivation
+#: bounds difference quotients of data pairs at distance >= r, not Jacobian norms: the check can fail.
 VALID = Threshold("<=", 1.0 + 1e-6)
 #: "Below C_upper early in training": the largest Bound / C_upper at the first measured epoch over the runs.
 BELOW_UPPER_EARLY = Threshold("<", 1.0)
@@ -138,12 +139,12 @@ register(
         },
         cost={
             "quick": "~20 s (1 run)",
-            "cpu": "~65 min (3 runs, 2,000 epochs; 1 run measured 22 min, shared)",
+            "cpu": "~35 min (3 runs x 2,000 epochs, 2 workers: two in parallel ~19 min each, then the third)",
             "full": "hours",
         },
         analyse=analyse,
         setting="FCN on MNIST-1D with the EvolutionBound callback, 2,000 epochs",
         compares=True,
-        recorded=Recorded("holds in part", seeds=1, minutes=22, date="2026-12-01", shared=True, rule="former"),
+        recorded=Recorded("holds in part", seeds=3, minutes=34, date="2026-12-07", shared=True),
     )
 )
