@@ -88,7 +88,7 @@ def scaled_sweep(finding: Finding, scale: str) -> dict[str, Any]:
     for key, value in overrides.items():
         if key == "sweep":
             continue
-        parameters[key] = {"values": list(value)} if isinstance(value, (list, tuple)) else {"value": value}
+        parameters[key] = _as_parameter(value)
     config["parameters"] = parameters
     # named by its sweep, not the finding: findings running the same sweep share its file (run_finding)
     config["name"] = f"{sweep_name(finding, scale)}_{scale}"
