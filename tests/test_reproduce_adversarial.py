@@ -150,3 +150,33 @@ def test_adversarial_attacks_only_its_widths_of_the_shared_grid(tmp_path):
         line.split("|")[1].strip() for line in summary.splitlines() if line.startswith("| ") and "seed" not in line
     ]
     assert widths[0] == "2" and "1" not in widths and "16" not in widths, widths  # only width 2's run in the table
+
+
+def test_adversarial_rows_are_kept_per_run_and_reused_only_for_the_same_checkpoint(tmp_path, monkeypatch):
+    """A stopped adversarial analysis resumes: each run's row is kept as it is computed; analysing again reads it
+    back (the same summary, no PGD run), and a retrained run (a new checkpoint file time) is attacked again."""
+    import os
+
+    from lipschitz_dd.reproduce.findings import robustness
+
+    write_runs(tmp_path / "runs", "steep", widths=(2, 8), seeds=(0,))
+    computed = []
+    attack = robustness.adversarial_row
+    monkeypatch.setattr(robustness, "adversarial_row", lambda r, eps: computed.append(r.path.name) or attack(r, eps))
+    verdict_of("adversarial", tmp_path / "runs", tmp_path / "out")
+    summary = (tmp_path / "out" / "adversarial" / "cpu" / "summary.md").read_text()
+    assert sorted(computed) == ["w2_s0", "w8_s0"]
+    assert sorted(p.name for p in (tmp_path / "out" / "adversarial" / "cpu" / "per_run").iterdir()) == [
+        "w2_s0.json",
+        "w8_s0.json",
+    ]
+
+    computed.clear()
+    verdict_of("adversarial", tmp_path / "runs", tmp_path / "out")
+    assert computed == [] and (tmp_path / "out" / "adversarial" / "cpu" / "summary.md").read_text() == summary
+
+    checkpoint = tmp_path / "runs" / "w8_s0" / "checkpoints" / "epoch=1.ckpt"
+    os.utime(checkpoint, ns=(checkpoint.stat().st_atime_ns, checkpoint.stat().st_mtime_ns + 10**9))
+    verdict_of("adversarial", tmp_path / "runs", tmp_path / "out")
+    assert computed == ["w8_s0"]
+    assert (tmp_path / "out" / "adversarial" / "cpu" / "summary.md").read_text() == summary  # same network

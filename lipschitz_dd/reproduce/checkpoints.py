@@ -153,3 +153,33 @@ def load_data(record: LoadedRun, split: str = "test") -> tuple[torch.Tensor, tor
     if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
         raise ValueError(f"{config_path}: no data section")
     return _split(trusted_class(config["data"].get("class_path"), "data", config_path), config, split)
+
+
+def row_of_final_checkpoint(record: LoadedRun, out: Path, settings: dict[str, Any], compute) -> dict[str, Any]:
+    """`compute()` (one analysis row of the run: plain numbers and strings) for the run's final checkpoint, kept in
+    OUT/per_run/<run folder>.json beside `settings` (what else determines the row: the analysis's version,
+    radii, schedule) and the checkpoint's path, size and mtime. A later analysis with the same settings of the same
+    checkpoint reads the row back instead of computing it again (JSON keeps every float exactly), so an analysis of
+    hours that is stopped resumes at the run it was on; any other settings or a retrained run compute it anew."""
+    import json
+
+    checkpoints = checkpoint_files(record)
+    final = checkpoints[-1].resolve() if checkpoints else None
+    key = {
+        "settings": json.loads(json.dumps(settings)),
+        "checkpoint": None if final is None else [str(final), final.stat().st_size, final.stat().st_mtime_ns],
+    }
+    path = out / "per_run" / f"{record.path.name}.json"
+    if path.is_file():
+        try:
+            kept = json.loads(path.read_text())
+        except ValueError:
+            kept = None
+        if isinstance(kept, dict) and kept.get("key") == key and isinstance(kept.get("row"), dict):
+            return kept["row"]
+    row = json.loads(json.dumps(compute()))  # the same plain types whether computed now or read back
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".part")
+    partial.write_text(json.dumps({"key": key, "row": row}))
+    partial.replace(path)  # whole or absent: a stop mid-write leaves no half row behind
+    return row

@@ -8,6 +8,8 @@ Folder of `lipschitz-dd reproduce NAME --out OUT` at scale S:
                                      verdict (reproduce/verdict.py; none at quick scale: a smoke test)
     OUT/NAME/S/*.png                 the finding's figures
     OUT/NAME/S/analysis_error.txt    the traceback, when the analysis raised
+    OUT/NAME/S/per_run/*.json        rows of a long per-checkpoint analysis (adversarial PGD), kept as computed
+                                     so that a stopped analysis resumes (checkpoints.row_of_final_checkpoint)
 
 Before any run starts, the data the runs read from disk is looked for (`missing_data`): a finding whose data set
 is absent refuses in one line (MissingData) and leaves nothing behind. A call whose runs failed, or whose analysis

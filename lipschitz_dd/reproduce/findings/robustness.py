@@ -30,7 +30,7 @@ from lipschitz_dd.reproduce.analysis import (
     markdown_table,
     save_figure,
 )
-from lipschitz_dd.reproduce.checkpoints import load_trained
+from lipschitz_dd.reproduce.checkpoints import load_trained, row_of_final_checkpoint
 from lipschitz_dd.reproduce.findings.label_noise_protocol import CNN_PROTOCOL_SCALES
 from lipschitz_dd.reproduce.findings.training_options import CNN_DD_SCALES
 from lipschitz_dd.reproduce.measures import SEED, fewest_seeds, finite_max, jacobian_norms, separated_ratio
@@ -196,32 +196,43 @@ def make_adversarial_analysis(eps_values: tuple[float, ...]):
     return analyse
 
 
+def adversarial_row(record, eps_values: tuple[float, ...]) -> dict:
+    """One run's row of the adversarial analysis (see `analyse_adversarial`), from its final checkpoint."""
+    from lipschitz_dd.bounds import finite_difference_ratio
+
+    model, x, y = load_trained(record)
+    box = data_box_of(record)
+    c_lower = float(jacobian_norms(model, x).max())
+    row = {"width": record.config.get(WIDTH), "seed": record.config.get(SEED, 0), "C_lower": c_lower}
+    row["test loss"] = record.final_value("test/loss")
+    for eps in eps_values:
+        moved = study_pgd_points(model, x, y, eps, box)
+        row[f"C_lower(PGD {eps}) / C_lower"] = float(jacobian_norms(model, moved).max()) / c_lower
+        row[f"max FD({eps}) / C_lower"] = finite_max(finite_difference_ratio(model, x, moved)) / c_lower
+    variants = {"no box": None} if box is None else {"no box": None, "box": box}
+    for label, variant_box in variants.items():
+        moved = study_pgd_points(model, x, y, 0.5, variant_box, **FORMER)
+        row[f"former 10 steps, {label}: C_lower(PGD 0.5) / C_lower"] = (
+            float(jacobian_norms(model, moved).max()) / c_lower
+        )
+    return row
+
+
 def analyse_adversarial(records, out: Path, eps_values: tuple[float, ...] = tuple(EPS)) -> Analysis:
     """Per completed run, on its final checkpoint: C_lower over the training points (max of the exact ||J(x)||_2),
     C_lower over the PGD points of each eps by the study's protocol (`study_pgd_points`, in the data box of
     `data_box_of`) against it, and the largest finite-difference ratio ||f(x') - f(x)|| / ||x' - x|| at those points
     against C_lower. To tell the protocols apart, at eps 0.5 also the former schedule (10 steps of 0.25 eps from x)
-    without the box and, where the data have one, with it."""
-    from lipschitz_dd.bounds import finite_difference_ratio
+    without the box and, where the data have one, with it. Each run's row is kept in OUT/per_run/ as it is
+    computed (`row_of_final_checkpoint`): a stopped analysis (about 10 minutes a CNN) resumes at the run it was on."""
+    from lipschitz_dd.bounds import STUDY_PGD
 
+    # everything besides the checkpoint that determines a row; bump "version" when the row's computation changes
+    settings = {"version": 1, "eps": list(eps_values), "study_pgd": dict(STUDY_PGD), "former": FORMER, "tol": PGD_TOL}
+    settings["batch"] = PGD_BATCH
     result, rows = Analysis(), []
     for record in completed_by_width(records):
-        model, x, y = load_trained(record)
-        box = data_box_of(record)
-        c_lower = float(jacobian_norms(model, x).max())
-        row = {"width": record.config.get(WIDTH), "seed": record.config.get(SEED, 0), "C_lower": c_lower}
-        row["test loss"] = record.final_value("test/loss")
-        for eps in eps_values:
-            moved = study_pgd_points(model, x, y, eps, box)
-            row[f"C_lower(PGD {eps}) / C_lower"] = float(jacobian_norms(model, moved).max()) / c_lower
-            row[f"max FD({eps}) / C_lower"] = finite_max(finite_difference_ratio(model, x, moved)) / c_lower
-        variants = {"no box": None} if box is None else {"no box": None, "box": box}
-        for label, variant_box in variants.items():
-            moved = study_pgd_points(model, x, y, 0.5, variant_box, **FORMER)
-            row[f"former 10 steps, {label}: C_lower(PGD 0.5) / C_lower"] = (
-                float(jacobian_norms(model, moved).max()) / c_lower
-            )
-        rows.append(row)
+        rows.append(row_of_final_checkpoint(record, out, settings, lambda r=record: adversarial_row(r, eps_values)))
     if not rows:
         return result
     table = pd.DataFrame(rows).sort_values(["width", "seed"], kind="stable").reset_index(drop=True)
