@@ -3,8 +3,6 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,29 +24,31 @@ def home(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _configured(**env) -> bool:
-    """wandb_is_configured() in a fresh process (wandb caches its settings for the life of a process)."""
-    code = "from lipschitz_dd.loggers import wandb_is_configured as c; print(c())"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip() == "True"
+def test_self_hosted_credentials_count_as_configured(home, monkeypatch):
+    # wandb_is_configured reads the environment and the files afresh at every call (it imports nothing of wandb,
+    # whose settings a process caches), so the cases run in this process; in `home`, away from any ./wandb/settings
+    monkeypatch.chdir(home)
 
+    def configured(**env) -> bool:
+        with monkeypatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            return loggers.wandb_is_configured()
 
-@pytest.mark.slow
-def test_self_hosted_credentials_count_as_configured(home):
-    assert not _configured()
+    assert not configured()
     (home / ".netrc").write_text(f"machine wandb.example.org\n  login user\n  password {'k' * 40}\n")
     (home / ".netrc").chmod(0o600)
-    assert not _configured()  # a key for another host than wandb's default
-    assert _configured(WANDB_BASE_URL="https://wandb.example.org")
+    assert not configured()  # a key for another host than wandb's default
+    assert configured(WANDB_BASE_URL="https://wandb.example.org")
     settings = home / ".config" / "wandb" / "settings"
     settings.parent.mkdir(parents=True)
     settings.write_text("[default]\nbase_url = https://wandb.example.org\n")
-    assert _configured()  # the host from wandb's settings file
-    assert not _configured(WANDB_MODE="offline")  # WANDB_MODE wins
+    assert configured()  # the host from wandb's settings file
+    assert not configured(WANDB_MODE="offline")  # WANDB_MODE wins
     settings.unlink()
-    assert _configured(WANDB_MODE="online")
-    assert _configured(WANDB_API_KEY="k" * 40)
+    assert not configured()
+    assert configured(WANDB_MODE="online")
+    assert configured(WANDB_API_KEY="k" * 40)
 
 
 def test_readable_run_names_from_swept_parameters(monkeypatch):
