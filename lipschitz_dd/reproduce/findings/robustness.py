@@ -302,7 +302,7 @@ def _adversarial_figure(table: pd.DataFrame, path: Path) -> Path:
     right.set(xlabel="width", ylabel="max finite-difference ratio / C_lower", xscale="log")
     left.legend(fontsize="small")
     right.legend(fontsize="small")
-    return save_figure(figure, path)
+    return save_figure(figure, path, x_ticks=table["width"])
 
 
 register(
