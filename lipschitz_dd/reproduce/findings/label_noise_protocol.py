@@ -313,7 +313,8 @@ register(
         scales=CNN_PROTOCOL_SCALES,
         cost={
             "quick": "~1 min (4 runs x 2 epochs)",
-            "cpu": "~4 CPU hours (27 runs, at most 300 epochs; estimated from a 12-epoch probe, not run)",
+            "cpu": "~5 CPU hours (27 runs of 300 epochs; the 8 run so far: 6-10 min at width 2, 7-8 at 4, ~21 at 8, "
+            "one core each, shared)",
             "full": "GPU days (396 runs up to 5,000 epochs)",
         },
         analyse=analyse,

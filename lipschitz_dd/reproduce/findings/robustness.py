@@ -432,7 +432,7 @@ register(
         analyse_only={"quick": {WIDTH: 4, "data.label_noise": 0.0}, "cpu": {"data.label_noise": 0.0}},
         cost={
             "quick": "~1 min (4 tiny runs, PGD on 1)",
-            "cpu": "label_noise_protocol_cnn's runs (~4 CPU h), then ~1 h of study PGD (9 runs)",
+            "cpu": "label_noise_protocol_cnn's runs (~5 CPU h), then ~30 min of study PGD (9 runs, as adversarial)",
             "full": "the clean-label runs of the full grid (GPU), PGD on the CPU: days",
         },
         analyse=make_adversarial_analysis((0.5,)),
