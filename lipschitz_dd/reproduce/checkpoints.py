@@ -165,9 +165,10 @@ def row_of_final_checkpoint(record: LoadedRun, out: Path, settings: dict[str, An
 
     checkpoints = checkpoint_files(record)
     final = checkpoints[-1].resolve() if checkpoints else None
+    stat = final.stat() if final is not None else None
     key = {
         "settings": json.loads(json.dumps(settings)),
-        "checkpoint": None if final is None else [str(final), final.stat().st_size, final.stat().st_mtime_ns],
+        "checkpoint": None if final is None else [str(final), stat.st_size, stat.st_mtime_ns],
     }
     path = out / "per_run" / f"{record.path.name}.json"
     if path.is_file():

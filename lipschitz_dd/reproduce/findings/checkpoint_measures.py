@@ -315,9 +315,8 @@ def distribution_checks(table: pd.DataFrame, resnet_tail: float = float("nan")) 
 def analyse_cnn_distributions(records, out: Path) -> Analysis:
     """As analyse_distributions, on CNN runs: each width's norms pooled over its seeds in the figure."""
     result = Analysis()
-    records = sorted(
-        records, key=lambda r: r.config.get(SEED, 0)
-    )  # by width, then seed (distribution_rows' stable sort)
+    # by width, then seed: distribution_rows' sort by width is stable
+    records = sorted(records, key=lambda r: r.config.get(SEED, 0))
     rows, pooled = distribution_rows(records, lambda r: f"CNN width {r.config.get('model.width')}")
     if not rows:
         return result

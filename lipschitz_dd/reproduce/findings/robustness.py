@@ -228,8 +228,8 @@ def analyse_adversarial(records, out: Path, eps_values: tuple[float, ...] = tupl
     from lipschitz_dd.bounds import STUDY_PGD
 
     # everything besides the checkpoint that determines a row; bump "version" when the row's computation changes
-    settings = {"version": 1, "eps": list(eps_values), "study_pgd": dict(STUDY_PGD), "former": FORMER, "tol": PGD_TOL}
-    settings["batch"] = PGD_BATCH
+    settings = {"version": 1, "eps": list(eps_values), "study_pgd": dict(STUDY_PGD), "former": FORMER}
+    settings |= {"tol": PGD_TOL, "batch": PGD_BATCH}
     result, rows = Analysis(), []
     for record in completed_by_width(records):
         rows.append(row_of_final_checkpoint(record, out, settings, lambda r=record: adversarial_row(r, eps_values)))
