@@ -77,6 +77,19 @@ def test_only_the_latest_attempt_of_a_sweep_run_is_read(tmp_path):
     ]
 
 
+def test_a_folder_of_links_to_runs_is_read_once_per_run(tmp_path):
+    for name in ("a", "b"):
+        write_run(tmp_path / "sweep" / "runs" / name, OLD_RESULTS)
+    chosen = tmp_path / "chosen"
+    chosen.mkdir()
+    (chosen / "a").symlink_to(tmp_path / "sweep" / "runs" / "a", target_is_directory=True)
+    (chosen / "loop").symlink_to(chosen, target_is_directory=True)  # a cycle is walked once
+    (chosen / "a" / "checkpoints").mkdir()
+    write_run(chosen / "a" / "checkpoints" / "inner", OLD_RESULTS)  # skipped folder, also behind a link
+    assert [r.path for r in load_runs(chosen)] == [chosen / "a"]
+    assert sorted(r.path.name for r in load_runs(tmp_path / "sweep")) == ["a", "b"]
+
+
 def _offline_run(tmp_path, run_id="wb000001", exit_code=0, losses=(2.3, 1.0, 0.5)):
     wandb = pytest.importorskip("wandb")
     run = wandb.init(

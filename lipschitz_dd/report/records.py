@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -162,12 +163,18 @@ def _checked_root(root: str | Path) -> Path:
 
 
 def _run_folders(root: Path) -> list[Path]:
-    found = set()
-    for name in (RESULTS_FILE, METRICS_FILE):
-        for file in root.rglob(name):
-            relative_parts = file.relative_to(root).parts[:-1]
-            if not _SKIPPED_DIRS.intersection(relative_parts):
-                found.add(file.parent)
+    """Folders below root holding RESULTS_FILE or METRICS_FILE, outside _SKIPPED_DIRS. Symlinked folders are
+    followed (a folder of links to chosen runs is a valid --runs), each real folder once (no link cycles)."""
+    found, seen = set(), set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS)
+        if RESULTS_FILE in files or METRICS_FILE in files:
+            found.add(Path(folder))
     return sorted(found)
 
 
