@@ -96,6 +96,32 @@ def test_matched_reading_can_differ_from_the_end(tmp_path):
     assert "0 stopped at the full-batch gradient norm target (0.01), 27 at the epoch cap" in summary
 
 
+def test_runs_left_on_the_initial_plateau_get_no_matched_reading(tmp_path):
+    """The fully noisy runs of widths 16 and 32 end at loss 2.25 (2 % below the first 2.3: on the plateau). At the
+    end they count as they are; matched, they neither set the level nor get a reading, so only width 64 has a
+    reading at every noise level (its study-like peak at 0.5 passes) and the peak over width at noise 1 is not
+    located (not measured). Kept in, they would set every level near 2.3 and all runs would be read at epoch 0."""
+
+    def loss(w, n):
+        return 2.25 if n == 1.0 and w < 64 else 0.1
+
+    runs = write_grid(tmp_path / "runs", study_like, final_loss=loss)
+    line = verdict_of("label_noise_protocol", runs, tmp_path / "out")
+    assert line == (
+        "undecided: not measured: the C_lower peak over width moves right with noise (at matched training loss)"
+    )
+    summary = (tmp_path / "out" / "label_noise_protocol" / "cpu" / "summary.md").read_text()
+    assert "6 run(s) never left the initial plateau (lowest training loss within 5% of the first)" in summary
+    assert "| C_lower rises then falls with noise (at matched training loss) |" in summary
+    assert summary.count("| 1 | >= 0.5 | 3 | pass |") == 2  # both rise-then-fall checks: every counted width
+    from lipschitz_dd.report.records import load_runs
+
+    table = matched(run_table(load_runs(runs)), "model.width", MATCHED_W)
+    stuck = (table["data.label_noise"] == 1.0) & (table["model.width"] < 64)
+    assert table.loc[stuck, MATCHED_W].isna().all() and table.loc[~stuck, MATCHED_W].notna().all()
+    assert table.loc[~stuck, MATCHED_W + " level"].to_numpy() == pytest.approx(0.1)
+
+
 def test_matched_level_epoch_and_interpolation_by_hand(tmp_path):
     from lipschitz_dd.report.records import load_runs
 

@@ -12,6 +12,11 @@ levels are compared; all runs of one noise level when widths are compared) the m
 L*(S) = max over runs r in S of min_epoch loss_r(epoch), the lowest loss every run of S reaches. Run r is read at
 its first epoch e_r with loss_r(e_r) <= L*(S); C_lower there is interpolated linearly in the epoch between the
 two measurements around e_r (exact when e_r is a measured epoch; the interpolation is an estimate, not a bound).
+
+Runs that never left the initial plateau (lowest training loss above (1 - PLATEAU_DROP) x the first logged one:
+SGD without momentum can sit there until the gradient-norm rule stops it) have no matched reading: with them in
+S, L*(S) would be the initial loss and every run would be read at initialisation. The checks then count only
+the widths (noise levels) with a reading at every noise level (width) of the grid.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ CONVERGED = "stopped_converged"
 INTERIOR = Threshold(">=", 0.5)
 #: Width of the C_lower peak over width (most seeds) at the largest noise / at the smallest ("moves right").
 MOVES_RIGHT = Threshold(">", 1.0)
+#: A run left the initial plateau when its lowest training loss fell this fraction below its first logged one.
+PLATEAU_DROP = 0.05
+LEFT_PLATEAU = "left the initial plateau"
 
 
 def first_epoch_below(curve: pd.Series, level: float) -> float:
@@ -59,9 +67,16 @@ def value_at_epoch(series: pd.Series, epoch: float) -> float:
     return float(np.interp(epoch, epochs, logged.to_numpy(dtype=float)))
 
 
+def left_plateau(loss: pd.Series) -> bool:
+    """Whether the training loss per epoch fell below (1 - PLATEAU_DROP) x its first logged value."""
+    logged = loss.dropna()
+    return bool(len(logged)) and float(logged.min()) <= (1 - PLATEAU_DROP) * float(logged.iloc[0])
+
+
 def run_table(records: Sequence) -> pd.DataFrame:
     """One row per completed run: width, noise, seed, status, epochs, final C_lower / train loss / test loss /
-    gradient norm, the lowest training loss reached, and its curves (training loss, C_lower) for the matching."""
+    gradient norm, the lowest training loss reached, whether it left the initial plateau, and its curves
+    (training loss, C_lower) for the matching."""
     rows = []
     for r in records:
         if not r.completed or WIDTH not in r.config or NOISE not in r.config:
@@ -81,6 +96,7 @@ def run_table(records: Sequence) -> pd.DataFrame:
                 TEST_LOSS: r.final_value(TEST_LOSS),
                 TRAIN_GRAD_NORM: r.final_value(TRAIN_GRAD_NORM),
                 "lowest train loss": float(loss.min()) if loss.notna().any() else math.nan,
+                LEFT_PLATEAU: left_plateau(loss),
                 "_loss": loss,
                 "_lower": lower,
             }
@@ -90,10 +106,12 @@ def run_table(records: Sequence) -> pd.DataFrame:
 
 def matched(table: pd.DataFrame, by: str, column: str) -> pd.DataFrame:
     """`table` with `column` = C_lower at the matched training loss within each group of `by` (module doc), the
-    group's level in `column + " level"` and the epoch read in `column + " epoch"`."""
+    group's level in `column + " level"` and the epoch read in `column + " epoch"`; NaN for runs that never left
+    the initial plateau (module doc), which do not set the level."""
     table = table.copy()
     table[column] = table[column + " level"] = table[column + " epoch"] = math.nan
-    for _, group in table.groupby(by):
+    learned = table[LEFT_PLATEAU] if LEFT_PLATEAU in table.columns else pd.Series(True, index=table.index)
+    for _, group in table[learned].groupby(by):
         level = float(group["lowest train loss"].max())
         for index, row in group.iterrows():
             epoch = first_epoch_below(row["_loss"], level)
@@ -110,13 +128,20 @@ def majority(group: pd.DataFrame, x: str, metric: str):
     return peak if agree > 0.5 else None
 
 
+def complete(group: pd.DataFrame, x: str, metric: str, values) -> bool:
+    """Whether `group` has a `metric` reading at every value of `x` in `values` (only then is its peak over x
+    located)."""
+    return set(values) <= set(group.loc[group[metric].notna(), x])
+
+
 def interior_share(table: pd.DataFrame, metric: str) -> float:
     """Share of widths whose C_lower (`metric`) peak over noise, located by most seeds, lies at an interior noise
-    level (neither the smallest nor the largest of the grid); NaN when some width has no majority peak."""
+    level (neither the smallest nor the largest of the grid), over the widths with a reading at every noise level;
+    NaN when no width has one or some such width has no majority peak."""
     levels = sorted(table[NOISE].unique())
     if len(levels) < 3:
         return math.nan
-    peaks = [majority(g, NOISE, metric) for _, g in table.groupby(WIDTH)]
+    peaks = [majority(g, NOISE, metric) for _, g in table.groupby(WIDTH) if complete(g, NOISE, metric, levels)]
     if not peaks or any(p is None for p in peaks):
         return math.nan
     return float(np.mean([levels[0] < p < levels[-1] for p in peaks]))
@@ -124,12 +149,14 @@ def interior_share(table: pd.DataFrame, metric: str) -> float:
 
 def peak_shift(table: pd.DataFrame, metric: str) -> float:
     """Width of the C_lower (`metric`) peak over width (most seeds) at the largest noise level / at the smallest;
-    NaN when either has no majority peak."""
-    levels = sorted(table[NOISE].unique())
-    if len(levels) < 2 or table[WIDTH].nunique() < 2:
+    NaN when either has no majority peak or lacks a reading at some width of the grid."""
+    levels, widths = sorted(table[NOISE].unique()), sorted(table[WIDTH].unique())
+    if len(levels) < 2 or len(widths) < 2:
         return math.nan
-    first = majority(table[table[NOISE] == levels[0]], WIDTH, metric)
-    last = majority(table[table[NOISE] == levels[-1]], WIDTH, metric)
+    ends = [table[table[NOISE] == level] for level in (levels[0], levels[-1])]
+    if not all(complete(end, WIDTH, metric, widths) for end in ends):
+        return math.nan
+    first, last = (majority(end, WIDTH, metric) for end in ends)
     return math.nan if first is None or last is None else float(last) / float(first)
 
 
@@ -141,7 +168,8 @@ def checks(table: pd.DataFrame) -> list[Check]:
         result.append(
             Check(
                 f"C_lower rises then falls with noise ({reading})",
-                f"share of widths whose {column} peak over noise (most seeds) is at an interior noise level",
+                f"share of widths (with a reading at every noise level) whose {column} peak over noise (most "
+                "seeds) is at an interior noise level",
                 interior_share(table, column),
                 INTERIOR,
                 seeds=seeds,
@@ -195,6 +223,16 @@ def analyse(records, out: Path) -> Analysis:
         f"{len(table)} completed runs: {converged} stopped at the full-batch gradient norm target (0.01), "
         f"{len(table) - converged} at the epoch cap (max_epochs).",
         "",
+    ]
+    stuck = table[~table[LEFT_PLATEAU]]
+    if len(stuck):
+        runs = ", ".join(f"width {r[WIDTH]:g} noise {r[NOISE]:g} seed {r[SEED]}" for _, r in stuck.iterrows())
+        result.lines += [
+            f"{len(stuck)} run(s) never left the initial plateau (lowest training loss within {PLATEAU_DROP:.0%} "
+            f"of the first): {runs}. Their C_lower at the end is read as it is; they have no matched reading.",
+            "",
+        ]
+    result.lines += [
         "Matched training loss: within each compared set (one width across noise levels; one noise level across "
         "widths) the level is the largest of the runs' lowest training losses; C_lower is read (interpolated in "
         "the epoch) at each run's first epoch below it.",
