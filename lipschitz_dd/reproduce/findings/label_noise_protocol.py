@@ -204,8 +204,10 @@ def figure(table: pd.DataFrame, path: Path) -> Path:
             line = ax.plot(stats.index, stats["mean"], marker="o", label=f"width {width:g}")[0]
             ax.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.2)
         ax.set(title=title, xlabel=label(NOISE), ylabel=column if column != TRAIN_LOSS else label(TRAIN_LOSS))
-        if column != TRAIN_LOSS:
+        if column != TRAIN_LOSS and (table[column] > 0).any():
             ax.set_yscale("log")
+        elif column != TRAIN_LOSS:  # e.g. every run still on the initial plateau: no matched reading
+            ax.text(0.5, 0.5, "no reading", transform=ax.transAxes, ha="center", va="center")
     axes[0].legend(fontsize=8)
     return save_figure(fig, path)
 
