@@ -110,8 +110,7 @@ def matched(table: pd.DataFrame, by: str, column: str) -> pd.DataFrame:
     the initial plateau (module doc), which do not set the level."""
     table = table.copy()
     table[column] = table[column + " level"] = table[column + " epoch"] = math.nan
-    learned = table[LEFT_PLATEAU] if LEFT_PLATEAU in table.columns else pd.Series(True, index=table.index)
-    for _, group in table[learned].groupby(by):
+    for _, group in table[table[LEFT_PLATEAU]].groupby(by):
         level = float(group["lowest train loss"].max())
         for index, row in group.iterrows():
             epoch = first_epoch_below(row["_loss"], level)
